@@ -1,0 +1,1 @@
+"""Prefect flows that chain the tasks: the training pipeline and hand promotion."""

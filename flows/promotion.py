@@ -1,0 +1,31 @@
+"""The ``promote_model`` flow: move the ``champion`` alias by hand, or roll it back."""
+
+from __future__ import annotations
+
+from prefect import flow
+
+from pipeline import tracking
+from pipeline.config import load_settings
+
+
+@flow(name="promote_model", log_prints=True)
+def promote_model(version: str | None = None, rollback: bool = False, tracking_uri: str | None = None) -> str:
+    """Make ``version`` the champion, or with ``rollback`` return to the previous champion; return the version.
+
+    Raises:
+        ValueError: an unknown version or model, or no earlier champion (nothing is changed).
+    """
+    import mlflow
+
+    settings = load_settings(overrides={"tracking_uri": tracking_uri})
+    tracking.use_store(settings.resolved_tracking_uri)
+    name = settings.registered_model_name
+    if rollback:
+        return tracking.rollback_champion(name)
+    if version is None:
+        raise ValueError("give a version to promote or ask for a rollback")
+    try:
+        tracking.set_champion(name, str(version))
+    except mlflow.exceptions.MlflowException as exc:
+        raise ValueError(f"model {name!r} has no version {version}") from exc
+    return str(version)

@@ -1,0 +1,72 @@
+"""The ``training_pipeline`` flow: ingest -> validate -> preprocess -> train (per architecture) ->
+evaluate -> register -> promote."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow
+from prefect.runtime import flow_run
+
+from pipeline.config import Settings, load_settings
+from pipeline.report import ArchitectureResult, PipelineResult
+from tasks.data import ingest_task, preprocess_task, validate_task
+from tasks.registry import finish_run_task, promote_task, register_task, start_run_task
+from tasks.training import evaluate_task, train_task
+
+
+@flow(name="training_pipeline", log_prints=True)
+def training_pipeline(config_file: str | None = None, overrides: dict[str, Any] | None = None) -> PipelineResult:
+    """Train, evaluate and register every configured architecture; promote the best if it wins.
+
+    Args:
+        config_file: a YAML settings file (``sketchpipe.yaml`` in the working folder by default).
+        overrides: setting name -> value, applied over the file and the environment.
+    """
+    settings: Settings = load_settings(config_file, overrides)
+    dataset_dir = ingest_task(settings)
+    report = validate_task(settings, dataset_dir)
+    features_dir = preprocess_task(settings, report)
+    parent_run_id = start_run_task(settings, features_dir, flow_run.get_name() or "training_pipeline")
+    decision = None
+    try:
+        runs = {a: train_task.submit(settings, a, features_dir, parent_run_id) for a in settings.architectures}
+        evaluations = {a: evaluate_task.submit(settings, runs[a], features_dir) for a in runs}
+        versions = {a: register_task.submit(settings, runs[a], evaluations[a], features_dir) for a in runs}
+        registered = [versions[a].result() for a in runs]
+        decision = promote_task(settings, registered)
+    except BaseException:
+        finish_run_task(settings, parent_run_id, decision, ok=False)
+        raise
+    finish_run_task(settings, parent_run_id, decision, ok=True)
+    rows = []
+    for architecture in runs:
+        run, evaluation, version = (
+            runs[architecture].result(),
+            evaluations[architecture].result(),
+            versions[architecture].result(),
+        )
+        rows.append(
+            ArchitectureResult(
+                architecture=architecture,
+                test_accuracy=evaluation.accuracy,
+                top3_accuracy=evaluation.top3_accuracy,
+                macro_f1=evaluation.macro_f1,
+                train_seconds=run.train_seconds,
+                epochs_run=run.epochs_run,
+                num_params=run.num_params,
+                run_id=run.run_id,
+                model_version=version.version,
+            )
+        )
+    return PipelineResult(
+        dataset_dir=str(dataset_dir),
+        features_dir=str(features_dir),
+        parent_run_id=parent_run_id,
+        records_in=report.records_in,
+        quarantined=report.quarantined,
+        rows=rows,
+        promoted_version=decision.candidate_version,
+        promoted_alias=decision.alias,
+        promotion_reason=decision.reason,
+    )

@@ -1,0 +1,202 @@
+"""The ``sketchpipe`` command line: run, validate, predict, promote, serve, ui.
+
+Wrong values stop at once with one line naming the flag; nothing is started before the settings
+are known to be valid.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any, NoReturn
+
+from pipeline.config import ConfigError, Settings, configure_runtime, load_settings
+
+# Flags whose value is a setting of the same name (dashes for underscores).
+_SETTING_FLAGS = {
+    "source": dict(metavar="NAME", help="synthetic (default), sketchrnn, ndjson or tfrecord"),
+    "data_dir": dict(metavar="DIR", help="folder of source files (all sources but synthetic)"),
+    "classes": dict(metavar="A,B,C", help="comma-separated class names to use"),
+    "num_classes": dict(metavar="N", type=int, help="use the first N classes (default 8)"),
+    "max_per_class": dict(metavar="N", type=int, help="at most N sketches per class and split"),
+    "architectures": dict(metavar="A,B", help="comma-separated architectures to train"),
+    "epochs": dict(metavar="N", type=int, help="training epochs per architecture"),
+    "tracking_uri": dict(metavar="URI", help="MLflow tracking URI (default: SQLite store under mlflow/)"),
+    "task_runner": dict(metavar="NAME", help="thread (default) or dask"),
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _fail(message: str) -> NoReturn:
+    print(f"sketchpipe: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def _add_setting_flags(parser: argparse.ArgumentParser, names: list[str]) -> None:
+    parser.add_argument("--config", metavar="FILE", help="YAML settings file (default: ./sketchpipe.yaml)")
+    for name in names:
+        parser.add_argument(f"--{name.replace('_', '-')}", dest=name, **_SETTING_FLAGS[name])
+
+
+def _settings(args: argparse.Namespace, names: list[str]) -> tuple[Settings, dict[str, Any]]:
+    overrides = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+    try:
+        return load_settings(args.config, overrides), overrides
+    except ConfigError as exc:
+        flag = "--config" if exc.field == "config" else f"--{exc.field.replace('_', '-')}"
+        _fail(f"{flag}: {exc}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the argument parser of every subcommand."""
+    parser = _Parser(prog="sketchpipe", description="Train and ship sequence classifiers for Quick, Draw! sketches.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    run = commands.add_parser("run", help="run the training pipeline flow")
+    _add_setting_flags(run, list(_SETTING_FLAGS))
+
+    validate = commands.add_parser("validate", help="ingest and validate only; print counts and quarantine")
+    _add_setting_flags(validate, ["source", "data_dir", "classes", "num_classes", "max_per_class"])
+
+    predict = commands.add_parser("predict", help="top-3 classes per sketch")
+    predict.add_argument("--config", metavar="FILE", help="YAML settings file")
+    predict.add_argument("--model-uri", metavar="URI", help="default: models:/<registered name>@champion")
+    predict.add_argument("--tracking-uri", dest="tracking_uri", metavar="URI", help="MLflow tracking URI")
+    predict.add_argument("files", nargs="+", metavar="FILE", help=".npz (sketch-rnn), .json stroke-3, or - for stdin")
+
+    promote = commands.add_parser("promote", help="move the champion alias by hand")
+    promote.add_argument("--config", metavar="FILE", help="YAML settings file")
+    promote.add_argument("--tracking-uri", dest="tracking_uri", metavar="URI", help="MLflow tracking URI")
+    which = promote.add_mutually_exclusive_group(required=True)
+    which.add_argument("--version", metavar="N", help="make version N the champion")
+    which.add_argument("--rollback", action="store_true", help="return champion to the previous one")
+
+    serve = commands.add_parser("serve", help="serve the training flow as a scheduled deployment")
+    _add_setting_flags(serve, list(_SETTING_FLAGS))
+    serve.add_argument("--cron", required=True, metavar="EXPR", help='cron schedule, e.g. "0 3 * * *"')
+
+    ui = commands.add_parser("ui", help="the MLflow UI on 127.0.0.1 over the configured store")
+    ui.add_argument("--config", metavar="FILE", help="YAML settings file")
+    ui.add_argument("--tracking-uri", dest="tracking_uri", metavar="URI", help="MLflow tracking URI")
+    ui.add_argument("--port", type=int, default=5000, help="port (default 5000)")
+    return parser
+
+
+def _cmd_run(args: argparse.Namespace) -> None:
+    settings, overrides = _settings(args, list(_SETTING_FLAGS))
+    from flows.training_pipeline import training_pipeline
+    from pipeline.report import promotion_line, results_table
+
+    flow = training_pipeline
+    if settings.task_runner == "dask":
+        from prefect_dask import DaskTaskRunner
+
+        flow = training_pipeline.with_options(task_runner=DaskTaskRunner())
+    result = flow(config_file=args.config, overrides=overrides)
+    print()
+    print(f"dataset: {result.dataset_dir} ({result.records_in} sketches, {result.quarantined} quarantined)")
+    print(results_table(result.rows))
+    print(f"promoted: {promotion_line(result, settings.registered_model_name)}")
+    print(f"MLflow run {result.parent_run_id} in experiment {settings.experiment_name!r}")
+    print(f"tracking store: {settings.resolved_tracking_uri} (open it with `sketchpipe ui`)")
+
+
+def _cmd_validate(args: argparse.Namespace) -> None:
+    settings, _ = _settings(args, ["source", "data_dir", "classes", "num_classes", "max_per_class"])
+    from pipeline import stages
+    from pipeline.ingest import ingest
+    from pipeline.validation import DataValidationError, read_report
+
+    dataset_dir = ingest(settings)
+    try:
+        report = stages.validate(settings, dataset_dir)
+    except DataValidationError as exc:
+        print(f"FAILED: {exc}")
+        report = read_report(Path(settings.work_dir) / "validation" / dataset_dir.name)
+    print(f"dataset: {dataset_dir}")
+    print(f"records in: {report.records_in}  accepted: {report.accepted}  quarantined: {report.quarantined}")
+    for expectation, count in sorted(report.failures.items()):
+        print(f"  {expectation}: {count}")
+    with open(report.quarantine_path) as quarantine:
+        for line in quarantine:
+            print(f"  quarantined: {line.rstrip()}")
+    if not report.success:
+        raise SystemExit(1)
+
+
+def _cmd_predict(args: argparse.Namespace) -> None:
+    settings, _ = _settings(args, ["tracking_uri"])
+    from pipeline.serving import load_classifier, read_sketch_files
+
+    sketches = read_sketch_files(args.files)
+    try:
+        classifier = load_classifier(settings, args.model_uri)
+    except Exception as exc:  # an unknown model, alias or store: one line, not a traceback
+        _fail(f"--model-uri: cannot load {args.model_uri or 'the champion'}: {exc}")
+    for name, top in zip(sketches, classifier.top_k([s for s in sketches.values()], k=3), strict=True):
+        print(f"{name}: " + ", ".join(f"{label} {p:.3f}" for label, p in top))
+
+
+def _cmd_promote(args: argparse.Namespace) -> None:
+    settings, _ = _settings(args, ["tracking_uri"])
+    from flows.promotion import promote_model
+
+    try:
+        version = promote_model(version=args.version, rollback=args.rollback, tracking_uri=settings.tracking_uri)
+    except ValueError as exc:
+        _fail(str(exc))
+    print(f"{settings.registered_model_name} @champion -> version {version}")
+
+
+def _cmd_serve(args: argparse.Namespace) -> None:
+    _, overrides = _settings(args, list(_SETTING_FLAGS))
+    from flows.training_pipeline import training_pipeline
+
+    training_pipeline.serve(
+        name="scheduled-training", cron=args.cron, parameters={"config_file": args.config, "overrides": overrides}
+    )
+
+
+def _cmd_ui(args: argparse.Namespace) -> None:
+    import os
+
+    settings, _ = _settings(args, ["tracking_uri"])
+    command = [
+        "mlflow",
+        "ui",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(args.port),
+        "--backend-store-uri",
+        settings.resolved_tracking_uri,
+    ]
+    if settings.artifact_location:
+        command += ["--default-artifact-root", settings.artifact_location]
+    print(f"MLflow UI on http://127.0.0.1:{args.port} over {settings.resolved_tracking_uri}", flush=True)
+    os.execvp(command[0], command)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``sketchpipe`` console script."""
+    args = build_parser().parse_args(argv)
+    configure_runtime()
+    {
+        "run": _cmd_run,
+        "validate": _cmd_validate,
+        "predict": _cmd_predict,
+        "promote": _cmd_promote,
+        "serve": _cmd_serve,
+        "ui": _cmd_ui,
+    }[args.command](args)
+
+
+if __name__ == "__main__":
+    main()

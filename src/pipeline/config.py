@@ -1,0 +1,196 @@
+"""One typed settings object, loaded from defaults, a YAML file, ``SKETCHPIPE_*`` variables and CLI flags.
+
+Later sources win: defaults < config file < environment < command line. Nothing here runs at import
+time; :func:`load_settings` is the one place that reads the environment.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+SOURCES = ("synthetic", "sketchrnn", "ndjson", "tfrecord")
+TASK_RUNNERS = ("thread", "dask")
+ENV_PREFIX = "SKETCHPIPE_"
+
+
+class ConfigError(ValueError):
+    """A setting with a wrong value; ``field`` names it so the CLI can name the flag."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(message)
+        self.field = field
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """Everything a pipeline run needs; every field can be set by file, environment or flag."""
+
+    # Data
+    source: str = "synthetic"
+    data_dir: str | None = None
+    classes: tuple[str, ...] | None = None
+    num_classes: int = 8
+    max_per_class: int | None = None
+    synthetic_per_split: Mapping[str, int] = dataclasses.field(
+        default_factory=lambda: {"train": 400, "valid": 80, "test": 120}
+    )
+    seed: int = 42
+    work_dir: str = "data"
+    # Validation
+    min_points: int = 2
+    max_points: int = 1000
+    max_abs_delta: float = 1000.0
+    max_invalid_fraction: float = 0.05
+    # Preprocessing
+    max_len: int = 100
+    batch_size: int = 64
+    # Training
+    architectures: tuple[str, ...] = ("lstm", "conv_lstm")
+    epochs: int = 5
+    learning_rate: float = 3e-3
+    clipnorm: float = 1.0
+    early_stopping_patience: int = 3
+    models: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
+    task_runner: str = "thread"
+    # Tracking and registry
+    tracking_uri: str | None = None
+    experiment_name: str = "sketchpipe"
+    registered_model_name: str = "quickdraw-sketch-classifier"
+
+    @property
+    def resolved_tracking_uri(self) -> str:
+        """Return the tracking URI, defaulting to the SQLite store under ``mlflow/`` in the working folder."""
+        if self.tracking_uri:
+            return self.tracking_uri
+        return f"sqlite:///{Path('mlflow/mlflow.db').resolve()}"
+
+    @property
+    def artifact_location(self) -> str | None:
+        """Return where a new experiment keeps artifacts: ``artifacts/`` beside a SQLite store's file.
+
+        For a tracking server (http URIs) the server decides, so this is ``None``.
+        """
+        uri = self.resolved_tracking_uri
+        if not uri.startswith("sqlite:///"):
+            return None
+        return (Path(uri.removeprefix("sqlite:///")).parent / "artifacts").resolve().as_uri()
+
+    def replace(self, **changes: Any) -> Settings:
+        """Return a validated copy with the given fields changed."""
+        return validate(dataclasses.replace(self, **changes))
+
+
+def validate(settings: Settings) -> Settings:
+    """Return ``settings`` unchanged, or raise :class:`ConfigError` naming the first wrong field."""
+    from pipeline.models import MODEL_BUILDERS  # deferred: models imports keras
+
+    if settings.source not in SOURCES:
+        raise ConfigError("source", f"unknown source {settings.source!r}; choose from {', '.join(SOURCES)}")
+    if settings.source != "synthetic" and not settings.data_dir:
+        raise ConfigError("data_dir", f"source {settings.source!r} needs a data folder")
+    unknown = [a for a in settings.architectures if a not in MODEL_BUILDERS]
+    if unknown or not settings.architectures:
+        raise ConfigError(
+            "architectures",
+            f"unknown architecture {', '.join(unknown) or '(none given)'}; choose from {', '.join(MODEL_BUILDERS)}",
+        )
+    if settings.task_runner not in TASK_RUNNERS:
+        raise ConfigError("task_runner", f"unknown task runner {settings.task_runner!r}; choose from thread, dask")
+    for name in ("epochs", "num_classes", "batch_size", "max_len", "min_points"):
+        if getattr(settings, name) < 1:
+            raise ConfigError(name, f"must be at least 1 (got {getattr(settings, name)})")
+    if settings.max_per_class is not None and settings.max_per_class < 1:
+        raise ConfigError("max_per_class", f"must be at least 1 (got {settings.max_per_class})")
+    if not 0.0 <= settings.max_invalid_fraction <= 1.0:
+        raise ConfigError("max_invalid_fraction", f"must be between 0 and 1 (got {settings.max_invalid_fraction})")
+    if settings.learning_rate <= 0:
+        raise ConfigError("learning_rate", f"must be positive (got {settings.learning_rate})")
+    if set(settings.synthetic_per_split) != {"train", "valid", "test"}:
+        raise ConfigError("synthetic_per_split", "needs counts for exactly train, valid and test")
+    return settings
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
+
+
+def _coerce(name: str, value: Any) -> Any:
+    """Return ``value`` (from YAML, an environment string or a flag) converted to the field's type."""
+    if value is None:
+        return None
+    kind = str(_FIELDS[name].type)
+    try:
+        if kind.startswith("tuple"):
+            items = value.split(",") if isinstance(value, str) else list(value)
+            return tuple(str(i).strip() for i in items if str(i).strip())
+        if kind.startswith("int"):
+            return int(value)
+        if kind.startswith("float"):
+            return float(value)
+        if kind.startswith("Mapping"):
+            return dict(yaml.safe_load(value) if isinstance(value, str) else value)
+        return str(value)
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise ConfigError(name, f"cannot read {value!r} as {kind}") from exc
+
+
+def load_settings(
+    config_file: str | Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Settings:
+    """Return validated settings from defaults, a YAML file, ``SKETCHPIPE_*`` variables and overrides.
+
+    Args:
+        config_file: YAML mapping of field names to values; ``None`` reads ``sketchpipe.yaml`` in the
+            working folder when there is one.
+        overrides: field values from the command line (``None`` values are ignored).
+        environ: the environment to read (``os.environ`` by default).
+
+    Raises:
+        ConfigError: an unknown field or a wrong value, naming the field.
+    """
+    values: dict[str, Any] = {}
+    path = Path(config_file) if config_file else Path("sketchpipe.yaml")
+    if config_file and not path.is_file():
+        raise ConfigError("config", f"config file {path} does not exist")
+    if path.is_file():
+        loaded = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ConfigError("config", f"{path} must hold a mapping of settings")
+        values.update(loaded)
+    environ = os.environ if environ is None else environ
+    for key, value in environ.items():
+        if key.startswith(ENV_PREFIX) and key[len(ENV_PREFIX) :].lower() in _FIELDS:
+            values[key[len(ENV_PREFIX) :].lower()] = value
+    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    for name in values:
+        if name not in _FIELDS:
+            raise ConfigError(name, f"unknown setting {name!r}")
+    return validate(Settings(**{name: _coerce(name, value) for name, value in values.items()}))
+
+
+def configure_runtime(environ: dict[str, str] | None = None) -> None:
+    """Point Prefect at a project-local home and ephemeral server, with telemetry off everywhere.
+
+    Call before Prefect, MLflow or Great Expectations are imported; values already set are kept.
+    """
+    environ = os.environ if environ is None else environ
+    defaults = {
+        "PREFECT_HOME": str(Path(".prefect").resolve()),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
+        "PREFECT_LOGGING_TO_API_BATCH_INTERVAL": "0.5",
+        "GX_ANALYTICS_ENABLED": "false",
+        "MLFLOW_ENABLE_TELEMETRY": "false",
+        "DO_NOT_TRACK": "1",
+        "TF_CPP_MIN_LOG_LEVEL": "3",
+        "NO_GCE_CHECK": "true",
+    }
+    for key, value in defaults.items():
+        environ.setdefault(key, value)

@@ -1,0 +1,93 @@
+"""Loading a registered model and predicting classes for raw stroke-3 sketches."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from pipeline import tracking
+from pipeline.config import Settings
+from pipeline.features import normalise_sketch, pad_batch
+from pipeline.strokes import StrokeFormatError, load_sketchrnn_npz
+
+
+@dataclasses.dataclass
+class Classifier:
+    """A loaded model with what it needs to prepare raw sketches the way training did."""
+
+    model: object
+    classes: list[str]
+    scale: float
+    max_len: int
+
+    def probabilities(self, sketches: list[np.ndarray]) -> np.ndarray:
+        """Return ``(n, classes)`` probabilities for raw stroke-3 sketches."""
+        batch = pad_batch([normalise_sketch(s, self.scale, self.max_len) for s in sketches])
+        return np.asarray(self.model.predict(batch, verbose=0))
+
+    def top_k(self, sketches: list[np.ndarray], k: int = 3) -> list[list[tuple[str, float]]]:
+        """Return the ``k`` most likely classes with their probabilities, per sketch."""
+        probabilities = self.probabilities(sketches)
+        order = np.argsort(-probabilities, axis=1)[:, :k]
+        return [[(self.classes[i], float(row[i])) for i in top] for row, top in zip(probabilities, order, strict=True)]
+
+
+def champion_uri(settings: Settings) -> str:
+    """Return the URI of the registered model's champion."""
+    return f"models:/{settings.registered_model_name}@{tracking.CHAMPION}"
+
+
+def load_classifier(settings: Settings, model_uri: str | None = None) -> Classifier:
+    """Load a logged model (the champion by default) and the preprocessing metadata logged with it."""
+    import mlflow.keras
+
+    import mlflow
+
+    tracking.use_store(settings.resolved_tracking_uri)
+    uri = model_uri or champion_uri(settings)
+    metadata = mlflow.models.get_model_info(uri).metadata or {}
+    if "classes" not in metadata:
+        raise ValueError(f"{uri} was not logged by sketchpipe (no class metadata)")
+    return Classifier(
+        model=mlflow.keras.load_model(uri),
+        classes=list(metadata["classes"]),
+        scale=float(metadata["scale"]),
+        max_len=int(metadata["max_len"]),
+    )
+
+
+def _parse_json_sketches(text: str, source: str) -> list[np.ndarray]:
+    """Return the sketches in a JSON text: one stroke-3 list of ``[dx, dy, pen]`` rows, or a list of them."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise StrokeFormatError(f"{source}: not JSON ({exc})") from exc
+    items = data if data and isinstance(data[0], list) and data[0] and isinstance(data[0][0], list) else [data]
+    sketches = []
+    for index, item in enumerate(items):
+        sketch = np.asarray(item, dtype=np.float32)
+        if sketch.ndim != 2 or sketch.shape[1] != 3 or len(sketch) == 0:
+            raise StrokeFormatError(f"{source}: sketch {index} is not a non-empty list of [dx, dy, pen] rows")
+        sketches.append(sketch)
+    return sketches
+
+
+def read_sketch_files(paths: list[str]) -> dict[str, np.ndarray]:
+    """Return name -> stroke-3 sketch for every sketch in ``.npz`` and ``.json`` files (``-`` reads stdin)."""
+    sketches: dict[str, np.ndarray] = {}
+    for path in paths:
+        if path == "-":
+            for i, sketch in enumerate(_parse_json_sketches(sys.stdin.read(), "stdin")):
+                sketches[f"stdin[{i}]"] = sketch
+        elif path.endswith(".npz"):
+            for split, items in load_sketchrnn_npz(Path(path)).items():
+                for i, sketch in enumerate(items):
+                    sketches[f"{path}:{split}[{i}]"] = sketch
+        else:
+            for i, sketch in enumerate(_parse_json_sketches(Path(path).read_text(), path)):
+                sketches[f"{path}[{i}]"] = sketch
+    return sketches

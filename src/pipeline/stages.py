@@ -1,0 +1,182 @@
+"""The pipeline's stages as plain functions of settings, paths and ids: what each Prefect task calls.
+
+Each stage reads its inputs from disk or the tracking store and returns a path, an id or a small
+dataclass, so that stages can be cached, retried and run on other workers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+
+from pipeline import tracking
+from pipeline.config import Settings
+from pipeline.dataset import read_info
+from pipeline.evaluation import Evaluation, evaluate_model
+from pipeline.features import make_dataset, read_spec, write_features
+from pipeline.strokes import SPLITS
+from pipeline.training import TrainingConfig, train_model
+from pipeline.validation import ValidationReport, validate_dataset
+
+
+def validate(settings: Settings, dataset_dir: Path) -> ValidationReport:
+    """Validate a dataset folder into ``<work_dir>/validation/<dataset>``; see :func:`validate_dataset`."""
+    return validate_dataset(
+        dataset_dir,
+        Path(settings.work_dir) / "validation" / Path(dataset_dir).name,
+        min_points=settings.min_points,
+        max_points=settings.max_points,
+        max_abs_delta=settings.max_abs_delta,
+        max_invalid_fraction=settings.max_invalid_fraction,
+    )
+
+
+def preprocess(settings: Settings, report: ValidationReport) -> Path:
+    """Write the model-ready TFRecords of the accepted sketches; return the features folder."""
+    dataset_dir = Path(report.dataset_dir)
+    out_dir = Path(settings.work_dir) / "features" / f"{dataset_dir.name}-len{settings.max_len}"
+    accepted = {split: report.accepted_indices(split) for split in SPLITS}
+    write_features(dataset_dir, accepted, out_dir, settings.max_len)
+    return out_dir
+
+
+def start_pipeline_run(settings: Settings, features_dir: Path, flow_run_name: str) -> str:
+    """Open the parent MLflow run of one pipeline run and return its id."""
+    tracking.use_store(settings.resolved_tracking_uri)
+    experiment_id = tracking.ensure_experiment(settings.experiment_name, settings.artifact_location)
+    spec = read_spec(features_dir)
+    return tracking.start_parent_run(
+        experiment_id,
+        run_name=flow_run_name,
+        params={
+            "source": settings.source,
+            "dataset": spec.dataset_name,
+            "dataset_fingerprint": spec.dataset_fingerprint,
+            "classes": ",".join(spec.classes),
+            "architectures": ",".join(settings.architectures),
+            "epochs": settings.epochs,
+            "git_commit": tracking.git_commit(),
+        },
+        tags={"pipeline": "training_pipeline", "source": settings.source},
+    )
+
+
+def training_config(settings: Settings, architecture: str) -> TrainingConfig:
+    """Return the training hyperparameters of one architecture from the settings."""
+    return TrainingConfig(
+        architecture=architecture,
+        epochs=settings.epochs,
+        batch_size=settings.batch_size,
+        learning_rate=settings.learning_rate,
+        clipnorm=settings.clipnorm,
+        early_stopping_patience=settings.early_stopping_patience,
+        seed=settings.seed,
+        model_params=dict(settings.models.get(architecture, {})),
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class ArchitectureRun:
+    """One architecture's tracked run and saved model."""
+
+    architecture: str
+    run_id: str
+    model_path: str
+    train_seconds: float
+    epochs_run: int
+    num_params: int
+
+
+def train(settings: Settings, architecture: str, features_dir: Path, parent_run_id: str) -> ArchitectureRun:
+    """Train one architecture in its own MLflow run nested under ``parent_run_id``."""
+    import mlflow.keras
+
+    import mlflow
+
+    tracking.use_store(settings.resolved_tracking_uri)
+    spec = read_spec(features_dir)
+    parent = mlflow.MlflowClient().get_run(parent_run_id)
+    run_id = tracking.start_child_run(
+        parent.info.experiment_id,
+        parent_run_id,
+        run_name=architecture,
+        tags={"architecture": architecture, "source": settings.source, "classes": ",".join(spec.classes)},
+    )
+    config = training_config(settings, architecture)
+    with mlflow.start_run(run_id=run_id):
+        mlflow.log_params(
+            {
+                **config.as_params(),
+                "dataset_fingerprint": spec.dataset_fingerprint,
+                "max_len": spec.max_len,
+                "normalising_scale": spec.scale,
+                "git_commit": tracking.git_commit(),
+            }
+        )
+        trained = train_model(
+            config, features_dir, Path(settings.work_dir) / "models" / run_id, callbacks=[mlflow.keras.MlflowCallback()]
+        )
+        mlflow.log_metrics({"num_params": trained.num_params, "train_seconds": trained.train_seconds})
+    return ArchitectureRun(
+        architecture, run_id, trained.model_path, trained.train_seconds, trained.epochs_run, trained.num_params
+    )
+
+
+def evaluate(settings: Settings, run: ArchitectureRun, features_dir: Path) -> Evaluation:
+    """Evaluate a trained model on the test split and log the metrics to its run."""
+    tracking.use_store(settings.resolved_tracking_uri)
+    evaluation = evaluate_model(Path(run.model_path), features_dir, "test")
+    tracking.log_metrics(run.run_id, evaluation.metrics())
+    tracking.log_dict(
+        run.run_id,
+        {"classes": read_spec(features_dir).classes, "confusion": evaluation.confusion},
+        "confusion_matrix.json",
+    )
+    return evaluation
+
+
+def register(
+    settings: Settings, run: ArchitectureRun, evaluation: Evaluation, features_dir: Path
+) -> tracking.RegisteredVersion:
+    """Log the model to its run with ``mlflow.keras`` and register it as a new version."""
+    tracking.use_store(settings.resolved_tracking_uri)
+    spec = read_spec(features_dir)
+    example = next(iter(make_dataset(features_dir, "test", batch_size=2)))[0].numpy()
+    return tracking.log_and_register_model(
+        run.run_id,
+        Path(run.model_path),
+        settings.registered_model_name,
+        input_example=example,
+        metadata={"classes": spec.classes, "scale": spec.scale, "max_len": spec.max_len},
+        tags={
+            "architecture": run.architecture,
+            "dataset_fingerprint": spec.dataset_fingerprint,
+            "test_accuracy": f"{evaluation.accuracy:.6f}",
+            "test_top3_accuracy": f"{evaluation.top3_accuracy:.6f}",
+            "git_commit": tracking.git_commit(),
+        },
+    )
+
+
+def promote(settings: Settings, versions: list[tracking.RegisteredVersion]) -> tracking.PromotionDecision:
+    """Run the promotion gate over this pipeline run's new versions."""
+    tracking.use_store(settings.resolved_tracking_uri)
+    return tracking.promote_if_better(settings.registered_model_name, versions)
+
+
+def finish_pipeline_run(
+    settings: Settings, parent_run_id: str, decision: tracking.PromotionDecision | None, ok: bool
+) -> None:
+    """Record the promotion outcome on the parent run and close it."""
+    tracking.use_store(settings.resolved_tracking_uri)
+    if decision is not None:
+        tracking.log_dict(parent_run_id, dataclasses.asdict(decision), "promotion.json")
+    tracking.end_run(parent_run_id, "FINISHED" if ok else "FAILED")
+
+
+def dataset_summary(dataset_dir: Path) -> dict:
+    """Return the counts of a dataset folder per split, for printing."""
+    info = read_info(dataset_dir)
+    return {split: int(np.sum(list(per_class.values()))) for split, per_class in info.counts.items()}

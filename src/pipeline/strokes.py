@@ -1,0 +1,184 @@
+"""Stroke-3 sketches: conversion from polylines and the sketch-rnn ``.npz`` class-file format.
+
+A stroke-3 sketch is an ``(n, 3)`` array of ``(dx, dy, pen_lifted)`` rows: the offset from the
+previous point and 1 when the pen is lifted after this point (the last point of each stroke).
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+import zipfile
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+SPLITS = ("train", "valid", "test")
+
+
+class StrokeFormatError(ValueError):
+    """A file or record that cannot be read as stroke data; the message names both."""
+
+
+def polylines_to_stroke3(strokes: Sequence[np.ndarray]) -> np.ndarray:
+    """Return the stroke-3 array for a drawing given as absolute-coordinate polylines.
+
+    Args:
+        strokes: one ``(k, 2)`` array of absolute ``x, y`` points per pen-down stroke.
+
+    Returns:
+        ``(n, 3)`` float64 array of deltas; the first row is the offset from the origin.
+    """
+    points = []
+    pen = []
+    for stroke in strokes:
+        stroke = np.asarray(stroke, dtype=np.float64).reshape(-1, 2)
+        if len(stroke) == 0:
+            continue
+        points.append(stroke)
+        lifted = np.zeros(len(stroke))
+        lifted[-1] = 1.0
+        pen.append(lifted)
+    if not points:
+        return np.zeros((0, 3))
+    absolute = np.concatenate(points)
+    deltas = np.diff(absolute, axis=0, prepend=np.zeros((1, 2)))
+    return np.column_stack([deltas, np.concatenate(pen)])
+
+
+def stroke3_to_polylines(sketch: np.ndarray) -> list[np.ndarray]:
+    """Return the absolute-coordinate polylines (one ``(k, 2)`` array per stroke) of a stroke-3 sketch."""
+    sketch = np.asarray(sketch, dtype=np.float64)
+    absolute = np.cumsum(sketch[:, :2], axis=0)
+    ends = np.flatnonzero(sketch[:, 2] > 0.5) + 1
+    return [part for part in np.split(absolute, ends) if len(part)]
+
+
+def quantize_stroke3(sketch: np.ndarray) -> np.ndarray:
+    """Return an int16 stroke-3 array whose cumulative sum tracks the float one without drift."""
+    sketch = np.asarray(sketch, dtype=np.float64)
+    absolute = np.rint(np.cumsum(sketch[:, :2], axis=0))
+    deltas = np.diff(absolute, axis=0, prepend=np.zeros((1, 2)))
+    return np.column_stack([deltas, sketch[:, 2]]).astype(np.int16)
+
+
+def write_sketchrnn_npz(path: Path, splits: dict[str, Iterable[np.ndarray]]) -> None:
+    """Write a sketch-rnn class file: one object array of int16 stroke-3 sketches per split."""
+    arrays = {}
+    for split, sketches in splits.items():
+        items = [np.asarray(s, dtype=np.int16) for s in sketches]
+        column = np.empty(len(items), dtype=object)
+        column[:] = items
+        arrays[split] = column
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(path, **arrays)
+
+
+# The only globals a sketch-rnn object array needs: ndarray reconstruction and dtypes.
+_ALLOWED_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+}
+
+
+class _NumpyOnlyUnpickler(pickle.Unpickler):
+    """Unpickler that admits numpy array reconstruction and refuses every other global."""
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in _ALLOWED_GLOBALS:
+            raise pickle.UnpicklingError(f"refused to load global {module}.{name}")
+        if module == "numpy.core.multiarray":  # files pickled by numpy 1.x
+            module = "numpy._core.multiarray"
+        return super().find_class(module, name)
+
+
+def _read_npy_member(data: bytes) -> np.ndarray:
+    """Return the array in one ``.npy`` member, unpickling object arrays with the restricted unpickler."""
+    stream = io.BytesIO(data)
+    version = np.lib.format.read_magic(stream)
+    if version == (1, 0):
+        _, _, dtype = np.lib.format.read_array_header_1_0(stream)
+    else:
+        _, _, dtype = np.lib.format.read_array_header_2_0(stream)
+    if dtype.hasobject:
+        array = _NumpyOnlyUnpickler(stream, encoding="latin1").load()
+        if not isinstance(array, np.ndarray):
+            raise pickle.UnpicklingError(f"expected an ndarray, found {type(array).__name__}")
+        return array
+    stream.seek(0)
+    return np.load(stream, allow_pickle=False)
+
+
+def load_sketchrnn_npz(path: Path) -> dict[str, list[np.ndarray]]:
+    """Read a sketch-rnn class file without trusting its pickles.
+
+    Args:
+        path: a ``NAME.npz`` file with ``train``/``valid``/``test`` arrays of stroke-3 sketches.
+
+    Returns:
+        Split name -> list of ``(n, 3)`` int16 arrays, for the splits the file holds.
+
+    Raises:
+        StrokeFormatError: the file is not a readable npz, carries a pickled object other than a
+            numpy array (nothing from it is executed), or a record is not an ``(n, 3)`` array.
+    """
+    path = Path(path)
+    result: dict[str, list[np.ndarray]] = {}
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = {Path(n).stem: n for n in archive.namelist() if n.endswith(".npy")}
+            for split in SPLITS:
+                if split in members:
+                    result[split] = _records_of(path, split, _read_npy_member(archive.read(members[split])))
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError, pickle.UnpicklingError) as exc:
+        if isinstance(exc, StrokeFormatError):
+            raise
+        raise StrokeFormatError(f"{path}: not a readable sketch-rnn npz file ({exc})") from exc
+    if not result:
+        raise StrokeFormatError(f"{path}: holds none of the splits {', '.join(SPLITS)}")
+    return result
+
+
+def _records_of(path: Path, split: str, array: np.ndarray) -> list[np.ndarray]:
+    """Return the sketches of one split as int16 ``(n, 3)`` arrays, naming the first bad record."""
+    records = []
+    for index, item in enumerate(array):
+        sketch = np.asarray(item)
+        if sketch.ndim != 2 or sketch.shape[1] != 3 or not np.issubdtype(sketch.dtype, np.number):
+            raise StrokeFormatError(
+                f"{path}: record {split}[{index}] is not an (n, 3) numeric array "
+                f"(shape {sketch.shape}, dtype {sketch.dtype})"
+            )
+        records.append(sketch)
+    return records
+
+
+def simplify_rdp(points: np.ndarray, epsilon: float) -> np.ndarray:
+    """Return the Ramer-Douglas-Peucker simplification of one polyline (its end points always kept)."""
+    points = np.asarray(points, dtype=np.float64)
+    if len(points) < 3:
+        return points
+    keep = np.zeros(len(points), dtype=bool)
+    keep[0] = keep[-1] = True
+    pending = [(0, len(points) - 1)]
+    while pending:
+        first, last = pending.pop()
+        if last - first < 2:
+            continue
+        start, end = points[first], points[last]
+        segment = end - start
+        inner = points[first + 1 : last] - start
+        length = np.hypot(*segment)
+        if length == 0.0:
+            distances = np.hypot(inner[:, 0], inner[:, 1])
+        else:
+            distances = np.abs(segment[0] * inner[:, 1] - segment[1] * inner[:, 0]) / length
+        farthest = int(np.argmax(distances))
+        if distances[farthest] > epsilon:
+            split = first + 1 + farthest
+            keep[split] = True
+            pending.extend([(first, split), (split, last)])
+    return points[keep]

@@ -1,0 +1,281 @@
+"""Experiment tracking and the model registry with MLflow: runs, model logging, versions and aliases.
+
+Runs are addressed by id so that each Prefect task (in any thread) can reopen the run it is handed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+HISTORY_TAG = "champion_history"
+
+
+def use_store(tracking_uri: str) -> None:
+    """Point MLflow's tracking and registry at ``tracking_uri``; create the SQLite store's folder."""
+    import mlflow
+
+    if tracking_uri.startswith("sqlite:///"):
+        Path(tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+
+
+def ensure_experiment(name: str, artifact_location: str | None = None) -> str:
+    """Return the id of the experiment ``name``, creating it (with its artifact location) if needed."""
+    import mlflow
+
+    experiment = mlflow.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    try:
+        return mlflow.create_experiment(name, artifact_location=artifact_location)
+    except mlflow.exceptions.MlflowException:  # created meanwhile by a concurrent run
+        return mlflow.get_experiment_by_name(name).experiment_id
+
+
+def git_commit() -> str:
+    """Return the current git commit of the working folder, or ``"unknown"`` outside a repository."""
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, timeout=10
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def start_parent_run(experiment_id: str, run_name: str, params: dict[str, Any], tags: dict[str, str]) -> str:
+    """Create the flow-level run that the architecture runs nest under; return its id (left RUNNING)."""
+    from mlflow.entities import Param
+
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    run = client.create_run(experiment_id, run_name=run_name, tags=tags)
+    client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()])
+    return run.info.run_id
+
+
+def start_child_run(experiment_id: str, parent_run_id: str, run_name: str, tags: dict[str, str]) -> str:
+    """Create a run nested under ``parent_run_id`` (one per architecture); return its id."""
+    import mlflow
+
+    run = mlflow.MlflowClient().create_run(
+        experiment_id, run_name=run_name, tags={"mlflow.parentRunId": parent_run_id, **tags}
+    )
+    return run.info.run_id
+
+
+def end_run(run_id: str, status: str = "FINISHED") -> None:
+    """Mark a run as ended with ``status`` (FINISHED, FAILED or KILLED)."""
+    import mlflow
+
+    mlflow.MlflowClient().set_terminated(run_id, status)
+
+
+def log_metrics(run_id: str, metrics: dict[str, float]) -> None:
+    """Log scalar metrics to a run."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    for key, value in metrics.items():
+        client.log_metric(run_id, key, float(value))
+
+
+def log_dict(run_id: str, data: dict, artifact_file: str) -> None:
+    """Log a JSON-serialisable mapping as a run artifact."""
+    import mlflow
+
+    mlflow.MlflowClient().log_dict(run_id, data, artifact_file)
+
+
+def model_signature():
+    """Return the serving signature: ``(-1, -1, 3)`` float32 strokes in, class probabilities out."""
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import Schema, TensorSpec
+
+    return ModelSignature(
+        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, -1, 3), "strokes")]),
+        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, -1), "probabilities")]),
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class RegisteredVersion:
+    """A registered model version and the test metric it is compared on."""
+
+    name: str
+    version: str
+    architecture: str
+    run_id: str
+    test_accuracy: float
+
+
+def log_and_register_model(
+    run_id: str,
+    model_path: Path,
+    registered_model_name: str,
+    input_example: np.ndarray,
+    metadata: dict[str, Any],
+    tags: dict[str, str],
+) -> RegisteredVersion:
+    """Log a saved Keras model for ``run_id`` with ``mlflow.keras`` and register it as a new version.
+
+    ``metadata`` (class names, normalising scale, crop length) travels in the MLmodel file so that
+    whoever loads the model can prepare raw strokes the way training did.
+    """
+    import tempfile
+
+    import keras
+    import mlflow.keras
+    import tensorflow as tf
+
+    import mlflow
+
+    model = keras.saving.load_model(model_path)
+    client = mlflow.MlflowClient()
+    experiment_id = client.get_run(run_id).info.experiment_id
+    with tempfile.TemporaryDirectory() as tmp:
+        local = Path(tmp) / "model"
+        # mlflow.keras.log_model(input_example=...) writes the example before creating its folder
+        # (mlflow/mlflow#16183), so save into a folder made here and log it as a LoggedModel.
+        local.mkdir()
+        mlflow.keras.save_model(
+            model,
+            str(local),
+            signature=model_signature(),
+            input_example=input_example,
+            metadata=metadata,
+            pip_requirements=[f"tensorflow=={tf.__version__}", f"keras=={keras.__version__}"],
+        )
+        logged = mlflow.initialize_logged_model(
+            name="model", source_run_id=run_id, experiment_id=experiment_id, tags=dict(tags)
+        )
+        client.log_model_artifacts(logged.model_id, str(local))
+        mlflow.finalize_logged_model(logged.model_id, "READY")
+    registered = mlflow.register_model(f"models:/{logged.model_id}", registered_model_name)
+    version = str(registered.version)
+    for key, value in tags.items():
+        client.set_model_version_tag(registered_model_name, version, key, str(value))
+    client.update_model_version(
+        registered_model_name,
+        version,
+        description=(
+            f"{tags.get('architecture', '?')} trained on dataset {tags.get('dataset_fingerprint', '?')[:12]}; "
+            f"test accuracy {float(tags.get('test_accuracy', 'nan')):.4f}"
+        ),
+    )
+    return RegisteredVersion(
+        name=registered_model_name,
+        version=version,
+        architecture=tags.get("architecture", ""),
+        run_id=run_id,
+        test_accuracy=float(tags.get("test_accuracy", "nan")),
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class PromotionDecision:
+    """What the promotion gate decided and why."""
+
+    candidate_version: str
+    candidate_accuracy: float
+    champion_version: str | None
+    champion_accuracy: float | None
+    alias: str
+    reason: str
+
+
+def current_alias(name: str, alias: str):
+    """Return the model version that holds ``alias``, or ``None`` when no version does."""
+    import mlflow
+
+    try:
+        return mlflow.MlflowClient().get_model_version_by_alias(name, alias)
+    except mlflow.exceptions.MlflowException:
+        return None
+
+
+def alias_version(name: str, alias: str) -> str | None:
+    """Return the version number (as a string) that holds ``alias``, or ``None``."""
+    version = current_alias(name, alias)
+    return None if version is None else str(version.version)
+
+
+def promote_if_better(name: str, candidates: list[RegisteredVersion]) -> PromotionDecision:
+    """Give the best candidate ``champion`` if it beats the current champion's test accuracy, else ``challenger``.
+
+    The decision is recorded as tags on the candidate version.
+    """
+    import mlflow
+
+    if not candidates:
+        raise ValueError("no candidate versions to promote")
+    client = mlflow.MlflowClient()
+    best = max(candidates, key=lambda c: (c.test_accuracy, -int(c.version)))
+    champion = current_alias(name, CHAMPION)
+    champion_accuracy = float(champion.tags.get("test_accuracy", "nan")) if champion else None
+    if champion is None:
+        alias, reason = CHAMPION, "no champion yet"
+    elif best.test_accuracy > champion_accuracy:
+        alias, reason = CHAMPION, f"test accuracy {best.test_accuracy:.4f} > champion's {champion_accuracy:.4f}"
+    else:
+        alias, reason = CHALLENGER, f"test accuracy {best.test_accuracy:.4f} <= champion's {champion_accuracy:.4f}"
+    if alias == CHAMPION:
+        set_champion(name, best.version)
+    else:
+        client.set_registered_model_alias(name, CHALLENGER, best.version)
+    client.set_model_version_tag(name, best.version, "promotion_verdict", alias)
+    client.set_model_version_tag(name, best.version, "promotion_reason", reason)
+    return PromotionDecision(
+        candidate_version=best.version,
+        candidate_accuracy=best.test_accuracy,
+        champion_version=str(champion.version) if champion else None,
+        champion_accuracy=champion_accuracy,
+        alias=alias,
+        reason=reason,
+    )
+
+
+def set_champion(name: str, version: str) -> None:
+    """Point ``champion`` at ``version`` and append it to the model's champion history."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    client.get_model_version(name, version)  # raises for an unknown version, before anything changes
+    history = _champion_history(name)
+    client.set_registered_model_alias(name, CHAMPION, version)
+    client.set_registered_model_tag(name, HISTORY_TAG, ",".join([*history, version]))
+
+
+def rollback_champion(name: str) -> str:
+    """Move ``champion`` back to the version that held it before; return that version.
+
+    Raises:
+        ValueError: there is no earlier champion to go back to (nothing is changed).
+    """
+    import mlflow
+
+    history = _champion_history(name)
+    if len(history) < 2:
+        raise ValueError(f"model {name!r} has no earlier champion to roll back to")
+    client = mlflow.MlflowClient()
+    client.set_registered_model_alias(name, CHAMPION, history[-2])
+    client.set_registered_model_tag(name, HISTORY_TAG, ",".join(history[:-1]))
+    return history[-2]
+
+
+def _champion_history(name: str) -> list[str]:
+    import mlflow
+
+    try:
+        model = mlflow.MlflowClient().get_registered_model(name)
+    except mlflow.exceptions.MlflowException as exc:
+        raise ValueError(f"no registered model named {name!r}") from exc
+    return [v for v in model.tags.get(HISTORY_TAG, "").split(",") if v]

@@ -1,0 +1,110 @@
+"""Training one architecture with Keras: compile, callbacks (early stopping, LR schedule, checkpoints,
+resume after a kill) and fit on the tf.data pipeline."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any
+
+import keras
+
+from pipeline.features import make_dataset, read_spec
+from pipeline.models import build_model
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingConfig:
+    """The hyperparameters of one training job."""
+
+    architecture: str
+    epochs: int = 5
+    batch_size: int = 64
+    learning_rate: float = 3e-3
+    clipnorm: float = 1.0
+    early_stopping_patience: int = 3
+    seed: int = 42
+    model_params: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def as_params(self) -> dict[str, Any]:
+        """Return every hyperparameter as a flat mapping, for experiment tracking."""
+        flat = {k: v for k, v in dataclasses.asdict(self).items() if k != "model_params"}
+        flat.update({f"model_{k}": v for k, v in self.model_params.items()})
+        return flat
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainedModel:
+    """Where a trained model was saved and how training went."""
+
+    architecture: str
+    model_path: str
+    epochs_run: int
+    train_seconds: float
+    num_params: int
+    history: dict[str, list[float]]
+
+
+def compile_model(model: keras.Model, learning_rate: float, clipnorm: float) -> keras.Model:
+    """Compile with Adam (gradient clipping by norm), cross-entropy, accuracy and top-3 accuracy."""
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate=learning_rate, clipnorm=clipnorm),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy", keras.metrics.SparseTopKCategoricalAccuracy(k=3, name="top3_accuracy")],
+    )
+    return model
+
+
+def train_model(
+    config: TrainingConfig,
+    features_dir: Path,
+    out_dir: Path,
+    callbacks: list[keras.callbacks.Callback] | None = None,
+) -> TrainedModel:
+    """Train one architecture on a features folder; save the best model as ``out_dir/model.keras``.
+
+    ``out_dir/backup`` holds Keras's ``BackupAndRestore`` state: a run killed mid-way and started again
+    with the same ``out_dir`` continues from its last completed epoch.
+    """
+    spec = read_spec(features_dir)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    keras.utils.set_random_seed(config.seed)
+    model = compile_model(
+        build_model(config.architecture, len(spec.classes), config.model_params),
+        config.learning_rate,
+        config.clipnorm,
+    )
+    train = make_dataset(features_dir, "train", config.batch_size, shuffle=True, seed=config.seed)
+    valid = make_dataset(features_dir, "valid", config.batch_size)
+    model_path = out_dir / "model.keras"
+    standard = [
+        keras.callbacks.BackupAndRestore(str(out_dir / "backup")),
+        keras.callbacks.EarlyStopping(
+            monitor="val_loss", patience=config.early_stopping_patience, restore_best_weights=True
+        ),
+        keras.callbacks.ReduceLROnPlateau(
+            monitor="val_loss", factor=0.5, patience=max(1, config.early_stopping_patience - 1)
+        ),
+        keras.callbacks.ModelCheckpoint(str(out_dir / "best.keras"), monitor="val_loss", save_best_only=True),
+    ]
+    started = time.perf_counter()
+    history = model.fit(
+        train,
+        validation_data=valid,
+        epochs=config.epochs,
+        callbacks=standard + list(callbacks or []),
+        shuffle=False,  # tf.data shuffles
+        verbose=0,
+    )
+    seconds = time.perf_counter() - started
+    model.save(model_path)
+    return TrainedModel(
+        architecture=config.architecture,
+        model_path=str(model_path),
+        epochs_run=len(history.epoch),
+        train_seconds=seconds,
+        num_params=int(model.count_params()),
+        history={k: [float(v) for v in values] for k, values in history.history.items()},
+    )

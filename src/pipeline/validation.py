@@ -1,0 +1,202 @@
+"""Data validation with Great Expectations over a per-sketch table, with a quarantine for failures.
+
+Great Expectations is imported inside the functions: it takes seconds to import.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pipeline.dataset import open_split, read_info
+from pipeline.strokes import SPLITS
+
+
+class DataValidationError(RuntimeError):
+    """Too large a share of the sketches failed validation."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ValidationReport:
+    """The outcome of validating one dataset: counts, failures per expectation and where they went."""
+
+    dataset_dir: str
+    output_dir: str
+    records_in: int
+    accepted: int
+    quarantined: int
+    failures: dict[str, int]
+    invalid_fraction: float
+    success: bool
+
+    @property
+    def quarantine_path(self) -> Path:
+        """Return the JSON-lines file of quarantined sketches."""
+        return Path(self.output_dir) / "quarantine.jsonl"
+
+    def accepted_indices(self, split: str) -> np.ndarray:
+        """Return the indices of the sketches of ``split`` that passed validation."""
+        return np.load(Path(self.output_dir) / f"{split}_accepted.npy")
+
+
+def _per_sketch(rows: np.ndarray, offsets: np.ndarray, reducer: np.ufunc, empty) -> np.ndarray:
+    """Return ``reducer`` over each sketch's rows (``empty`` for a sketch without rows)."""
+    lengths = np.diff(offsets)
+    if len(rows) == 0:
+        return np.full(len(lengths), empty)
+    reduced = reducer.reduceat(rows, np.minimum(offsets[:-1], len(rows) - 1))
+    return np.where(lengths > 0, reduced, empty)
+
+
+def sketch_table(dataset_dir: Path) -> pd.DataFrame:
+    """Return one row per sketch: split, row, id, label, point count, finiteness, pen values, largest step."""
+    info = read_info(dataset_dir)
+    frames = []
+    for split in SPLITS:
+        arrays = open_split(dataset_dir, split)
+        if len(arrays) == 0:
+            continue
+        strokes = np.asarray(arrays.strokes)
+        offsets = np.asarray(arrays.offsets)
+        finite_rows = np.isfinite(strokes).all(axis=1)
+        pen_rows = np.isin(strokes[:, 2], (0.0, 1.0))
+        magnitude = np.where(np.isfinite(strokes[:, :2]), np.abs(strokes[:, :2]), np.inf).max(axis=1, initial=0)
+        lengths = np.diff(offsets)
+
+        labels = np.asarray(arrays.labels)
+        names = np.array([*info.classes, "<unknown>"])[
+            np.where((labels >= 0) & (labels < len(info.classes)), labels, -1)
+        ]
+        frames.append(
+            pd.DataFrame(
+                {
+                    "split": split,
+                    "row": np.arange(len(lengths)),
+                    "id": np.asarray(arrays.ids),
+                    "label": names,
+                    "n_points": lengths,
+                    "finite": _per_sketch(finite_rows, offsets, np.logical_and, True),
+                    "pen_valid": _per_sketch(pen_rows, offsets, np.logical_and, True),
+                    "max_abs_delta": _per_sketch(magnitude, offsets, np.maximum, 0.0),
+                }
+            )
+        )
+    return pd.concat(frames, ignore_index=True)
+
+
+def _expectations(classes: list[str], min_points: int, max_points: int, max_abs_delta: float) -> list:
+    import great_expectations as gx
+
+    e = gx.expectations
+    return [
+        e.ExpectColumnValuesToBeInSet(column="label", value_set=classes),
+        e.ExpectColumnValuesToBeBetween(column="n_points", min_value=min_points, max_value=max_points),
+        e.ExpectColumnValuesToBeInSet(column="finite", value_set=[True]),
+        e.ExpectColumnValuesToBeInSet(column="pen_valid", value_set=[True]),
+        e.ExpectColumnValuesToBeBetween(column="max_abs_delta", min_value=0, max_value=max_abs_delta),
+        e.ExpectColumnValuesToBeUnique(column="id"),
+    ]
+
+
+def run_expectations(table: pd.DataFrame, expectations: list) -> list[dict]:
+    """Run expectations over the table in a fresh ephemeral GX context; return every failing row.
+
+    Returns:
+        One dict per failing (row, expectation): split, row, id, expectation, column, value.
+    """
+    import great_expectations as gx
+
+    context = gx.get_context(mode="ephemeral")
+    context.variables.progress_bars = {"globally": False}
+    batch = context.data_sources.add_pandas("sketches").add_dataframe_asset("per_sketch")
+    suite = context.suites.add(gx.ExpectationSuite(name="sketch_quality", expectations=expectations))
+    definition = context.validation_definitions.add(
+        gx.ValidationDefinition(
+            name="sketch_quality", data=batch.add_batch_definition_whole_dataframe("all"), suite=suite
+        )
+    )
+    result = definition.run(
+        batch_parameters={"dataframe": table},
+        result_format={"result_format": "COMPLETE", "unexpected_index_column_names": ["split", "row", "id"]},
+    )
+    failures = []
+    for outcome in result.results:
+        if outcome.success:
+            continue
+        column = outcome.expectation_config.kwargs["column"]
+        for row in outcome.result.get("unexpected_index_list") or []:
+            value = row.get(column)
+            failures.append(
+                {
+                    "split": row["split"],
+                    "row": int(row["row"]),
+                    "id": str(row["id"]),
+                    "expectation": outcome.expectation_config.type,
+                    "column": column,
+                    "value": value.item() if isinstance(value, np.generic) else value,
+                }
+            )
+    return failures
+
+
+def validate_dataset(
+    dataset_dir: Path,
+    output_dir: Path,
+    min_points: int = 2,
+    max_points: int = 1000,
+    max_abs_delta: float = 1000.0,
+    max_invalid_fraction: float = 0.05,
+) -> ValidationReport:
+    """Validate a dataset folder; write accepted indices, the quarantine and a summary to ``output_dir``.
+
+    Every sketch ends up either accepted or quarantined (records in = accepted + quarantined).
+
+    Raises:
+        DataValidationError: the share of failing sketches exceeds ``max_invalid_fraction`` (the
+            quarantine and summary are written first, so the cause can be read).
+    """
+    info = read_info(dataset_dir)
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    table = sketch_table(dataset_dir)
+    failures = run_expectations(table, _expectations(info.classes, min_points, max_points, max_abs_delta))
+
+    bad_rows = {(f["split"], f["row"]) for f in failures}
+    for split in SPLITS:
+        count = int((table["split"] == split).sum())
+        keep = np.array([i for i in range(count) if (split, i) not in bad_rows], dtype=np.int64)
+        np.save(output_dir / f"{split}_accepted.npy", keep)
+    with open(output_dir / "quarantine.jsonl", "w") as sink:
+        for failure in failures:
+            sink.write(json.dumps({"dataset": info.name, **failure}, default=str) + "\n")
+
+    per_expectation: dict[str, int] = {}
+    for failure in failures:
+        per_expectation[failure["expectation"]] = per_expectation.get(failure["expectation"], 0) + 1
+    fraction = len(bad_rows) / max(len(table), 1)
+    report = ValidationReport(
+        dataset_dir=str(dataset_dir),
+        output_dir=str(output_dir),
+        records_in=len(table),
+        accepted=len(table) - len(bad_rows),
+        quarantined=len(bad_rows),
+        failures=per_expectation,
+        invalid_fraction=fraction,
+        success=fraction <= max_invalid_fraction,
+    )
+    (output_dir / "summary.json").write_text(json.dumps(dataclasses.asdict(report), indent=2))
+    if not report.success:
+        raise DataValidationError(
+            f"{fraction:.1%} of {len(table)} sketches in {info.name} failed validation "
+            f"(limit {max_invalid_fraction:.1%}); see {report.quarantine_path}"
+        )
+    return report
+
+
+def read_report(output_dir: Path) -> ValidationReport:
+    """Return the report that :func:`validate_dataset` wrote to ``output_dir``."""
+    return ValidationReport(**json.loads((Path(output_dir) / "summary.json").read_text()))

@@ -1,0 +1,40 @@
+"""Tracking and registry tasks: open and close the pipeline's MLflow run, register, promote."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from pipeline import stages, tracking
+from pipeline.config import Settings
+from pipeline.evaluation import Evaluation
+
+
+@task(name="start-tracking-run", cache_policy=NO_CACHE)
+def start_run_task(settings: Settings, features_dir: Path, flow_run_name: str) -> str:
+    """Open the parent MLflow run; return its id."""
+    return stages.start_pipeline_run(settings, features_dir, flow_run_name)
+
+
+@task(name="register", cache_policy=NO_CACHE)
+def register_task(
+    settings: Settings, run: stages.ArchitectureRun, evaluation: Evaluation, features_dir: Path
+) -> tracking.RegisteredVersion:
+    """Log the model with mlflow.keras and register a new version."""
+    return stages.register(settings, run, evaluation, features_dir)
+
+
+@task(name="promote", cache_policy=NO_CACHE)
+def promote_task(settings: Settings, versions: list[tracking.RegisteredVersion]) -> tracking.PromotionDecision:
+    """Move ``champion`` to the best new version only if it beats the current champion."""
+    return stages.promote(settings, versions)
+
+
+@task(name="finish-tracking-run", cache_policy=NO_CACHE)
+def finish_run_task(
+    settings: Settings, parent_run_id: str, decision: tracking.PromotionDecision | None, ok: bool
+) -> None:
+    """Record the promotion on the parent run and close it."""
+    stages.finish_pipeline_run(settings, parent_run_id, decision, ok)

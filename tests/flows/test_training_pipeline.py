@@ -1,0 +1,82 @@
+"""The whole training flow on a real Prefect server and a real MLflow store."""
+
+import dataclasses
+import shutil
+
+import numpy as np
+import pytest
+import yaml
+
+import mlflow
+from flows.training_pipeline import training_pipeline
+from pipeline import tracking
+from pipeline.cli import main
+from pipeline.serving import load_classifier
+from tests.conftest import tiny_settings
+
+
+@pytest.fixture(scope="module")
+def pipeline_setup(tmp_path_factory, mlflow_template):
+    root = tmp_path_factory.mktemp("flow")
+    shutil.copy(mlflow_template, root / "mlflow.db")
+    settings = tiny_settings(root / "work", root / "mlflow.db", architectures=("lstm", "conv_lstm"))
+    config = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(settings).items()}
+    config_file = root / "settings.yaml"
+    config_file.write_text(yaml.safe_dump(config))
+    return settings, config_file
+
+
+@pytest.fixture(scope="module")
+def first_result(pipeline_setup):
+    _, config_file = pipeline_setup
+    return training_pipeline(config_file=str(config_file))
+
+
+def test_one_run_per_architecture_nested_under_the_flow_run(first_result, pipeline_setup):
+    settings, _ = pipeline_setup
+    client = mlflow.MlflowClient(settings.resolved_tracking_uri)
+    experiment = client.get_experiment_by_name(settings.experiment_name)
+    children = client.search_runs(
+        [experiment.experiment_id], f"tags.mlflow.parentRunId = '{first_result.parent_run_id}'"
+    )
+    assert sorted(r.data.tags["architecture"] for r in children) == ["conv_lstm", "lstm"]
+    for run in children:
+        assert {"test_accuracy", "test_top3_accuracy", "loss", "val_loss", "accuracy"} <= set(run.data.metrics)
+        assert run.info.status == "FINISHED"
+    parent = client.get_run(first_result.parent_run_id)
+    assert parent.info.status == "FINISHED"
+    assert parent.data.params["dataset_fingerprint"] == children[0].data.params["dataset_fingerprint"]
+
+
+def test_versions_registered_and_champion_loads_and_predicts(first_result, pipeline_setup):
+    settings, _ = pipeline_setup
+    tracking.use_store(settings.resolved_tracking_uri)
+    versions = mlflow.MlflowClient().search_model_versions(f"name = '{settings.registered_model_name}'")
+    assert sorted(str(v.version) for v in versions) == ["1", "2"]
+    best = max(first_result.rows, key=lambda r: (r.test_accuracy, -int(r.model_version)))
+    assert first_result.promoted_alias == "champion"
+    assert tracking.alias_version(settings.registered_model_name, "champion") == best.model_version
+
+    classifier = load_classifier(settings)
+    assert classifier.classes == ["circle", "square", "triangle", "star"]
+    sketch = np.array([[10, 0, 0], [0, 10, 0], [-10, 0, 0], [0, -10, 1]], dtype=np.float32)
+    probabilities = classifier.probabilities([sketch, sketch[:2]])
+    assert probabilities.shape == (2, 4)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_cli_run_prints_the_table_and_a_second_run_lands_in_the_same_experiment(first_result, pipeline_setup, capsys):
+    settings, config_file = pipeline_setup
+    main(["run", "--config", str(config_file), "--architectures", "lstm", "--epochs", "1"])
+    out = capsys.readouterr().out
+    header = next(line for line in out.splitlines() if line.startswith("architecture"))
+    assert header.split()[:3] == ["architecture", "test", "acc"]
+    assert any(line.startswith("lstm ") for line in out.splitlines())
+    assert "promoted: test-sketch-classifier version 3 -> @" in out
+
+    client = mlflow.MlflowClient(settings.resolved_tracking_uri)
+    experiment = client.get_experiment_by_name(settings.experiment_name)
+    parents = client.search_runs([experiment.experiment_id], "tags.pipeline = 'training_pipeline'")
+    assert len(parents) == 2
+    tracking.use_store(settings.resolved_tracking_uri)
+    assert tracking.alias_version(settings.registered_model_name, "champion") in {"1", "2", "3"}

@@ -1,0 +1,62 @@
+"""Model tests: every registered architecture is sequence-to-vector and blind to padding."""
+
+import keras
+import numpy as np
+import pytest
+
+from pipeline.features import pad_batch
+from pipeline.models import MODEL_BUILDERS, build_model
+from tests.conftest import TINY_MODELS
+
+ARCHITECTURES = list(MODEL_BUILDERS)
+
+
+def _sketches(rng: np.random.Generator, count: int) -> list[np.ndarray]:
+    sketches = []
+    for length in rng.integers(2, 30, size=count):
+        sketch = rng.normal(size=(length, 3)).astype(np.float32)
+        sketch[:, 2] = rng.integers(0, 2, size=length)
+        sketches.append(sketch)
+    return sketches
+
+
+def test_registry_has_the_seven_architectures():
+    assert set(ARCHITECTURES) == {"simple_rnn", "lstm", "gru", "conv_lstm", "bilstm", "wavenet", "transformer"}
+
+
+@pytest.mark.parametrize("name", ARCHITECTURES)
+def test_padding_never_changes_a_prediction(name):
+    rng = np.random.default_rng(abs(hash(name)) % 2**32)
+    model = build_model(name, 5, TINY_MODELS[name])
+    sketches = _sketches(rng, 6)
+    tight = model(pad_batch(sketches)).numpy()
+    loose = model(pad_batch(sketches, length=int(rng.integers(35, 80)))).numpy()
+    alone = np.concatenate([model(pad_batch([s])).numpy() for s in sketches])
+    assert tight.shape == (6, 5)
+    np.testing.assert_allclose(tight.sum(axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(tight, loose, atol=1e-5)
+    np.testing.assert_allclose(tight, alone, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["simple_rnn", "lstm", "gru", "conv_lstm", "bilstm"])
+def test_only_the_last_recurrent_layer_returns_a_vector(name):
+    model = build_model(name, 3, {**TINY_MODELS[name], "num_layers": 3})
+    recurrent = [
+        layer.forward_layer if isinstance(layer, keras.layers.Bidirectional) else layer
+        for layer in model.layers
+        if isinstance(layer, keras.layers.RNN | keras.layers.Bidirectional)
+    ]
+    assert [layer.return_sequences for layer in recurrent] == [True, True, False]
+
+
+def test_models_survive_a_save_and_load(tmp_path):
+    model = build_model("transformer", 4, TINY_MODELS["transformer"])
+    batch = pad_batch(_sketches(np.random.default_rng(0), 3))
+    model.save(tmp_path / "m.keras")
+    restored = keras.saving.load_model(tmp_path / "m.keras")
+    np.testing.assert_allclose(model(batch).numpy(), restored(batch).numpy(), atol=1e-6)
+
+
+def test_unknown_architecture():
+    with pytest.raises(KeyError, match="unknown architecture 'resnet'"):
+        build_model("resnet", 3)

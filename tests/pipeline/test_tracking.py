@@ -1,0 +1,81 @@
+"""The registry and promotion gate against a real (SQLite) MLflow store."""
+
+import numpy as np
+import pytest
+
+import mlflow
+from pipeline import tracking
+from pipeline.models import build_model
+from pipeline.training import compile_model
+
+
+@pytest.fixture
+def store(tracking_db, tmp_path):
+    tracking.use_store(f"sqlite:///{tracking_db}")
+    experiment_id = tracking.ensure_experiment("tests", (tmp_path / "artifacts").as_uri())
+    return experiment_id
+
+
+@pytest.fixture(scope="module")
+def saved_model(tmp_path_factory):
+    path = tmp_path_factory.mktemp("model") / "model.keras"
+    compile_model(build_model("lstm", 3, {"units": 4, "num_layers": 1}), 1e-3, 1.0).save(path)
+    return path
+
+
+def _register(store, saved_model, accuracy: float, name: str = "m") -> tracking.RegisteredVersion:
+    run_id = tracking.start_child_run(store, tracking.start_parent_run(store, "p", {}, {}), "lstm", {})
+    return tracking.log_and_register_model(
+        run_id,
+        saved_model,
+        name,
+        input_example=np.zeros((1, 4, 3), np.float32),
+        metadata={"classes": ["a", "b", "c"], "scale": 1.0, "max_len": 10},
+        tags={"architecture": "lstm", "dataset_fingerprint": "f" * 64, "test_accuracy": str(accuracy)},
+    )
+
+
+def test_first_version_becomes_champion_and_a_worse_one_challenger(store, saved_model):
+    first = _register(store, saved_model, 0.6)
+    decision = tracking.promote_if_better("m", [first])
+    assert (decision.alias, decision.champion_version) == ("champion", None)
+    worse, better = _register(store, saved_model, 0.5), _register(store, saved_model, 0.7)
+    assert tracking.promote_if_better("m", [worse]).alias == "challenger"
+    assert tracking.alias_version("m", "champion") == first.version
+    assert tracking.alias_version("m", "challenger") == worse.version
+    decision = tracking.promote_if_better("m", [worse, better])
+    assert (decision.alias, decision.candidate_version, decision.champion_version) == ("champion", better.version, "1")
+    version = mlflow.MlflowClient().get_model_version("m", better.version)
+    assert version.tags["promotion_verdict"] == "champion"
+    assert version.tags["architecture"] == "lstm"
+    assert "test accuracy 0.7000" in version.description
+
+
+def test_versions_are_loadable_with_signature_and_metadata(store, saved_model):
+    version = _register(store, saved_model, 0.6)
+    uri = f"models:/m/{version.version}"
+    info = mlflow.models.get_model_info(uri)
+    assert info.metadata["classes"] == ["a", "b", "c"]
+    assert info.signature.inputs.inputs[0].shape == (-1, -1, 3)
+    model = mlflow.keras.load_model(uri)
+    assert model.predict(np.ones((2, 5, 3), np.float32), verbose=0).shape == (2, 3)
+
+
+def test_manual_promotion_and_rollback(store, saved_model):
+    a, b = _register(store, saved_model, 0.6), _register(store, saved_model, 0.5)
+    tracking.set_champion("m", a.version)
+    tracking.set_champion("m", b.version)
+    assert tracking.alias_version("m", "champion") == b.version
+    assert tracking.rollback_champion("m") == a.version
+    assert tracking.alias_version("m", "champion") == a.version
+    with pytest.raises(ValueError, match="no earlier champion"):
+        tracking.rollback_champion("m")
+    assert tracking.alias_version("m", "champion") == a.version
+
+
+def test_unknown_version_changes_nothing(store, saved_model):
+    a = _register(store, saved_model, 0.6)
+    tracking.set_champion("m", a.version)
+    with pytest.raises(mlflow.exceptions.MlflowException):
+        tracking.set_champion("m", "99")
+    assert tracking.alias_version("m", "champion") == a.version

@@ -1,0 +1,90 @@
+"""Each task's function through ``.fn``, chained on the tiny dataset against a real SQLite store."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+import mlflow
+from pipeline import tracking
+from tasks.data import ingest_task, preprocess_task, validate_task
+from tasks.registry import finish_run_task, promote_task, register_task, start_run_task
+from tasks.training import evaluate_task, train_task
+from tests.conftest import tiny_settings
+
+
+@pytest.fixture(scope="module")
+def settings(tmp_path_factory, mlflow_template):
+    root = tmp_path_factory.mktemp("tasks")
+    shutil.copy(mlflow_template, root / "mlflow.db")
+    return tiny_settings(root / "work", root / "mlflow.db")
+
+
+@pytest.fixture(scope="module")
+def chain(settings):
+    """Run every task once, in pipeline order; keep each result."""
+    out = {"dataset": ingest_task.fn(settings)}
+    out["report"] = validate_task.fn(settings, out["dataset"])
+    out["features"] = preprocess_task.fn(settings, out["report"])
+    out["parent"] = start_run_task.fn(settings, out["features"], "test-flow-run")
+    out["run"] = train_task.fn(settings, "lstm", out["features"], out["parent"])
+    out["evaluation"] = evaluate_task.fn(settings, out["run"], out["features"])
+    out["version"] = register_task.fn(settings, out["run"], out["evaluation"], out["features"])
+    out["decision"] = promote_task.fn(settings, [out["version"]])
+    finish_run_task.fn(settings, out["parent"], out["decision"], ok=True)
+    return out
+
+
+def test_ingest_writes_a_canonical_dataset(chain, settings):
+    info = json.loads((Path(chain["dataset"]) / "dataset.json").read_text())
+    assert info["classes"] == ["circle", "square", "triangle", "star"]
+    assert info["counts"]["train"] == dict.fromkeys(info["classes"], 60)
+    assert Path(chain["dataset"]).parent == Path(settings.work_dir) / "datasets"
+
+
+def test_ingest_is_deterministic(chain, settings):
+    assert ingest_task.fn(settings) == chain["dataset"]
+
+
+def test_validate_accounts_for_every_record(chain):
+    report = chain["report"]
+    assert report.records_in == 4 * 95 == report.accepted + report.quarantined
+
+
+def test_preprocess_writes_one_record_file_per_split(chain):
+    assert sorted(p.name for p in Path(chain["features"]).glob("*.tfrecord")) == [
+        "test.tfrecord",
+        "train.tfrecord",
+        "valid.tfrecord",
+    ]
+
+
+def test_train_logs_a_nested_run_with_per_epoch_metrics(chain, settings):
+    client = mlflow.MlflowClient(settings.resolved_tracking_uri)
+    run = client.get_run(chain["run"].run_id)
+    assert run.data.tags["mlflow.parentRunId"] == chain["parent"]
+    assert run.data.tags["architecture"] == "lstm"
+    assert run.data.params["epochs"] == "1" and run.data.params["model_units"] == "8"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val_loss")] == [0]
+    assert Path(chain["run"].model_path).is_file()
+
+
+def test_evaluate_logs_test_metrics(chain, settings):
+    evaluation = chain["evaluation"]
+    assert 0.0 <= evaluation.accuracy <= evaluation.top3_accuracy <= 1.0
+    assert evaluation.num_examples == 80
+    metrics = mlflow.MlflowClient(settings.resolved_tracking_uri).get_run(chain["run"].run_id).data.metrics
+    assert metrics["test_accuracy"] == pytest.approx(evaluation.accuracy)
+
+
+def test_register_and_promote(chain, settings):
+    tracking.use_store(settings.resolved_tracking_uri)
+    assert chain["version"].version == "1"
+    assert chain["decision"].alias == "champion"
+    assert tracking.alias_version(settings.registered_model_name, "champion") == "1"
+
+
+def test_finish_closes_the_parent_run(chain, settings):
+    run = mlflow.MlflowClient(settings.resolved_tracking_uri).get_run(chain["parent"])
+    assert run.info.status == "FINISHED"

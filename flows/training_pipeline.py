@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from prefect import flow
+from prefect import Flow, flow
 from prefect.runtime import flow_run
+from prefect.task_runners import ThreadPoolTaskRunner
 
 from pipeline.config import Settings, load_settings
 from pipeline.report import ArchitectureResult, PipelineResult
@@ -16,18 +17,22 @@ from tasks.training import evaluate_task, train_task
 
 
 @flow(name="training_pipeline", log_prints=True)
-def training_pipeline(config_file: str | None = None, overrides: dict[str, Any] | None = None) -> PipelineResult:
+def training_pipeline(
+    config_file: str | None = None, overrides: dict[str, Any] | None = None, resume_run_id: str | None = None
+) -> PipelineResult:
     """Train, evaluate and register every configured architecture; promote the best if it wins.
 
     Args:
         config_file: a YAML settings file (``sketchpipe.yaml`` in the working folder by default).
         overrides: setting name -> value, applied over the file and the environment.
+        resume_run_id: the MLflow run id of a pipeline run that was stopped: its architectures
+            continue from their last completed epoch, and finished ones are not trained again.
     """
     settings: Settings = load_settings(config_file, overrides)
     dataset_dir = ingest_task(settings)
     report = validate_task(settings, dataset_dir)
     features_dir = preprocess_task(settings, report)
-    parent_run_id = start_run_task(settings, features_dir, flow_run.get_name() or "training_pipeline")
+    parent_run_id = start_run_task(settings, features_dir, flow_run.get_name() or "training_pipeline", resume_run_id)
     decision = None
     try:
         runs = {a: train_task.submit(settings, a, features_dir, parent_run_id) for a in settings.architectures}
@@ -70,3 +75,28 @@ def training_pipeline(config_file: str | None = None, overrides: dict[str, Any] 
         promoted_alias=decision.alias,
         promotion_reason=decision.reason,
     )
+
+
+def pipeline_with_task_runner(settings: Settings) -> Flow:
+    """Return ``training_pipeline`` with the task runner the settings ask for.
+
+    ``thread``: architectures train concurrently in threads of this process. ``dask``: on a Dask
+    cluster through prefect-dask: the one at ``dask_address``, else a local cluster of one worker
+    process with a thread per architecture (TensorFlow is loaded once per worker).
+    """
+    if settings.task_runner == "dask":
+        from prefect_dask import DaskTaskRunner
+
+        if settings.dask_address:
+            runner = DaskTaskRunner(address=settings.dask_address)
+        else:
+            runner = DaskTaskRunner(
+                cluster_kwargs={
+                    "n_workers": 1,
+                    "threads_per_worker": len(settings.architectures),
+                    "dashboard_address": None,
+                }
+            )
+    else:
+        runner = ThreadPoolTaskRunner(max_workers=max(4, len(settings.architectures)))
+    return training_pipeline.with_options(task_runner=runner)

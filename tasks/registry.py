@@ -13,9 +13,9 @@ from pipeline.evaluation import Evaluation
 
 
 @task(name="start-tracking-run", cache_policy=NO_CACHE)
-def start_run_task(settings: Settings, features_dir: Path, flow_run_name: str) -> str:
-    """Open the parent MLflow run; return its id."""
-    return stages.start_pipeline_run(settings, features_dir, flow_run_name)
+def start_run_task(settings: Settings, features_dir: Path, flow_run_name: str, resume_run_id: str | None = None) -> str:
+    """Open the parent MLflow run (or reopen the one being resumed); return its id."""
+    return stages.start_pipeline_run(settings, features_dir, flow_run_name, resume_run_id)
 
 
 @task(name="register", cache_policy=NO_CACHE)

@@ -61,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("run", help="run the training pipeline flow")
     _add_setting_flags(run, list(_SETTING_FLAGS))
+    run.add_argument("--resume", metavar="RUN_ID", help="continue a stopped pipeline run (its MLflow run id)")
 
     validate = commands.add_parser("validate", help="ingest and validate only; print counts and quarantine")
     _add_setting_flags(validate, ["source", "data_dir", "classes", "num_classes", "max_per_class"])
@@ -91,15 +92,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _cmd_run(args: argparse.Namespace) -> None:
     settings, overrides = _settings(args, list(_SETTING_FLAGS))
-    from flows.training_pipeline import training_pipeline
+    from flows.training_pipeline import pipeline_with_task_runner
     from pipeline.report import promotion_line, results_table
 
-    flow = training_pipeline
-    if settings.task_runner == "dask":
-        from prefect_dask import DaskTaskRunner
-
-        flow = training_pipeline.with_options(task_runner=DaskTaskRunner())
-    result = flow(config_file=args.config, overrides=overrides)
+    result = pipeline_with_task_runner(settings)(
+        config_file=args.config, overrides=overrides, resume_run_id=args.resume
+    )
     print()
     print(f"dataset: {result.dataset_dir} ({result.records_in} sketches, {result.quarantined} quarantined)")
     print(results_table(result.rows))

@@ -58,6 +58,7 @@ class Settings:
     early_stopping_patience: int = 3
     models: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
     task_runner: str = "thread"
+    dask_address: str | None = None  # scheduler of an existing Dask cluster; a local one when unset
     # Tracking and registry
     tracking_uri: str | None = None
     experiment_name: str = "sketchpipe"

@@ -42,9 +42,14 @@ def preprocess(settings: Settings, report: ValidationReport) -> Path:
     return out_dir
 
 
-def start_pipeline_run(settings: Settings, features_dir: Path, flow_run_name: str) -> str:
-    """Open the parent MLflow run of one pipeline run and return its id."""
+def start_pipeline_run(
+    settings: Settings, features_dir: Path, flow_run_name: str, resume_run_id: str | None = None
+) -> str:
+    """Open the parent MLflow run of one pipeline run (or reopen ``resume_run_id``) and return its id."""
     tracking.use_store(settings.resolved_tracking_uri)
+    if resume_run_id:
+        tracking.reopen_run(resume_run_id)
+        return resume_run_id
     experiment_id = tracking.ensure_experiment(settings.experiment_name, settings.artifact_location)
     spec = read_spec(features_dir)
     return tracking.start_parent_run(
@@ -89,21 +94,37 @@ class ArchitectureRun:
     num_params: int
 
 
-def train(settings: Settings, architecture: str, features_dir: Path, parent_run_id: str) -> ArchitectureRun:
-    """Train one architecture in its own MLflow run nested under ``parent_run_id``."""
+def train(
+    settings: Settings,
+    architecture: str,
+    features_dir: Path,
+    parent_run_id: str,
+    callbacks: list | None = None,
+) -> ArchitectureRun:
+    """Train one architecture in its own MLflow run nested under ``parent_run_id``.
+
+    If that parent already has a run for this architecture (a resumed pipeline run), training
+    continues in it: from the last completed epoch when it was killed, not at all when it finished.
+    """
     import mlflow.keras
 
     import mlflow
 
     tracking.use_store(settings.resolved_tracking_uri)
     spec = read_spec(features_dir)
-    parent = mlflow.MlflowClient().get_run(parent_run_id)
-    run_id = tracking.start_child_run(
-        parent.info.experiment_id,
-        parent_run_id,
-        run_name=architecture,
-        tags={"architecture": architecture, "source": settings.source, "classes": ",".join(spec.classes)},
-    )
+    client = mlflow.MlflowClient()
+    run_id = tracking.find_child_run(parent_run_id, architecture)
+    if run_id is None:
+        run_id = tracking.start_child_run(
+            client.get_run(parent_run_id).info.experiment_id,
+            parent_run_id,
+            run_name=architecture,
+            tags={"architecture": architecture, "source": settings.source, "classes": ",".join(spec.classes)},
+        )
+    out_dir = Path(settings.work_dir) / "models" / run_id
+    finished = _finished_training(client.get_run(run_id), out_dir)
+    if finished is not None:
+        return finished
     config = training_config(settings, architecture)
     with mlflow.start_run(run_id=run_id):
         mlflow.log_params(
@@ -115,12 +136,28 @@ def train(settings: Settings, architecture: str, features_dir: Path, parent_run_
                 "git_commit": tracking.git_commit(),
             }
         )
-        trained = train_model(
-            config, features_dir, Path(settings.work_dir) / "models" / run_id, callbacks=[mlflow.keras.MlflowCallback()]
+        trained = train_model(config, features_dir, out_dir, callbacks=[tracking.epoch_logger(), *(callbacks or [])])
+        mlflow.log_metrics(
+            {"num_params": trained.num_params, "train_seconds": trained.train_seconds, "epochs_run": trained.epochs_run}
         )
-        mlflow.log_metrics({"num_params": trained.num_params, "train_seconds": trained.train_seconds})
     return ArchitectureRun(
         architecture, run_id, trained.model_path, trained.train_seconds, trained.epochs_run, trained.num_params
+    )
+
+
+def _finished_training(run, out_dir: Path) -> ArchitectureRun | None:
+    """Return the outcome of a run whose training already completed, else ``None``."""
+    metrics = run.data.metrics
+    model_path = out_dir / "model.keras"
+    if "train_seconds" not in metrics or not model_path.exists():
+        return None
+    return ArchitectureRun(
+        run.data.tags["architecture"],
+        run.info.run_id,
+        str(model_path),
+        metrics["train_seconds"],
+        int(metrics.get("epochs_run", 0)),
+        int(metrics["num_params"]),
     )
 
 
@@ -142,6 +179,9 @@ def register(
 ) -> tracking.RegisteredVersion:
     """Log the model to its run with ``mlflow.keras`` and register it as a new version."""
     tracking.use_store(settings.resolved_tracking_uri)
+    existing = tracking.find_registered_version(settings.registered_model_name, run.run_id)
+    if existing is not None:  # a resumed pipeline run registered this one before it was stopped
+        return existing
     spec = read_spec(features_dir)
     example = next(iter(make_dataset(features_dir, "test", batch_size=2)))[0].numpy()
     return tracking.log_and_register_model(

@@ -72,6 +72,27 @@ def start_child_run(experiment_id: str, parent_run_id: str, run_name: str, tags:
     return run.info.run_id
 
 
+def find_child_run(parent_run_id: str, run_name: str) -> str | None:
+    """Return the id of the run named ``run_name`` nested under ``parent_run_id``, or ``None``."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    parent = client.get_run(parent_run_id)
+    runs = client.search_runs(
+        [parent.info.experiment_id],
+        f"tags.mlflow.parentRunId = '{parent_run_id}' and attributes.run_name = '{run_name}'",
+        max_results=1,
+    )
+    return runs[0].info.run_id if runs else None
+
+
+def reopen_run(run_id: str) -> None:
+    """Mark a run RUNNING again, e.g. when a killed pipeline run is resumed."""
+    import mlflow
+
+    mlflow.MlflowClient().update_run(run_id, status="RUNNING")
+
+
 def end_run(run_id: str, status: str = "FINISHED") -> None:
     """Mark a run as ended with ``status`` (FINISHED, FAILED or KILLED)."""
     import mlflow
@@ -93,6 +114,28 @@ def log_dict(run_id: str, data: dict, artifact_file: str) -> None:
     import mlflow
 
     mlflow.MlflowClient().log_dict(run_id, data, artifact_file)
+
+
+def epoch_logger():
+    """Return a Keras callback that logs every epoch's metrics to the active MLflow run.
+
+    It is MLflow's ``MlflowCallback`` with two changes: epochs are logged synchronously, so a run
+    killed right after an epoch keeps that epoch's metrics (the stock callback queues them), and the
+    unstepped ``validation_*`` copies of the ``val_*`` metrics are not logged.
+    """
+    import mlflow.keras
+
+    import mlflow
+
+    class _EpochLogger(mlflow.keras.MlflowCallback):
+        def on_epoch_end(self, epoch, logs=None):
+            if logs:
+                mlflow.log_metrics({k: float(v) for k, v in logs.items()}, step=epoch, synchronous=True)
+
+        def on_test_end(self, logs=None):
+            pass
+
+    return _EpochLogger()
 
 
 def model_signature():
@@ -180,6 +223,21 @@ def log_and_register_model(
     )
 
 
+def find_registered_version(name: str, run_id: str) -> RegisteredVersion | None:
+    """Return the version of ``name`` already registered from ``run_id``, or ``None``."""
+    import mlflow
+
+    for version in mlflow.MlflowClient().search_model_versions(f"name = '{name}' and run_id = '{run_id}'"):
+        return RegisteredVersion(
+            name=name,
+            version=str(version.version),
+            architecture=version.tags.get("architecture", ""),
+            run_id=run_id,
+            test_accuracy=float(version.tags.get("test_accuracy", "nan")),
+        )
+    return None
+
+
 @dataclasses.dataclass(frozen=True)
 class PromotionDecision:
     """What the promotion gate decided and why."""
@@ -223,6 +281,8 @@ def promote_if_better(name: str, candidates: list[RegisteredVersion]) -> Promoti
     champion_accuracy = float(champion.tags.get("test_accuracy", "nan")) if champion else None
     if champion is None:
         alias, reason = CHAMPION, "no champion yet"
+    elif str(champion.version) == best.version:
+        alias, reason = CHAMPION, "already the champion"
     elif best.test_accuracy > champion_accuracy:
         alias, reason = CHAMPION, f"test accuracy {best.test_accuracy:.4f} > champion's {champion_accuracy:.4f}"
     else:

@@ -40,8 +40,8 @@ class TrainedModel:
 
     architecture: str
     model_path: str
-    epochs_run: int
-    train_seconds: float
+    epochs_run: int  # epochs completed in total, including those before a resume
+    train_seconds: float  # of this call only
     num_params: int
     history: dict[str, list[float]]
 
@@ -63,6 +63,8 @@ def train_model(
     callbacks: list[keras.callbacks.Callback] | None = None,
 ) -> TrainedModel:
     """Train one architecture on a features folder; save the best model as ``out_dir/model.keras``.
+
+    ``callbacks`` run before the standard ones (early stopping, LR reduction, checkpoints, backup).
 
     ``out_dir/backup`` holds Keras's ``BackupAndRestore`` state: a run killed mid-way and started again
     with the same ``out_dir`` continues from its last completed epoch.
@@ -94,7 +96,7 @@ def train_model(
         train,
         validation_data=valid,
         epochs=config.epochs,
-        callbacks=standard + list(callbacks or []),
+        callbacks=[*(callbacks or []), *standard],  # loggers first: a crash may repeat a step, never lose one
         shuffle=False,  # tf.data shuffles
         verbose=0,
     )
@@ -103,7 +105,7 @@ def train_model(
     return TrainedModel(
         architecture=config.architecture,
         model_path=str(model_path),
-        epochs_run=len(history.epoch),
+        epochs_run=history.epoch[-1] + 1 if history.epoch else 0,  # counts epochs done before a resume
         train_seconds=seconds,
         num_params=int(model.count_params()),
         history={k: [float(v) for v in values] for k, values in history.history.items()},

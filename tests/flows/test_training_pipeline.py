@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 import mlflow
-from flows.training_pipeline import training_pipeline
+from flows.training_pipeline import pipeline_with_task_runner, training_pipeline
 from pipeline import tracking
 from pipeline.cli import main
 from pipeline.serving import load_classifier
@@ -80,3 +80,26 @@ def test_cli_run_prints_the_table_and_a_second_run_lands_in_the_same_experiment(
     assert len(parents) == 2
     tracking.use_store(settings.resolved_tracking_uri)
     assert tracking.alias_version(settings.registered_model_name, "champion") in {"1", "2", "3"}
+
+
+def test_dask_task_runner_on_a_local_cluster(tmp_path, mlflow_template):
+    shutil.copy(mlflow_template, tmp_path / "mlflow.db")
+    settings = tiny_settings(
+        tmp_path / "work", tmp_path / "mlflow.db", architectures=("lstm", "gru"), task_runner="dask"
+    )
+    config = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(settings).items()}
+    (tmp_path / "settings.yaml").write_text(yaml.safe_dump(config))
+    result = pipeline_with_task_runner(settings)(config_file=str(tmp_path / "settings.yaml"))
+    assert sorted(r.architecture for r in result.rows) == ["gru", "lstm"]
+    assert sorted(r.model_version for r in result.rows) == ["1", "2"]
+
+
+def test_resuming_a_finished_run_trains_and_registers_nothing_new(first_result, pipeline_setup):
+    settings, config_file = pipeline_setup
+    client = mlflow.MlflowClient(settings.resolved_tracking_uri)
+    before = len(client.search_model_versions(f"name = '{settings.registered_model_name}'"))
+    again = training_pipeline(config_file=str(config_file), resume_run_id=first_result.parent_run_id)
+    assert {(r.architecture, r.model_version, r.run_id) for r in again.rows} == {
+        (r.architecture, r.model_version, r.run_id) for r in first_result.rows
+    }
+    assert len(client.search_model_versions(f"name = '{settings.registered_model_name}'")) == before

@@ -51,6 +51,15 @@ def test_first_version_becomes_champion_and_a_worse_one_challenger(store, saved_
     assert "test accuracy 0.7000" in version.description
 
 
+def test_promoting_the_champion_again_changes_nothing(store, saved_model):
+    first = _register(store, saved_model, 0.6)
+    tracking.promote_if_better("m", [first])
+    decision = tracking.promote_if_better("m", [first])
+    assert (decision.alias, decision.reason) == ("champion", "already the champion")
+    assert tracking.alias_version("m", "champion") == first.version
+    assert tracking.alias_version("m", "challenger") is None
+
+
 def test_versions_are_loadable_with_signature_and_metadata(store, saved_model):
     version = _register(store, saved_model, 0.6)
     uri = f"models:/m/{version.version}"

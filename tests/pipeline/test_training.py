@@ -1,0 +1,63 @@
+"""Training: determinism, and resuming a run that was killed (SIGKILL) after an epoch."""
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import mlflow
+from pipeline import stages, tracking
+from pipeline.training import train_model
+from tests.conftest import tiny_settings
+
+
+def test_same_seed_gives_the_same_metrics(tiny_features, dataset_settings, tmp_path):
+    config = stages.training_config(dataset_settings.replace(epochs=2), "conv_lstm")
+    first = train_model(config, tiny_features, tmp_path / "a")
+    second = train_model(config, tiny_features, tmp_path / "b")
+    assert first.history == second.history
+    assert first.epochs_run == 2 and len(first.history["val_loss"]) == 2
+
+
+_KILLED_RUN = textwrap.dedent(
+    """
+    import json, os, signal, sys
+    import keras
+    from pipeline.config import Settings, configure_runtime
+    configure_runtime()
+    from pipeline import stages
+
+    class KillAfterFirstEpoch(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            if epoch == 1:  # epoch 0 is complete and backed up; epoch 1 has begun
+                os.kill(os.getpid(), signal.SIGKILL)  # no cleanup, like a lost machine
+
+    settings = Settings(**json.loads(sys.argv[1]))
+    stages.train(settings, "lstm", sys.argv[2], sys.argv[3], callbacks=[KillAfterFirstEpoch()])
+    """
+)
+
+
+def test_a_killed_run_resumes_from_its_last_completed_epoch(tiny_features, tmp_path, tracking_db):
+    settings = tiny_settings(tmp_path / "work", tracking_db, epochs=3, early_stopping_patience=10)
+    tracking.use_store(settings.resolved_tracking_uri)
+    experiment_id = tracking.ensure_experiment(settings.experiment_name, settings.artifact_location)
+    parent = tracking.start_parent_run(experiment_id, "resume-test", {}, {})
+    as_json = json.dumps({k: list(v) if isinstance(v, tuple) else v for k, v in vars(settings).items()})
+
+    killed = subprocess.run(
+        [sys.executable, "-c", _KILLED_RUN, as_json, str(tiny_features), parent], capture_output=True, text=True
+    )
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    client = mlflow.MlflowClient()
+    run_id = tracking.find_child_run(parent, "lstm")
+    assert [m.step for m in client.get_metric_history(run_id, "loss")] == [0]
+
+    resumed = stages.train(settings, "lstm", tiny_features, parent)
+    assert resumed.run_id == run_id
+    assert resumed.epochs_run == 3
+    assert sorted(m.step for m in client.get_metric_history(run_id, "loss")) == [0, 1, 2]
+
+    again = stages.train(settings, "lstm", tiny_features, parent)  # finished: not trained again
+    assert again == resumed
+    assert len(client.get_metric_history(run_id, "loss")) == 3

@@ -12,7 +12,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from pipeline.config import Settings, load_settings
 from pipeline.report import ArchitectureResult, PipelineResult
 from tasks.data import ingest_task, preprocess_task, validate_task
-from tasks.registry import finish_run_task, promote_task, register_task, start_run_task
+from tasks.registry import compare_task, finish_run_task, promote_task, register_task, start_run_task
 from tasks.training import evaluate_task, train_task
 
 
@@ -38,32 +38,13 @@ def training_pipeline(
         runs = {a: train_task.submit(settings, a, features_dir, parent_run_id) for a in settings.architectures}
         evaluations = {a: evaluate_task.submit(settings, runs[a], features_dir) for a in runs}
         versions = {a: register_task.submit(settings, runs[a], evaluations[a], features_dir) for a in runs}
-        registered = [versions[a].result() for a in runs]
-        decision = promote_task(settings, registered)
+        decision = promote_task(settings, [versions[a].result() for a in runs], features_dir)
+        rows = [_result_row(runs[a].result(), evaluations[a].result(), versions[a].result()) for a in runs]
+        compare_task(settings, parent_run_id, rows, decision)
     except BaseException:
         finish_run_task(settings, parent_run_id, decision, ok=False)
         raise
     finish_run_task(settings, parent_run_id, decision, ok=True)
-    rows = []
-    for architecture in runs:
-        run, evaluation, version = (
-            runs[architecture].result(),
-            evaluations[architecture].result(),
-            versions[architecture].result(),
-        )
-        rows.append(
-            ArchitectureResult(
-                architecture=architecture,
-                test_accuracy=evaluation.accuracy,
-                top3_accuracy=evaluation.top3_accuracy,
-                macro_f1=evaluation.macro_f1,
-                train_seconds=run.train_seconds,
-                epochs_run=run.epochs_run,
-                num_params=run.num_params,
-                run_id=run.run_id,
-                model_version=version.version,
-            )
-        )
     return PipelineResult(
         dataset_dir=str(dataset_dir),
         features_dir=str(features_dir),
@@ -74,6 +55,21 @@ def training_pipeline(
         promoted_version=decision.candidate_version,
         promoted_alias=decision.alias,
         promotion_reason=decision.reason,
+    )
+
+
+def _result_row(run, evaluation, version) -> ArchitectureResult:
+    return ArchitectureResult(
+        architecture=run.architecture,
+        test_accuracy=evaluation.accuracy,
+        top3_accuracy=evaluation.top3_accuracy,
+        macro_f1=evaluation.macro_f1,
+        train_seconds=run.train_seconds,
+        epochs_run=run.epochs_run,
+        num_params=run.num_params,
+        latency_p50_ms=evaluation.latency_p50_ms,
+        run_id=run.run_id,
+        model_version=version.version,
     )
 
 

@@ -63,6 +63,8 @@ class Settings:
     tracking_uri: str | None = None
     experiment_name: str = "sketchpipe"
     registered_model_name: str = "quickdraw-sketch-classifier"
+    promotion_margin: float = 0.0  # least accuracy gain over the champion that counts
+    promotion_alpha: float = 0.05  # significance level of McNemar's exact test
 
     @property
     def resolved_tracking_uri(self) -> str:
@@ -110,6 +112,8 @@ def validate(settings: Settings) -> Settings:
         raise ConfigError("max_per_class", f"must be at least 1 (got {settings.max_per_class})")
     if not 0.0 <= settings.max_invalid_fraction <= 1.0:
         raise ConfigError("max_invalid_fraction", f"must be between 0 and 1 (got {settings.max_invalid_fraction})")
+    if not 0.0 < settings.promotion_alpha <= 1.0:
+        raise ConfigError("promotion_alpha", f"must be in (0, 1] (got {settings.promotion_alpha})")
     if settings.learning_rate <= 0:
         raise ConfigError("learning_rate", f"must be positive (got {settings.learning_rate})")
     if set(settings.synthetic_per_split) != {"train", "valid", "test"}:

@@ -24,6 +24,7 @@ class FeatureSpec:
     """How a features folder was made; training, evaluation and serving read it back."""
 
     dataset_name: str
+    dataset_dir: str
     dataset_fingerprint: str
     classes: list[str]
     scale: float
@@ -75,6 +76,7 @@ def write_features(dataset_dir: Path, accepted: dict[str, np.ndarray], out_dir: 
     counts = {}
     for split in SPLITS:
         arrays = open_split(dataset_dir, split)
+        np.save(out_dir / f"{split}_indices.npy", np.asarray(accepted[split], dtype=np.int64))
         lengths = np.minimum(arrays.lengths()[accepted[split]], max_len)
         np.save(out_dir / f"{split}_lengths.npy", lengths.astype(np.int32))
         with tf.io.TFRecordWriter(str(out_dir / f"{split}.tfrecord")) as writer:
@@ -90,9 +92,14 @@ def write_features(dataset_dir: Path, accepted: dict[str, np.ndarray], out_dir: 
                 )
                 writer.write(example.SerializeToString())
         counts[split] = len(accepted[split])
-    spec = FeatureSpec(info.name, info.fingerprint, info.classes, scale, max_len, counts)
+    spec = FeatureSpec(info.name, str(dataset_dir), info.fingerprint, info.classes, scale, max_len, counts)
     (out_dir / "spec.json").write_text(json.dumps(dataclasses.asdict(spec), indent=2))
     return spec
+
+
+def record_indices(features_dir: Path, split: str) -> np.ndarray:
+    """Return the dataset indices of a split's sketches in the features folder, in record order."""
+    return np.load(Path(features_dir) / f"{split}_indices.npy")
 
 
 def read_spec(features_dir: Path) -> FeatureSpec:
@@ -106,12 +113,13 @@ def make_dataset(
     batch_size: int,
     shuffle: bool = False,
     seed: int = 0,
-    bucket_boundaries: tuple[int, ...] = (20, 40, 60, 80),
+    bucket_boundaries: tuple[int, ...] | None = (20, 40, 60, 80),
 ):
     """Return a ``tf.data.Dataset`` of ``(strokes, label)`` batches, ``strokes`` (batch, time, 3) float32.
 
     Sketches of similar length are batched together and each batch is zero-padded to its longest
-    sketch. Records stream from the TFRecord file; nothing holds the whole split in memory.
+    sketch; ``bucket_boundaries=None`` keeps the file's order instead (for paired evaluation).
+    Records stream from the TFRecord file; nothing holds the whole split in memory.
     """
     import tensorflow as tf
 
@@ -129,6 +137,8 @@ def make_dataset(
     if shuffle:
         dataset = dataset.shuffle(10_000, seed=seed, reshuffle_each_iteration=True)
     dataset = dataset.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    if bucket_boundaries is None:
+        return dataset.padded_batch(batch_size, padded_shapes=([None, NUM_FEATURES], [])).prefetch(tf.data.AUTOTUNE)
     dataset = dataset.bucket_by_sequence_length(
         element_length_func=lambda ink, label: tf.shape(ink)[0],
         bucket_boundaries=list(bucket_boundaries),
@@ -148,6 +158,13 @@ def count_batches(lengths: np.ndarray, batch_size: int, bucket_boundaries: tuple
         np.searchsorted(bucket_boundaries, lengths, side="right"), minlength=len(bucket_boundaries) + 1
     )
     return int(np.sum(-(-per_bucket // batch_size)))
+
+
+def normalising_layer(scale: float):
+    """Return a Keras layer that normalises raw stroke-3 like preprocessing does (padding stays zero)."""
+    import keras
+
+    return keras.layers.Normalization(mean=[0.0, 0.0, 0.0], variance=[scale**2, scale**2, 1.0], name="normalise")
 
 
 def pad_batch(sketches: list[np.ndarray], length: int | None = None) -> np.ndarray:

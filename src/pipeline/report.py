@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import csv
 import dataclasses
+from pathlib import Path
 
 
 @dataclasses.dataclass(frozen=True)
@@ -16,6 +18,7 @@ class ArchitectureResult:
     train_seconds: float
     epochs_run: int
     num_params: int
+    latency_p50_ms: float
     run_id: str
     model_version: str
 
@@ -37,7 +40,7 @@ class PipelineResult:
 
 def results_table(rows: list[ArchitectureResult]) -> str:
     """Return the results as an aligned text table, best test accuracy first."""
-    header = ("architecture", "test acc", "top-3 acc", "macro F1", "train s", "epochs", "params", "version")
+    header = ("architecture", "test acc", "top-3 acc", "macro F1", "train s", "epochs", "params", "p50 ms", "version")
     lines = [header]
     for row in sorted(rows, key=lambda r: -r.test_accuracy):
         lines.append(
@@ -49,6 +52,7 @@ def results_table(rows: list[ArchitectureResult]) -> str:
                 f"{row.train_seconds:.1f}",
                 str(row.epochs_run),
                 f"{row.num_params:,}",
+                f"{row.latency_p50_ms:.1f}",
                 row.model_version,
             )
         )
@@ -66,3 +70,42 @@ def results_table(rows: list[ArchitectureResult]) -> str:
 def promotion_line(result: PipelineResult, model_name: str) -> str:
     """Return one sentence saying which version got which alias, and why."""
     return f"{model_name} version {result.promoted_version} -> @{result.promoted_alias} ({result.promotion_reason})"
+
+
+def write_comparison_csv(rows: list[ArchitectureResult], path: Path) -> Path:
+    """Write one CSV line per architecture (every field of :class:`ArchitectureResult`); return the path."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as sink:
+        writer = csv.DictWriter(sink, fieldnames=[f.name for f in dataclasses.fields(ArchitectureResult)])
+        writer.writeheader()
+        for row in sorted(rows, key=lambda r: -r.test_accuracy):
+            writer.writerow(dataclasses.asdict(row))
+    return path
+
+
+def winner_markdown(rows: list[ArchitectureResult], decision, model_name: str) -> str:
+    """Return a short markdown note: which architecture won this run, and what the promotion gate did."""
+    best = max(rows, key=lambda r: (r.test_accuracy, -int(r.model_version)))
+    others = sorted((r for r in rows if r is not best), key=lambda r: -r.test_accuracy)
+    lines = [
+        f"# {best.architecture} wins this run",
+        "",
+        f"Test accuracy **{best.test_accuracy:.4f}** (top-3 {best.top3_accuracy:.4f}, macro F1 {best.macro_f1:.4f}), "
+        f"{best.num_params:,} parameters, {best.latency_p50_ms:.1f} ms p50 per sketch.",
+    ]
+    if others:
+        runner_up = others[0]
+        lines.append(
+            f"Runner-up: {runner_up.architecture} at {runner_up.test_accuracy:.4f} "
+            f"({best.test_accuracy - runner_up.test_accuracy:+.4f} for the winner)."
+        )
+    lines += [
+        "",
+        f"Promotion: {model_name} version {decision.candidate_version} -> `@{decision.alias}`: {decision.reason}.",
+    ]
+    if decision.champion_version is not None and decision.champion_accuracy is not None:
+        lines.append(
+            f"Compared with champion version {decision.champion_version} on test set {decision.test_set}: "
+            f"{decision.candidate_accuracy:.4f} vs {decision.champion_accuracy:.4f}, McNemar p={decision.p_value:.3g}."
+        )
+    return "\n".join(lines) + "\n"

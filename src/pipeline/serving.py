@@ -11,23 +11,31 @@ import numpy as np
 
 from pipeline import tracking
 from pipeline.config import Settings
-from pipeline.features import normalise_sketch, pad_batch
+from pipeline.features import pad_batch
 from pipeline.strokes import StrokeFormatError, load_sketchrnn_npz
 
 
 @dataclasses.dataclass
 class Classifier:
-    """A loaded model with what it needs to prepare raw sketches the way training did."""
+    """A loaded serving model (it takes raw stroke-3) with its class names and crop length."""
 
     model: object
     classes: list[str]
-    scale: float
     max_len: int
 
-    def probabilities(self, sketches: list[np.ndarray]) -> np.ndarray:
-        """Return ``(n, classes)`` probabilities for raw stroke-3 sketches."""
-        batch = pad_batch([normalise_sketch(s, self.scale, self.max_len) for s in sketches])
-        return np.asarray(self.model.predict(batch, verbose=0))
+    def probabilities(self, sketches: list[np.ndarray], batch_size: int = 256) -> np.ndarray:
+        """Return ``(n, classes)`` probabilities for raw stroke-3 sketches, cropped as in training."""
+        out = []
+        for start in range(0, len(sketches), batch_size):
+            batch = pad_batch(
+                [np.asarray(s, dtype=np.float32)[: self.max_len] for s in sketches[start : start + batch_size]]
+            )
+            out.append(np.asarray(self.model.predict(batch, verbose=0)))
+        return np.concatenate(out) if out else np.zeros((0, len(self.classes)), np.float32)
+
+    def top_classes(self, sketches: list[np.ndarray]) -> list[str]:
+        """Return the most likely class name per sketch."""
+        return [self.classes[i] for i in self.probabilities(sketches).argmax(axis=1)]
 
     def top_k(self, sketches: list[np.ndarray], k: int = 3) -> list[list[tuple[str, float]]]:
         """Return the ``k`` most likely classes with their probabilities, per sketch."""
@@ -55,7 +63,6 @@ def load_classifier(settings: Settings, model_uri: str | None = None) -> Classif
     return Classifier(
         model=mlflow.keras.load_model(uri),
         classes=list(metadata["classes"]),
-        scale=float(metadata["scale"]),
         max_len=int(metadata["max_len"]),
     )
 

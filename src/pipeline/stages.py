@@ -7,15 +7,19 @@ dataclass, so that stages can be cached, retried and run on other workers.
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import numpy as np
 
 from pipeline import tracking
 from pipeline.config import Settings
-from pipeline.dataset import read_info
+from pipeline.dataset import open_split, read_info
 from pipeline.evaluation import Evaluation, evaluate_model
-from pipeline.features import make_dataset, read_spec, write_features
+from pipeline.features import normalising_layer, pad_batch, read_spec, record_indices, write_features
+from pipeline.plots import confusion_matrix_figure, save_figure, sketch_grid_figure, training_curves_figure
+from pipeline.promotion import PromotionDecision, promote_best
+from pipeline.report import ArchitectureResult, winner_markdown, write_comparison_csv
 from pipeline.strokes import SPLITS
 from pipeline.training import TrainingConfig, train_model
 from pipeline.validation import ValidationReport, validate_dataset
@@ -162,31 +166,65 @@ def _finished_training(run, out_dir: Path) -> ArchitectureRun | None:
 
 
 def evaluate(settings: Settings, run: ArchitectureRun, features_dir: Path) -> Evaluation:
-    """Evaluate a trained model on the test split and log the metrics to its run."""
+    """Evaluate a trained model on the test split; log metrics, figures and per-class scores to its run."""
     tracking.use_store(settings.resolved_tracking_uri)
-    evaluation = evaluate_model(Path(run.model_path), features_dir, "test")
-    tracking.log_metrics(run.run_id, evaluation.metrics())
-    tracking.log_dict(
-        run.run_id,
-        {"classes": read_spec(features_dir).classes, "confusion": evaluation.confusion},
-        "confusion_matrix.json",
+    spec = read_spec(features_dir)
+    evaluation, probabilities = evaluate_model(Path(run.model_path), features_dir, "test")
+    out = Path(run.model_path).parent / "evaluation"
+    out.mkdir(parents=True, exist_ok=True)
+    np.save(out / "test_probabilities.npy", probabilities)
+    (out / "per_class.json").write_text(
+        json.dumps(
+            {
+                "classes": spec.classes,
+                "precision": evaluation.precision,
+                "recall": evaluation.recall,
+                "confusion": evaluation.confusion,
+            },
+            indent=2,
+        )
     )
+    title = f"{run.architecture}: test accuracy {evaluation.accuracy:.3f}"
+    save_figure(
+        confusion_matrix_figure(np.array(evaluation.confusion), spec.classes, title), out / "confusion_matrix.png"
+    )
+    history = tracking.metric_histories(run.run_id, ["loss", "val_loss", "accuracy", "val_accuracy"])
+    save_figure(training_curves_figure(history, run.architecture), out / "training_curves.png")
+    save_figure(_misclassified_figure(spec, features_dir, probabilities), out / "misclassified.png")
+    tracking.log_metrics(run.run_id, evaluation.metrics())
+    tracking.log_artifacts(run.run_id, out, "evaluation")
     return evaluation
+
+
+def _misclassified_figure(spec, features_dir: Path, probabilities: np.ndarray, limit: int = 16):
+    """Return a grid of (up to ``limit``) misclassified test sketches, captioned true -> predicted."""
+    test = open_split(spec.dataset_dir, "test")
+    indices = record_indices(features_dir, "test")
+    labels = np.asarray(test.labels)[indices]
+    predicted = probabilities.argmax(axis=1)
+    wrong = np.flatnonzero(predicted != labels)[:limit]
+    return sketch_grid_figure(
+        [test.sketch(int(indices[i])) for i in wrong],
+        [f"{spec.classes[labels[i]]} -> {spec.classes[predicted[i]]} ({probabilities[i].max():.2f})" for i in wrong],
+    )
 
 
 def register(
     settings: Settings, run: ArchitectureRun, evaluation: Evaluation, features_dir: Path
 ) -> tracking.RegisteredVersion:
-    """Log the model to its run with ``mlflow.keras`` and register it as a new version."""
+    """Log the model (taking raw stroke-3) to its run with ``mlflow.keras`` and register a new version."""
+    import keras
+
     tracking.use_store(settings.resolved_tracking_uri)
     existing = tracking.find_registered_version(settings.registered_model_name, run.run_id)
     if existing is not None:  # a resumed pipeline run registered this one before it was stopped
         return existing
     spec = read_spec(features_dir)
-    example = next(iter(make_dataset(features_dir, "test", batch_size=2)))[0].numpy()
+    test = open_split(spec.dataset_dir, "test")
+    example = pad_batch([test.sketch(int(i))[: spec.max_len] for i in record_indices(features_dir, "test")[:2]])
     return tracking.log_and_register_model(
         run.run_id,
-        Path(run.model_path),
+        export_model(keras.saving.load_model(run.model_path), spec.scale),
         settings.registered_model_name,
         input_example=example,
         metadata={"classes": spec.classes, "scale": spec.scale, "max_len": spec.max_len},
@@ -195,15 +233,37 @@ def register(
             "dataset_fingerprint": spec.dataset_fingerprint,
             "test_accuracy": f"{evaluation.accuracy:.6f}",
             "test_top3_accuracy": f"{evaluation.top3_accuracy:.6f}",
+            "test_macro_f1": f"{evaluation.macro_f1:.6f}",
             "git_commit": tracking.git_commit(),
         },
     )
 
 
-def promote(settings: Settings, versions: list[tracking.RegisteredVersion]) -> tracking.PromotionDecision:
-    """Run the promotion gate over this pipeline run's new versions."""
+def export_model(trained, scale: float):
+    """Return the serving model: preprocessing's normalisation followed by the trained network.
+
+    It takes raw stroke-3 ``(batch, time, 3)`` float32 with zero-padding, so whoever serves it needs
+    no knowledge of the training set's scale.
+    """
+    import keras
+
+    inputs = keras.Input(shape=(None, 3), dtype="float32", name="strokes")
+    return keras.Model(inputs, trained(normalising_layer(scale)(inputs)), name=f"{trained.name}_serving")
+
+
+def promote(settings: Settings, versions: list[tracking.RegisteredVersion], features_dir: Path) -> PromotionDecision:
+    """Run the promotion gate over this pipeline run's new versions, on this run's test set."""
     tracking.use_store(settings.resolved_tracking_uri)
-    return tracking.promote_if_better(settings.registered_model_name, versions)
+    spec = read_spec(features_dir)
+    test = open_split(spec.dataset_dir, "test")
+    indices = record_indices(features_dir, "test")
+    return promote_best(
+        settings,
+        versions,
+        sketches=[test.sketch(int(i)) for i in indices],
+        truth=[spec.classes[int(label)] for label in np.asarray(test.labels)[indices]],
+        test_set=f"{spec.dataset_fingerprint[:12]}/test",
+    )
 
 
 def finish_pipeline_run(
@@ -214,6 +274,19 @@ def finish_pipeline_run(
     if decision is not None:
         tracking.log_dict(parent_run_id, dataclasses.asdict(decision), "promotion.json")
     tracking.end_run(parent_run_id, "FINISHED" if ok else "FAILED")
+
+
+def write_comparison(
+    settings: Settings, parent_run_id: str, rows: list[ArchitectureResult], decision: PromotionDecision
+) -> tuple[Path, str]:
+    """Write the architecture comparison (CSV) and the winner note (markdown); log both to the parent run."""
+    tracking.use_store(settings.resolved_tracking_uri)
+    out = Path(settings.work_dir) / "reports" / parent_run_id
+    csv_path = write_comparison_csv(rows, out / "comparison.csv")
+    markdown = winner_markdown(rows, decision, settings.registered_model_name)
+    (out / "winner.md").write_text(markdown)
+    tracking.log_artifacts(parent_run_id, out, "comparison")
+    return csv_path, markdown
 
 
 def dataset_summary(dataset_dir: Path) -> dict:

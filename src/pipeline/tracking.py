@@ -162,13 +162,13 @@ class RegisteredVersion:
 
 def log_and_register_model(
     run_id: str,
-    model_path: Path,
+    model,
     registered_model_name: str,
     input_example: np.ndarray,
     metadata: dict[str, Any],
     tags: dict[str, str],
 ) -> RegisteredVersion:
-    """Log a saved Keras model for ``run_id`` with ``mlflow.keras`` and register it as a new version.
+    """Log a Keras model for ``run_id`` with ``mlflow.keras`` and register it as a new version.
 
     ``metadata`` (class names, normalising scale, crop length) travels in the MLmodel file so that
     whoever loads the model can prepare raw strokes the way training did.
@@ -181,7 +181,6 @@ def log_and_register_model(
 
     import mlflow
 
-    model = keras.saving.load_model(model_path)
     client = mlflow.MlflowClient()
     experiment_id = client.get_run(run_id).info.experiment_id
     with tempfile.TemporaryDirectory() as tmp:
@@ -238,18 +237,6 @@ def find_registered_version(name: str, run_id: str) -> RegisteredVersion | None:
     return None
 
 
-@dataclasses.dataclass(frozen=True)
-class PromotionDecision:
-    """What the promotion gate decided and why."""
-
-    candidate_version: str
-    candidate_accuracy: float
-    champion_version: str | None
-    champion_accuracy: float | None
-    alias: str
-    reason: str
-
-
 def current_alias(name: str, alias: str):
     """Return the model version that holds ``alias``, or ``None`` when no version does."""
     import mlflow
@@ -266,41 +253,39 @@ def alias_version(name: str, alias: str) -> str | None:
     return None if version is None else str(version.version)
 
 
-def promote_if_better(name: str, candidates: list[RegisteredVersion]) -> PromotionDecision:
-    """Give the best candidate ``champion`` if it beats the current champion's test accuracy, else ``challenger``.
-
-    The decision is recorded as tags on the candidate version.
-    """
+def record_decision(name: str, version: str, tags: dict[str, str]) -> None:
+    """Record a promotion decision as tags on the candidate version."""
     import mlflow
 
-    if not candidates:
-        raise ValueError("no candidate versions to promote")
     client = mlflow.MlflowClient()
-    best = max(candidates, key=lambda c: (c.test_accuracy, -int(c.version)))
-    champion = current_alias(name, CHAMPION)
-    champion_accuracy = float(champion.tags.get("test_accuracy", "nan")) if champion else None
-    if champion is None:
-        alias, reason = CHAMPION, "no champion yet"
-    elif str(champion.version) == best.version:
-        alias, reason = CHAMPION, "already the champion"
-    elif best.test_accuracy > champion_accuracy:
-        alias, reason = CHAMPION, f"test accuracy {best.test_accuracy:.4f} > champion's {champion_accuracy:.4f}"
-    else:
-        alias, reason = CHALLENGER, f"test accuracy {best.test_accuracy:.4f} <= champion's {champion_accuracy:.4f}"
-    if alias == CHAMPION:
-        set_champion(name, best.version)
-    else:
-        client.set_registered_model_alias(name, CHALLENGER, best.version)
-    client.set_model_version_tag(name, best.version, "promotion_verdict", alias)
-    client.set_model_version_tag(name, best.version, "promotion_reason", reason)
-    return PromotionDecision(
-        candidate_version=best.version,
-        candidate_accuracy=best.test_accuracy,
-        champion_version=str(champion.version) if champion else None,
-        champion_accuracy=champion_accuracy,
-        alias=alias,
-        reason=reason,
-    )
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, key, str(value))
+
+
+def set_alias(name: str, alias: str, version: str) -> None:
+    """Point ``alias`` at ``version`` (use :func:`set_champion` for the champion, which keeps history)."""
+    import mlflow
+
+    mlflow.MlflowClient().set_registered_model_alias(name, alias, version)
+
+
+def metric_histories(run_id: str, keys: list[str]) -> dict[str, list[float]]:
+    """Return each metric's values by step (the last value logged for a step wins)."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    histories = {}
+    for key in keys:
+        by_step = {m.step: m.value for m in sorted(client.get_metric_history(run_id, key), key=lambda m: m.timestamp)}
+        histories[key] = [by_step[step] for step in sorted(by_step)]
+    return histories
+
+
+def log_artifacts(run_id: str, folder: Path, artifact_path: str) -> None:
+    """Log every file of a folder as artifacts of a run."""
+    import mlflow
+
+    mlflow.MlflowClient().log_artifacts(run_id, str(folder), artifact_path)
 
 
 def set_champion(name: str, version: str) -> None:

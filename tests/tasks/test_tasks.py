@@ -31,7 +31,7 @@ def chain(settings):
     out["run"] = train_task.fn(settings, "lstm", out["features"], out["parent"])
     out["evaluation"] = evaluate_task.fn(settings, out["run"], out["features"])
     out["version"] = register_task.fn(settings, out["run"], out["evaluation"], out["features"])
-    out["decision"] = promote_task.fn(settings, [out["version"]])
+    out["decision"] = promote_task.fn(settings, [out["version"]], out["features"])
     finish_run_task.fn(settings, out["parent"], out["decision"], ok=True)
     return out
 

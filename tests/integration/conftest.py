@@ -1,0 +1,44 @@
+"""Fixtures for integration tests: a registered champion in a fresh store, free loopback ports."""
+
+import shutil
+import socket
+
+import keras
+import numpy as np
+import pytest
+
+from pipeline import stages, tracking
+from pipeline.features import read_spec
+from pipeline.models import build_model
+from tests.conftest import tiny_settings
+
+
+def free_port() -> int:
+    """Return a TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def champion_store(tmp_path_factory, mlflow_template, tiny_features):
+    """Settings whose store holds one registered version (an untrained serving model) as champion."""
+    root = tmp_path_factory.mktemp("serving")
+    shutil.copy(mlflow_template, root / "mlflow.db")
+    settings = tiny_settings(root / "work", root / "mlflow.db")
+    tracking.use_store(settings.resolved_tracking_uri)
+    experiment_id = tracking.ensure_experiment(settings.experiment_name, settings.artifact_location)
+    run_id = tracking.start_child_run(experiment_id, tracking.start_parent_run(experiment_id, "p", {}, {}), "gru", {})
+    spec = read_spec(tiny_features)
+    keras.utils.set_random_seed(0)
+    model = stages.export_model(build_model("gru", 4, {"units": 6, "num_layers": 1}), spec.scale)
+    version = tracking.log_and_register_model(
+        run_id,
+        model,
+        settings.registered_model_name,
+        input_example=np.zeros((1, 3, 3), np.float32),
+        metadata={"classes": spec.classes, "scale": spec.scale, "max_len": spec.max_len},
+        tags={"architecture": "gru", "test_accuracy": "0.5"},
+    )
+    tracking.set_champion(settings.registered_model_name, version.version)
+    return settings, model

@@ -1,0 +1,99 @@
+"""The promotion gate against a real registry: a trained model against untrained ones, on one test set."""
+
+import dataclasses
+
+import keras
+import numpy as np
+import pytest
+
+from pipeline import stages, tracking
+from pipeline.dataset import open_split
+from pipeline.features import read_spec, record_indices
+from pipeline.models import build_model
+from pipeline.promotion import promote_best
+from pipeline.training import train_model
+from tests.conftest import tiny_settings
+
+
+@pytest.fixture(scope="module")
+def trained_model(tiny_features, dataset_settings, tmp_path_factory):
+    # big enough to learn the tiny set (about 0.45 test accuracy on 4 classes; untrained: about 0.25)
+    config = dataclasses.replace(
+        stages.training_config(dataset_settings.replace(epochs=8, early_stopping_patience=20), "conv_lstm"),
+        model_params={"filters": [16], "kernel_size": 3, "units": 16, "num_layers": 1},
+    )
+    trained = train_model(config, tiny_features, tmp_path_factory.mktemp("trained"))
+    return keras.saving.load_model(trained.model_path)
+
+
+@pytest.fixture
+def gate(tiny_features, tmp_path, tracking_db):
+    settings = tiny_settings(tmp_path / "work", tracking_db)
+    tracking.use_store(settings.resolved_tracking_uri)
+    experiment_id = tracking.ensure_experiment(settings.experiment_name, settings.artifact_location)
+    parent = tracking.start_parent_run(experiment_id, "gate", {}, {})
+    spec = read_spec(tiny_features)
+    test = open_split(spec.dataset_dir, "test")
+    indices = record_indices(tiny_features, "test")
+    sketches = [test.sketch(int(i)) for i in indices]
+    truth = [spec.classes[int(label)] for label in np.asarray(test.labels)[indices]]
+
+    def register(model, accuracy: float) -> tracking.RegisteredVersion:
+        run_id = tracking.start_child_run(experiment_id, parent, "m", {})
+        return tracking.log_and_register_model(
+            run_id,
+            stages.export_model(model, spec.scale),
+            settings.registered_model_name,
+            input_example=np.zeros((1, 3, 3), np.float32),
+            metadata={"classes": spec.classes, "scale": spec.scale, "max_len": spec.max_len},
+            tags={"architecture": "x", "test_accuracy": str(accuracy)},
+        )
+
+    def promote(candidates):
+        return promote_best(settings, candidates, sketches, truth, "tiny/test")
+
+    return settings, register, promote
+
+
+def _untrained(seed: int) -> keras.Model:
+    keras.utils.set_random_seed(seed)
+    return build_model("lstm", 4, {"units": 4, "num_layers": 1})
+
+
+def test_champion_moves_only_to_a_significantly_better_version(gate, trained_model):
+    settings, register, promote = gate
+    name = settings.registered_model_name
+    weak = register(_untrained(1), 0.25)
+    first = promote([weak])
+    assert (first.alias, first.reason) == ("champion", "no champion yet")
+
+    strong = register(trained_model, 0.9)
+    decision = promote([strong])
+    assert decision.alias == "champion", decision.reason
+    assert decision.champion_version == weak.version and decision.p_value < 0.05
+    assert decision.candidate_accuracy > decision.champion_accuracy
+    assert tracking.alias_version(name, "champion") == strong.version
+
+    # a version whose own logged score claims more, but is worse on this test set, is only a challenger
+    pretender = register(_untrained(2), 0.99)
+    decision = promote([pretender])
+    assert decision.alias == "challenger"
+    assert decision.candidate_accuracy < decision.champion_accuracy
+    assert tracking.alias_version(name, "champion") == strong.version
+    assert tracking.alias_version(name, "challenger") == pretender.version
+
+    import mlflow
+
+    tags = mlflow.MlflowClient().get_model_version(name, pretender.version).tags
+    assert tags["promotion_verdict"] == "challenger"
+    assert tags["promotion_compared_to"] == strong.version
+    assert float(tags["promotion_p_value"]) < 0.05
+
+
+def test_the_champion_again_changes_nothing(gate):
+    settings, register, promote = gate
+    version = register(_untrained(3), 0.5)
+    promote([version])
+    decision = promote([version])
+    assert (decision.alias, decision.reason) == ("champion", "already the champion")
+    assert tracking.alias_version(settings.registered_model_name, "challenger") is None

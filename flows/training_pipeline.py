@@ -32,7 +32,9 @@ def training_pipeline(
     dataset_dir = ingest_task(settings)
     report = validate_task(settings, dataset_dir)
     features_dir = preprocess_task(settings, report)
-    parent_run_id = start_run_task(settings, features_dir, flow_run.get_name() or "training_pipeline", resume_run_id)
+    parent_run_id = start_run_task(
+        settings, report, features_dir, flow_run.get_name() or "training_pipeline", resume_run_id
+    )
     decision = None
     try:
         runs = {a: train_task.submit(settings, a, features_dir, parent_run_id) for a in settings.architectures}

@@ -14,12 +14,19 @@ from pipeline.config import Settings
 from pipeline.evaluation import Evaluation
 from pipeline.promotion import PromotionDecision
 from pipeline.report import ArchitectureResult
+from pipeline.validation import ValidationReport
 
 
 @task(name="start-tracking-run", cache_policy=NO_CACHE)
-def start_run_task(settings: Settings, features_dir: Path, flow_run_name: str, resume_run_id: str | None = None) -> str:
+def start_run_task(
+    settings: Settings,
+    report: ValidationReport,
+    features_dir: Path,
+    flow_run_name: str,
+    resume_run_id: str | None = None,
+) -> str:
     """Open the parent MLflow run (or reopen the one being resumed); return its id."""
-    return stages.start_pipeline_run(settings, features_dir, flow_run_name, resume_run_id)
+    return stages.start_pipeline_run(settings, report, features_dir, flow_run_name, resume_run_id)
 
 
 @task(name="register", cache_policy=NO_CACHE)

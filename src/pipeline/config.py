@@ -37,6 +37,7 @@ class Settings:
     classes: tuple[str, ...] | None = None
     num_classes: int = 8
     max_per_class: int | None = None
+    recognized_only: bool = True  # ndjson: keep only drawings the game recognised
     synthetic_per_split: Mapping[str, int] = dataclasses.field(
         default_factory=lambda: {"train": 400, "valid": 80, "test": 120}
     )
@@ -47,6 +48,7 @@ class Settings:
     max_points: int = 1000
     max_abs_delta: float = 1000.0
     max_invalid_fraction: float = 0.05
+    max_class_imbalance: float = 10.0  # largest / smallest class count in train
     # Preprocessing
     max_len: int = 100
     batch_size: int = 64
@@ -103,6 +105,14 @@ def validate(settings: Settings) -> Settings:
             "architectures",
             f"unknown architecture {', '.join(unknown) or '(none given)'}; choose from {', '.join(MODEL_BUILDERS)}",
         )
+    if settings.classes and len(set(settings.classes)) != len(settings.classes):
+        raise ConfigError("classes", "a class is named twice")
+    from pipeline.synthetic import SHAPES
+
+    if settings.source == "synthetic" and not settings.classes and settings.num_classes > len(SHAPES):
+        raise ConfigError("num_classes", f"the synthetic set has {len(SHAPES)} classes, not {settings.num_classes}")
+    if settings.max_class_imbalance < 1:
+        raise ConfigError("max_class_imbalance", f"must be at least 1 (got {settings.max_class_imbalance})")
     if settings.task_runner not in TASK_RUNNERS:
         raise ConfigError("task_runner", f"unknown task runner {settings.task_runner!r}; choose from thread, dask")
     for name in ("epochs", "num_classes", "batch_size", "max_len", "min_points"):
@@ -133,6 +143,14 @@ def _coerce(name: str, value: Any) -> Any:
         if kind.startswith("tuple"):
             items = value.split(",") if isinstance(value, str) else list(value)
             return tuple(str(i).strip() for i in items if str(i).strip())
+        if kind.startswith("bool"):
+            if isinstance(value, bool):
+                return value
+            if str(value).strip().lower() in ("1", "true", "yes", "on"):
+                return True
+            if str(value).strip().lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(value)
         if kind.startswith("int"):
             return int(value)
         if kind.startswith("float"):

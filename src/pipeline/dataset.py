@@ -2,13 +2,17 @@
 
 Layout of a dataset folder::
 
-    dataset.json            name, source, classes, counts per split and class, content fingerprint
-    <split>/strokes.npy     float32 (total_points, 3) stroke-3 rows of all sketches, concatenated
-    <split>/offsets.npy     int64 (n + 1,): sketch i is strokes[offsets[i]:offsets[i + 1]]
-    <split>/labels.npy      int32 (n,) index into ``classes``
-    <split>/ids.npy         str (n,) "file:split[index]" or key_id, naming the source record
+    dataset.json                name, source, classes, counts per split and class, rejected and
+                                skipped records by reason, content fingerprint
+    ingest_quarantine.jsonl     records the readers could not use: file, record, reason, value
+    <split>/strokes.npy         float32 (total_points, 3) stroke-3 rows of all sketches, concatenated
+    <split>/offsets.npy         int64 (n + 1,): sketch i is strokes[offsets[i]:offsets[i + 1]]
+    <split>/labels.npy          int32 (n,) index into ``classes``
+    <split>/ids.npy             str (n,) "file:split[index]", "file:line" or key_id: the source record
 
-No pickles: every array loads with ``allow_pickle=False`` and memory-maps, so readers stream.
+No pickles: every array loads with ``allow_pickle=False`` and memory-maps, so readers stream. The
+writer streams too: rows are appended to files as they come, so memory does not grow with the
+number of sketches.
 """
 
 from __future__ import annotations
@@ -16,12 +20,16 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from collections.abc import Iterable, Iterator
+import shutil
+from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 
 from pipeline.strokes import SPLITS
+
+_CHUNK = 1 << 20  # rows per copy when turning the append-only files into .npy arrays
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,6 +43,17 @@ class SketchRecord:
 
 
 @dataclasses.dataclass(frozen=True)
+class Rejection:
+    """A source record that could not become a sketch, and why (it goes to the ingest quarantine)."""
+
+    source: str
+    record: str
+    reason: str
+    value: str = ""
+    skipped: bool = False  # excluded on purpose (e.g. not recognized), not broken
+
+
+@dataclasses.dataclass(frozen=True)
 class DatasetInfo:
     """What ``dataset.json`` says about a dataset folder."""
 
@@ -43,11 +62,18 @@ class DatasetInfo:
     classes: list[str]
     counts: dict[str, dict[str, int]]
     fingerprint: str
+    rejected: dict[str, int] = dataclasses.field(default_factory=dict)
+    skipped: dict[str, int] = dataclasses.field(default_factory=dict)
 
     @property
     def num_sketches(self) -> int:
         """Return the number of sketches over all splits."""
         return sum(sum(per_class.values()) for per_class in self.counts.values())
+
+    @property
+    def num_rejected(self) -> int:
+        """Return the number of source records the readers quarantined."""
+        return sum(self.rejected.values())
 
 
 class SplitArrays:
@@ -81,75 +107,106 @@ def open_split(dataset_dir: Path, split: str) -> SplitArrays:
     return SplitArrays(Path(dataset_dir) / split)
 
 
-def write_dataset(out_root: Path, name: str, source: str, classes: list[str], records: Iterable[SketchRecord]) -> Path:
+def write_dataset(
+    out_root: Path, name: str, source: str, classes: list[str], records: Iterable[SketchRecord | Rejection]
+) -> Path:
     """Write records into a new dataset folder named after its content fingerprint; return the folder.
 
-    The fingerprint hashes the class list and every record (split, label, id, strokes), so the same
-    content always lands in the same folder and a changed byte gives a new one.
+    Rejections go to ``ingest_quarantine.jsonl`` and are counted by reason. The fingerprint hashes
+    the class list, every record (split, label, id, strokes) and every rejection, so the same content
+    always lands in the same folder and a changed byte gives a new one.
     """
     out_root = Path(out_root)
     staging = out_root / f".{name}.partial"
-    _remove_tree(staging)  # left behind by an interrupted ingest
+    shutil.rmtree(staging, ignore_errors=True)  # left behind by an interrupted ingest
     digest = hashlib.sha256(json.dumps(classes).encode())
     writers = {split: _SplitWriter(staging / split) for split in SPLITS}
-    for record in records:
-        strokes = np.ascontiguousarray(record.strokes, dtype=np.float32)
-        writers[record.split].add(record.label, record.record_id, strokes)
-        digest.update(f"{record.split}|{record.label}|{record.record_id}|{strokes.shape[0]}".encode())
-        digest.update(strokes.tobytes())
+    rejected: Counter[str] = Counter()
+    skipped: Counter[str] = Counter()
+    with open(staging / "ingest_quarantine.jsonl", "w") as quarantine:
+        for record in records:
+            if isinstance(record, Rejection):
+                line = json.dumps(dataclasses.asdict(record))
+                digest.update(line.encode())
+                if record.skipped:  # excluded on purpose: counted, not listed (there can be millions)
+                    skipped[record.reason] += 1
+                else:
+                    rejected[record.reason] += 1
+                    quarantine.write(line + "\n")
+                continue
+            strokes = np.ascontiguousarray(record.strokes, dtype=np.float32).reshape(-1, 3)
+            writers[record.split].add(record.label, record.record_id, strokes)
+            digest.update(f"{record.split}|{record.label}|{record.record_id}|{strokes.shape[0]}".encode())
+            digest.update(strokes.tobytes())
     counts = {split: writer.close(classes) for split, writer in writers.items()}
     fingerprint = digest.hexdigest()
-    info = DatasetInfo(name=name, source=source, classes=classes, counts=counts, fingerprint=fingerprint)
+    info = DatasetInfo(name, source, classes, counts, fingerprint, dict(rejected), dict(skipped))
     (staging / "dataset.json").write_text(json.dumps(dataclasses.asdict(info), indent=2))
     final = out_root / f"{name}-{fingerprint[:12]}"
     if final.exists():  # same content already ingested
-        _remove_tree(staging)
+        shutil.rmtree(staging)
     else:
         staging.rename(final)
     return final
 
 
 class _SplitWriter:
-    """Accumulates one split's records and writes its arrays."""
+    """Appends one split's records to raw files, then turns them into ``.npy`` arrays in chunks."""
 
     def __init__(self, folder: Path):
         folder.mkdir(parents=True, exist_ok=True)
         self.folder = folder
-        self.chunks: list[np.ndarray] = []
-        self.lengths: list[int] = []
-        self.labels: list[int] = []
-        self.ids: list[str] = []
+        self.strokes = open(folder / "strokes.raw", "wb")  # noqa: SIM115 - closed in close()
+        self.lengths = open(folder / "lengths.raw", "wb")  # noqa: SIM115
+        self.labels = open(folder / "labels.raw", "wb")  # noqa: SIM115
+        self.ids = open(folder / "ids.txt", "w")  # noqa: SIM115
+        self.count = 0
+        self.id_width = 1
+        self.per_label: Counter[int] = Counter()
 
     def add(self, label: int, record_id: str, strokes: np.ndarray) -> None:
-        self.chunks.append(strokes)
-        self.lengths.append(len(strokes))
-        self.labels.append(label)
-        self.ids.append(record_id)
+        self.strokes.write(strokes.tobytes())
+        self.lengths.write(np.int64(len(strokes)).tobytes())
+        self.labels.write(np.int32(label).tobytes())
+        self.ids.write(record_id.replace("\n", " ") + "\n")
+        self.id_width = max(self.id_width, len(record_id))
+        self.per_label[label] += 1
+        self.count += 1
 
     def close(self, classes: list[str]) -> dict[str, int]:
-        strokes = np.concatenate(self.chunks) if self.chunks else np.zeros((0, 3), np.float32)
-        np.save(self.folder / "strokes.npy", strokes.astype(np.float32))
-        np.save(self.folder / "offsets.npy", np.concatenate([[0], np.cumsum(self.lengths)]).astype(np.int64))
-        np.save(self.folder / "labels.npy", np.asarray(self.labels, dtype=np.int32))
-        np.save(self.folder / "ids.npy", np.asarray(self.ids, dtype=str))
-        labels = np.asarray(self.labels, dtype=np.int64)
-        known = (labels >= 0) & (labels < len(classes))
-        counts = {
-            name: int(n) for name, n in zip(classes, np.bincount(labels[known], minlength=len(classes)), strict=True)
-        }
-        if not known.all():  # left for validation to quarantine, but counted
-            counts["<unknown>"] = int((~known).sum())
+        for handle in (self.strokes, self.lengths, self.labels, self.ids):
+            handle.close()
+        raw = self.folder
+        strokes = np.memmap(raw / "strokes.raw", np.float32, "r") if self.count else np.zeros(0, np.float32)
+        _copy_to_npy(strokes.reshape(-1, 3), raw / "strokes.npy")
+        lengths = np.fromfile(raw / "lengths.raw", np.int64)
+        np.save(raw / "offsets.npy", np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64))
+        np.save(raw / "labels.npy", np.fromfile(raw / "labels.raw", np.int32))
+        if self.count:
+            ids = np.lib.format.open_memmap(raw / "ids.npy", "w+", np.dtype(f"<U{self.id_width}"), (self.count,))
+            with open(raw / "ids.txt") as lines:
+                for index, line in enumerate(lines):
+                    ids[index] = line.rstrip("\n")
+            ids.flush()
+            del ids
+        else:
+            np.save(raw / "ids.npy", np.zeros(0, dtype="<U1"))
+        del strokes
+        for name in ("strokes.raw", "lengths.raw", "labels.raw", "ids.txt"):
+            (raw / name).unlink()
+        counts = {name: self.per_label.get(i, 0) for i, name in enumerate(classes)}
+        unknown = self.count - sum(counts.values())
+        if unknown:  # left for validation to quarantine, but counted
+            counts["<unknown>"] = unknown
         return counts
 
 
-def _remove_tree(path: Path) -> None:
-    import shutil
-
-    shutil.rmtree(path, ignore_errors=True)
-
-
-def iter_split(dataset_dir: Path, split: str, indices: Iterable[int] | None = None) -> Iterator[tuple[int, np.ndarray]]:
-    """Yield ``(label, strokes)`` for the given sketch indices of a split (all of them by default)."""
-    arrays = open_split(dataset_dir, split)
-    for index in range(len(arrays)) if indices is None else indices:
-        yield int(arrays.labels[index]), arrays.sketch(int(index))
+def _copy_to_npy(array: np.ndarray, path: Path) -> None:
+    """Write ``array`` (possibly memory-mapped) to a ``.npy`` file in chunks."""
+    if len(array) == 0:
+        np.save(path, np.asarray(array))
+        return
+    out = np.lib.format.open_memmap(path, "w+", array.dtype, array.shape)
+    for start in range(0, len(array), _CHUNK):
+        out[start : start + _CHUNK] = array[start : start + _CHUNK]
+    out.flush()

@@ -9,13 +9,23 @@ from pathlib import Path
 
 from pipeline.config import Settings
 from pipeline.dataset import SketchRecord, write_dataset
-from pipeline.strokes import SPLITS, StrokeFormatError, load_sketchrnn_npz
+from pipeline.quickdraw_formats import (
+    NDJSON_PREFIXES,
+    class_files,
+    iter_ndjson_records,
+    iter_tfrecord_records,
+    tfrecord_classes,
+)
+from pipeline.strokes import SPLITS, load_sketchrnn_npz
 from pipeline.synthetic import SHAPES, write_synthetic_npz
 
 
 def select_classes(available: list[str], classes: tuple[str, ...] | None, num_classes: int) -> list[str]:
     """Return the classes to use: the named ones (all must exist), else the first ``num_classes``."""
     if classes:
+        repeated = sorted({c for c in classes if classes.count(c) > 1})
+        if repeated:
+            raise ValueError(f"class {', '.join(repeated)} named twice")
         missing = [c for c in classes if c not in available]
         if missing:
             raise ValueError(f"unknown class {', '.join(missing)}; available: {', '.join(available)}")
@@ -36,13 +46,7 @@ def iter_sketchrnn_records(files: dict[str, Path], max_per_class: int | None = N
 
 def sketchrnn_class_files(data_dir: Path) -> dict[str, Path]:
     """Return class name -> ``NAME.npz`` for a folder of sketch-rnn class files, sorted by name."""
-    data_dir = Path(data_dir)
-    if not data_dir.is_dir():
-        raise StrokeFormatError(f"{data_dir}: no such folder")
-    files = {p.stem: p for p in sorted(data_dir.glob("*.npz"))}
-    if not files:
-        raise StrokeFormatError(f"{data_dir}: holds no .npz class files")
-    return files
+    return class_files(Path(data_dir), "*.npz")
 
 
 def synthetic_source_dir(settings: Settings, classes: list[str]) -> Path:
@@ -57,23 +61,32 @@ def synthetic_source_dir(settings: Settings, classes: list[str]) -> Path:
 
 
 def ingest(settings: Settings) -> Path:
-    """Read the configured source into a dataset folder under ``<work_dir>/datasets``; return it."""
-    if settings.source == "synthetic":
-        classes = select_classes(list(SHAPES), settings.classes, settings.num_classes)
-        files = sketchrnn_class_files(synthetic_source_dir(settings, classes))
-        name = "synthetic"
-    elif settings.source == "sketchrnn":
-        available = sketchrnn_class_files(Path(settings.data_dir))
-        classes = select_classes(list(available), settings.classes, settings.num_classes)
-        files = {c: available[c] for c in classes}
-        name = "sketchrnn"
+    """Read the configured source into a dataset folder under ``<work_dir>/datasets``; return it.
+
+    Raises:
+        StrokeFormatError: the source folder is missing or empty, a class is named twice, or a
+            sketch-rnn file is corrupt or carries a foreign pickle (naming the file and record).
+            Bad records in ndjson and TFRecord files are quarantined instead (see ``dataset.json``).
+    """
+    out_root = Path(settings.work_dir) / "datasets"
+    cap = settings.max_per_class
+    if settings.source in ("synthetic", "sketchrnn"):
+        if settings.source == "synthetic":
+            available = {name: None for name in SHAPES}
+            classes = select_classes(list(available), settings.classes, settings.num_classes)
+            files = sketchrnn_class_files(synthetic_source_dir(settings, classes))
+        else:
+            files = sketchrnn_class_files(Path(settings.data_dir))
+            classes = select_classes(list(files), settings.classes, settings.num_classes)
+        records = iter_sketchrnn_records({c: files[c] for c in classes}, cap)
+    elif settings.source == "ndjson":
+        files = class_files(Path(settings.data_dir), "*.ndjson", NDJSON_PREFIXES)
+        classes = select_classes(list(files), settings.classes, settings.num_classes)
+        records = iter_ndjson_records({c: files[c] for c in classes}, classes, settings.recognized_only, cap)
+    elif settings.source == "tfrecord":
+        all_classes, shards = tfrecord_classes(Path(settings.data_dir))
+        classes = select_classes(all_classes, settings.classes, settings.num_classes)
+        records = iter_tfrecord_records(shards, all_classes, classes, cap)
     else:
-        raise NotImplementedError(f"source {settings.source!r} is not implemented yet")
-    files = {c: files[c] for c in classes}
-    return write_dataset(
-        Path(settings.work_dir) / "datasets",
-        name,
-        settings.source,
-        classes,
-        iter_sketchrnn_records(files, settings.max_per_class),
-    )
+        raise ValueError(f"unknown source {settings.source!r}")
+    return write_dataset(out_root, settings.source, settings.source, classes, records)

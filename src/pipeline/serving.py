@@ -51,9 +51,8 @@ def champion_uri(settings: Settings) -> str:
 
 def load_classifier(settings: Settings, model_uri: str | None = None) -> Classifier:
     """Load a logged model (the champion by default) and the preprocessing metadata logged with it."""
-    import mlflow.keras
-
     import mlflow
+    import mlflow.keras
 
     tracking.use_store(settings.resolved_tracking_uri)
     uri = model_uri or champion_uri(settings)

@@ -34,6 +34,7 @@ def validate(settings: Settings, dataset_dir: Path) -> ValidationReport:
         max_points=settings.max_points,
         max_abs_delta=settings.max_abs_delta,
         max_invalid_fraction=settings.max_invalid_fraction,
+        max_class_imbalance=settings.max_class_imbalance,
     )
 
 
@@ -47,16 +48,24 @@ def preprocess(settings: Settings, report: ValidationReport) -> Path:
 
 
 def start_pipeline_run(
-    settings: Settings, features_dir: Path, flow_run_name: str, resume_run_id: str | None = None
+    settings: Settings,
+    report: ValidationReport,
+    features_dir: Path,
+    flow_run_name: str,
+    resume_run_id: str | None = None,
 ) -> str:
-    """Open the parent MLflow run of one pipeline run (or reopen ``resume_run_id``) and return its id."""
+    """Open the parent MLflow run of one pipeline run (or reopen ``resume_run_id``) and return its id.
+
+    The run records the dataset as its input (name, content fingerprint, counts per split and class)
+    and the validation summary and quarantine as artifacts.
+    """
     tracking.use_store(settings.resolved_tracking_uri)
     if resume_run_id:
         tracking.reopen_run(resume_run_id)
         return resume_run_id
     experiment_id = tracking.ensure_experiment(settings.experiment_name, settings.artifact_location)
     spec = read_spec(features_dir)
-    return tracking.start_parent_run(
+    run_id = tracking.start_parent_run(
         experiment_id,
         run_name=flow_run_name,
         params={
@@ -70,6 +79,13 @@ def start_pipeline_run(
         },
         tags={"pipeline": "training_pipeline", "source": settings.source},
     )
+    info = read_info(report.dataset_dir)
+    tracking.log_dataset_input(
+        run_id, info.name, report.dataset_dir, info.fingerprint, {"counts": info.counts, "skipped": info.skipped}
+    )
+    tracking.log_artifacts(run_id, Path(report.output_dir), "validation")
+    tracking.log_metrics(run_id, {"records_in": report.records_in, "quarantined": report.quarantined})
+    return run_id
 
 
 def training_config(settings: Settings, architecture: str) -> TrainingConfig:
@@ -110,9 +126,8 @@ def train(
     If that parent already has a run for this architecture (a resumed pipeline run), training
     continues in it: from the last completed epoch when it was killed, not at all when it finished.
     """
-    import mlflow.keras
-
     import mlflow
+    import mlflow.keras
 
     tracking.use_store(settings.resolved_tracking_uri)
     spec = read_spec(features_dir)

@@ -200,6 +200,15 @@ def class_names(num_classes: int) -> list[str]:
     return list(SHAPES)[:num_classes]
 
 
+def synthetic_split(name: str, split: str, count: int, seed: int) -> list[np.ndarray]:
+    """Return ``count`` sketches of class ``name`` for one split: the same for the same arguments."""
+    if name not in SHAPES:
+        raise ValueError(f"unknown synthetic class {name!r}; known: {', '.join(SHAPES)}")
+    # a class draws the same sketches whatever else is selected
+    rng = np.random.default_rng([seed, list(SHAPES).index(name), ("train", "valid", "test").index(split)])
+    return [draw_sketch(name, rng) for _ in range(count)]
+
+
 def write_synthetic_npz(out_dir: Path, classes: list[str], per_split: dict[str, int], seed: int) -> list[Path]:
     """Write one sketch-rnn ``NAME.npz`` per class and return their paths.
 
@@ -214,14 +223,9 @@ def write_synthetic_npz(out_dir: Path, classes: list[str], per_split: dict[str, 
     """
     paths = []
     for name in classes:
-        if name not in SHAPES:
-            raise ValueError(f"unknown synthetic class {name!r}; known: {', '.join(SHAPES)}")
-        index = list(SHAPES).index(name)  # a class draws the same sketches whatever else is selected
-        splits = {}
-        for split_index, (split, count) in enumerate(per_split.items()):
-            rng = np.random.default_rng([seed, index, split_index])
-            splits[split] = [draw_sketch(name, rng) for _ in range(count)]
         path = Path(out_dir) / f"{name}.npz"
-        write_sketchrnn_npz(path, splits)
+        write_sketchrnn_npz(
+            path, {split: synthetic_split(name, split, count, seed) for split, count in per_split.items()}
+        )
         paths.append(path)
     return paths

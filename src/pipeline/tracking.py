@@ -52,9 +52,8 @@ def git_commit() -> str:
 
 def start_parent_run(experiment_id: str, run_name: str, params: dict[str, Any], tags: dict[str, str]) -> str:
     """Create the flow-level run that the architecture runs nest under; return its id (left RUNNING)."""
-    from mlflow.entities import Param
-
     import mlflow
+    from mlflow.entities import Param
 
     client = mlflow.MlflowClient()
     run = client.create_run(experiment_id, run_name=run_name, tags=tags)
@@ -93,6 +92,20 @@ def reopen_run(run_id: str) -> None:
     mlflow.MlflowClient().update_run(run_id, status="RUNNING")
 
 
+def log_dataset_input(run_id: str, name: str, path: str, digest: str, profile: dict) -> None:
+    """Record a dataset folder as the run's input: name, location, content digest and its counts."""
+    import json
+
+    import mlflow
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+
+    dataset = MetaDataset(resolve_dataset_source(str(Path(path).resolve())), name=name, digest=digest[:20])
+    with mlflow.start_run(run_id=run_id):
+        mlflow.log_input(dataset, context="training", tags={"profile": json.dumps(profile)[:5000]})
+    reopen_run(run_id)
+
+
 def end_run(run_id: str, status: str = "FINISHED") -> None:
     """Mark a run as ended with ``status`` (FINISHED, FAILED or KILLED)."""
     import mlflow
@@ -123,9 +136,8 @@ def epoch_logger():
     killed right after an epoch keeps that epoch's metrics (the stock callback queues them), and the
     unstepped ``validation_*`` copies of the ``val_*`` metrics are not logged.
     """
-    import mlflow.keras
-
     import mlflow
+    import mlflow.keras
 
     class _EpochLogger(mlflow.keras.MlflowCallback):
         def on_epoch_end(self, epoch, logs=None):
@@ -176,10 +188,9 @@ def log_and_register_model(
     import tempfile
 
     import keras
+    import mlflow
     import mlflow.keras
     import tensorflow as tf
-
-    import mlflow
 
     client = mlflow.MlflowClient()
     experiment_id = client.get_run(run_id).info.experiment_id

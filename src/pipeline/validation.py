@@ -29,7 +29,10 @@ class ValidationReport:
     records_in: int
     accepted: int
     quarantined: int
+    skipped: dict[str, int]
     failures: dict[str, int]
+    class_counts: dict[str, int]
+    class_balance_ok: bool
     invalid_fraction: float
     success: bool
 
@@ -143,6 +146,23 @@ def run_expectations(table: pd.DataFrame, expectations: list) -> list[dict]:
     return failures
 
 
+def class_balance_failures(class_counts: dict[str, int], max_ratio: float) -> list[dict]:
+    """Return the classes with fewer than ``1/max_ratio`` of the largest class's training sketches (via GX)."""
+    import great_expectations as gx
+
+    largest = max(class_counts.values(), default=0)
+    table = pd.DataFrame(
+        {
+            "split": "train",
+            "row": range(len(class_counts)),
+            "id": list(class_counts),
+            "count": list(class_counts.values()),
+        }
+    )
+    expectation = gx.expectations.ExpectColumnValuesToBeBetween(column="count", min_value=largest / max_ratio)
+    return run_expectations(table, [expectation])
+
+
 def validate_dataset(
     dataset_dir: Path,
     output_dir: Path,
@@ -150,14 +170,17 @@ def validate_dataset(
     max_points: int = 1000,
     max_abs_delta: float = 1000.0,
     max_invalid_fraction: float = 0.05,
+    max_class_imbalance: float = 10.0,
 ) -> ValidationReport:
     """Validate a dataset folder; write accepted indices, the quarantine and a summary to ``output_dir``.
 
-    Every sketch ends up either accepted or quarantined (records in = accepted + quarantined).
+    The quarantine holds the records ingest could not read and the sketches that failed an
+    expectation; records in = accepted + quarantined (+ records skipped on purpose, counted by reason).
 
     Raises:
-        DataValidationError: the share of failing sketches exceeds ``max_invalid_fraction`` (the
-            quarantine and summary are written first, so the cause can be read).
+        DataValidationError: the share of quarantined records exceeds ``max_invalid_fraction``, or a
+            class has fewer than ``1/max_class_imbalance`` of the largest class's training sketches
+            (the quarantine and summary are written first, so the cause can be read).
     """
     info = read_info(dataset_dir)
     output_dir = Path(output_dir)
@@ -171,28 +194,45 @@ def validate_dataset(
         keep = np.array([i for i in range(count) if (split, i) not in bad_rows], dtype=np.int64)
         np.save(output_dir / f"{split}_accepted.npy", keep)
     with open(output_dir / "quarantine.jsonl", "w") as sink:
+        ingest_quarantine = Path(dataset_dir) / "ingest_quarantine.jsonl"
+        if ingest_quarantine.exists():
+            for line in ingest_quarantine.read_text().splitlines():
+                sink.write(json.dumps({"dataset": info.name, "stage": "ingest", **json.loads(line)}) + "\n")
         for failure in failures:
-            sink.write(json.dumps({"dataset": info.name, **failure}, default=str) + "\n")
+            sink.write(json.dumps({"dataset": info.name, "stage": "validate", **failure}, default=str) + "\n")
 
-    per_expectation: dict[str, int] = {}
+    per_expectation: dict[str, int] = {f"ingest: {reason}": n for reason, n in info.rejected.items()}
     for failure in failures:
         per_expectation[failure["expectation"]] = per_expectation.get(failure["expectation"], 0) + 1
-    fraction = len(bad_rows) / max(len(table), 1)
+    class_counts = {name: n for name, n in info.counts["train"].items() if name in info.classes}
+    imbalanced = class_balance_failures(class_counts, max_class_imbalance) if class_counts else []
+    records_in = len(table) + info.num_rejected
+    quarantined = len(bad_rows) + info.num_rejected
+    fraction = quarantined / max(records_in, 1)
     report = ValidationReport(
         dataset_dir=str(dataset_dir),
         output_dir=str(output_dir),
-        records_in=len(table),
-        accepted=len(table) - len(bad_rows),
-        quarantined=len(bad_rows),
+        records_in=records_in,
+        accepted=records_in - quarantined,
+        quarantined=quarantined,
+        skipped=dict(info.skipped),
         failures=per_expectation,
+        class_counts=class_counts,
+        class_balance_ok=not imbalanced,
         invalid_fraction=fraction,
-        success=fraction <= max_invalid_fraction,
+        success=fraction <= max_invalid_fraction and not imbalanced,
     )
     (output_dir / "summary.json").write_text(json.dumps(dataclasses.asdict(report), indent=2))
-    if not report.success:
+    if fraction > max_invalid_fraction:
         raise DataValidationError(
-            f"{fraction:.1%} of {len(table)} sketches in {info.name} failed validation "
+            f"{fraction:.1%} of {records_in} records in {info.name} failed validation "
             f"(limit {max_invalid_fraction:.1%}); see {report.quarantine_path}"
+        )
+    if imbalanced:
+        small = ", ".join(f"{f['id']} ({f['value']})" for f in imbalanced)
+        raise DataValidationError(
+            f"classes out of balance in {info.name}: {small} have under 1/{max_class_imbalance:g} of the "
+            f"largest class's {max(class_counts.values())} training sketches"
         )
     return report
 

@@ -3,11 +3,11 @@
 import dataclasses
 import shutil
 
+import mlflow
 import numpy as np
 import pytest
 import yaml
 
-import mlflow
 from flows.training_pipeline import pipeline_with_task_runner, training_pipeline
 from pipeline import tracking
 from pipeline.cli import main
@@ -103,3 +103,28 @@ def test_resuming_a_finished_run_trains_and_registers_nothing_new(first_result, 
         (r.architecture, r.model_version, r.run_id) for r in first_result.rows
     }
     assert len(client.search_model_versions(f"name = '{settings.registered_model_name}'")) == before
+
+
+def test_cli_trains_on_ndjson_simplified_and_raw_alike(pipeline_setup, tmp_path, capsys):
+    from pipeline.quickdraw_formats import write_ndjson
+    from pipeline.synthetic import SHAPES, draw_sketch
+
+    settings, config_file = pipeline_setup
+    rng = np.random.default_rng(0)
+    data = tmp_path / "ndjson"
+    for index, name in enumerate(list(SHAPES)[:5]):
+        raw = index >= 3  # two classes in the raw format, in device coordinates
+        sketches = [draw_sketch(name, rng) * (np.array([3, 3, 1]) if raw else 1) for _ in range(70)]
+        write_ndjson(data / f"full_{'raw' if raw else 'simplified'}_{name}.ndjson", name, sketches, raw=raw)
+    main(["run", "--config", str(config_file), "--source", "ndjson", "--data-dir", str(data), "--num-classes", "5",
+          "--epochs", "1", "--architectures", "lstm"])  # fmt: skip
+    out = capsys.readouterr().out
+    assert "dataset: " in out and "(350 sketches, 0 quarantined)" in out
+    promoted = next(line for line in out.splitlines() if line.startswith("promoted:"))
+    version = promoted.split(" version ")[1].split()[0]
+    tracking.use_store(settings.resolved_tracking_uri)
+    registered = mlflow.MlflowClient().get_model_version(settings.registered_model_name, version)
+    assert registered.tags["architecture"] == "lstm"
+    assert mlflow.models.get_model_info(f"models:/{settings.registered_model_name}/{version}").metadata[
+        "classes"
+    ] == sorted(list(SHAPES)[:5])

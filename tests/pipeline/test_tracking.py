@@ -1,10 +1,10 @@
 """The registry and promotion gate against a real (SQLite) MLflow store."""
 
 import keras
+import mlflow
 import numpy as np
 import pytest
 
-import mlflow
 from pipeline import tracking
 from pipeline.models import build_model
 from pipeline.training import compile_model

@@ -6,6 +6,7 @@ import sys
 import textwrap
 
 import mlflow
+
 from pipeline import stages, tracking
 from pipeline.training import train_model
 from tests.conftest import tiny_settings

@@ -59,7 +59,7 @@ def test_every_bad_sketch_is_quarantined_with_its_reason(tmp_path):
 def test_too_many_failures_stop_with_one_clear_message(tmp_path):
     bad = {i: np.array([[1, 1, 1]], np.float32) for i in range(5)}
     folder = _dataset(tmp_path, bad)
-    with pytest.raises(DataValidationError, match=r"12\.5% of 40 sketches .* failed validation \(limit 5\.0%\)"):
+    with pytest.raises(DataValidationError, match=r"12\.5% of 40 records .* failed validation \(limit 5\.0%\)"):
         validate_dataset(folder, tmp_path / "out", max_invalid_fraction=0.05)
     assert len((tmp_path / "out" / "quarantine.jsonl").read_text().splitlines()) == 5
 

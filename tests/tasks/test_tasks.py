@@ -4,9 +4,9 @@ import json
 import shutil
 from pathlib import Path
 
+import mlflow
 import pytest
 
-import mlflow
 from pipeline import tracking
 from tasks.data import ingest_task, preprocess_task, validate_task
 from tasks.registry import finish_run_task, promote_task, register_task, start_run_task
@@ -27,7 +27,7 @@ def chain(settings):
     out = {"dataset": ingest_task.fn(settings)}
     out["report"] = validate_task.fn(settings, out["dataset"])
     out["features"] = preprocess_task.fn(settings, out["report"])
-    out["parent"] = start_run_task.fn(settings, out["features"], "test-flow-run")
+    out["parent"] = start_run_task.fn(settings, out["report"], out["features"], "test-flow-run")
     out["run"] = train_task.fn(settings, "lstm", out["features"], out["parent"])
     out["evaluation"] = evaluate_task.fn(settings, out["run"], out["features"])
     out["version"] = register_task.fn(settings, out["run"], out["evaluation"], out["features"])

@@ -1,0 +1,250 @@
+"""Readers (and writers, for tests and exports) of the Quick, Draw! ndjson files and the TensorFlow
+tutorial's TFRecord shards.
+
+Readers yield :class:`~pipeline.dataset.SketchRecord` for usable sketches and
+:class:`~pipeline.dataset.Rejection` for every other record, naming the file and the record.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.dataset import Rejection, SketchRecord
+from pipeline.strokes import StrokeFormatError, polylines_to_stroke3, simplify_rdp, stroke3_to_polylines
+
+NDJSON_PREFIXES = ("full_simplified_", "full_raw_", "simplified_", "raw_")
+
+
+def split_of(key: str, valid_share: float = 0.05, test_share: float = 0.05) -> str:
+    """Return the split a record belongs to, from a hash of its key: stable across runs and machines."""
+    position = int(hashlib.sha256(key.encode()).hexdigest()[:8], 16) / 2**32
+    if position < test_share:
+        return "test"
+    if position < test_share + valid_share:
+        return "valid"
+    return "train"
+
+
+def class_files(data_dir: Path, pattern: str, prefixes: Sequence[str] = ()) -> dict[str, Path]:
+    """Return class name -> file, sorted by class name, for a folder with one file per class.
+
+    The class name is the file name without its extension and any of ``prefixes``.
+
+    Raises:
+        StrokeFormatError: the folder is missing or empty, or two files name the same class.
+    """
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise StrokeFormatError(f"{data_dir}: no such folder")
+    files: dict[str, Path] = {}
+    for path in sorted(data_dir.glob(pattern)):
+        name = path.name.split(".")[0]
+        for prefix in prefixes:
+            name = name.removeprefix(prefix)
+        if name in files:
+            raise StrokeFormatError(f"{data_dir}: class {name!r} is named twice: {files[name].name} and {path.name}")
+        files[name] = path
+    if not files:
+        raise StrokeFormatError(f"{data_dir}: holds no {pattern} files")
+    return dict(sorted(files.items()))
+
+
+# ndjson ---------------------------------------------------------------------------------------
+
+
+def simplify_raw_strokes(strokes: list[np.ndarray], epsilon: float = 2.0) -> list[np.ndarray]:
+    """Return raw device-coordinate strokes the way Quick, Draw! simplified them.
+
+    Align to the top-left corner, scale uniformly so the longer side spans 0-255, resample every
+    stroke at 1-pixel spacing, simplify with Ramer-Douglas-Peucker (``epsilon``), round to pixels.
+    """
+    points = np.concatenate(strokes)
+    low = points.min(axis=0)
+    extent = float((points.max(axis=0) - low).max()) or 1.0
+    out = []
+    for stroke in strokes:
+        scaled = (stroke - low) * (255.0 / extent)
+        steps = np.hypot(*np.diff(scaled, axis=0).T) if len(scaled) > 1 else np.zeros(0)
+        distance = np.concatenate([[0.0], np.cumsum(steps)])
+        if distance[-1] > 0:
+            samples = np.linspace(0.0, distance[-1], int(np.ceil(distance[-1])) + 1)
+            scaled = np.column_stack([np.interp(samples, distance, scaled[:, i]) for i in range(2)])
+        out.append(np.rint(simplify_rdp(scaled, epsilon)))
+    return out
+
+
+def _parse_drawing(drawing) -> tuple[list[np.ndarray], bool]:
+    """Return the strokes of an ndjson ``drawing`` as ``(k, 2)`` arrays and whether it is raw (has times)."""
+    if not isinstance(drawing, list) or not drawing:
+        raise ValueError("empty drawing")
+    strokes, raw = [], False
+    for index, stroke in enumerate(drawing):
+        if not isinstance(stroke, list) or len(stroke) not in (2, 3) or not all(isinstance(c, list) for c in stroke):
+            raise ValueError(f"stroke {index} is not [xs, ys] or [xs, ys, ts]")
+        if len({len(c) for c in stroke}) != 1:
+            raise ValueError(f"stroke {index} has {'/'.join(str(len(c)) for c in stroke)} xs/ys/ts values")
+        if not stroke[0]:
+            raise ValueError(f"stroke {index} is empty")
+        raw = raw or len(stroke) == 3
+        try:
+            strokes.append(np.array(stroke[:2], dtype=np.float64).T)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"stroke {index} has a non-numeric coordinate") from exc
+    if not all(np.isfinite(s).all() for s in strokes):
+        raise ValueError("non-finite coordinate")
+    return strokes, raw
+
+
+def iter_ndjson_records(
+    files: dict[str, Path],
+    classes: list[str],
+    recognized_only: bool = True,
+    max_per_class: int | None = None,
+) -> Iterator[SketchRecord | Rejection]:
+    """Yield the sketches of Quick, Draw! ndjson files (simplified or raw), one class per file.
+
+    The class comes from each line's ``word``; the split from a hash of its ``key_id``. Raw drawings
+    are simplified as the published data was (see :func:`simplify_raw_strokes`).
+    """
+    label_of = {name: i for i, name in enumerate(classes)}
+    taken: Counter[tuple[str, str]] = Counter()
+    for path in files.values():
+        with open(path, encoding="utf-8") as lines:
+            for number, line in enumerate(lines, start=1):
+                if not line.strip():
+                    continue
+                record = f"line {number}"
+                try:
+                    item = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    yield Rejection(path.name, record, "not JSON", f"{exc.msg}: {line[:80]!r}")
+                    continue
+                if not isinstance(item, dict) or "drawing" not in item or "word" not in item:
+                    missing = "drawing" if not isinstance(item, dict) or "drawing" not in item else "word"
+                    yield Rejection(path.name, record, f"no {missing!r} field")
+                    continue
+                word = item["word"]
+                if word not in label_of:
+                    yield Rejection(path.name, record, "unknown class", str(word)[:80])
+                    continue
+                if recognized_only and item.get("recognized") is False:
+                    yield Rejection(path.name, record, "not recognized", word, skipped=True)
+                    continue
+                try:
+                    strokes, raw = _parse_drawing(item["drawing"])
+                except ValueError as exc:
+                    yield Rejection(path.name, record, str(exc))
+                    continue
+                key_id = str(item.get("key_id") or f"{path.name}:{number}")
+                split = split_of(key_id)
+                if max_per_class is not None and taken[word, split] >= max_per_class:
+                    continue
+                taken[word, split] += 1
+                if raw:
+                    strokes = simplify_raw_strokes(strokes)
+                yield SketchRecord(
+                    split, label_of[word], f"{path.name}:{number}:{key_id}", polylines_to_stroke3(strokes)
+                )
+
+
+def write_ndjson(path: Path, word: str, sketches: Sequence[np.ndarray], raw: bool = False, first_key: int = 1) -> Path:
+    """Write stroke-3 sketches as Quick, Draw! ndjson lines (``raw`` adds a time list per stroke)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as sink:
+        for offset, sketch in enumerate(sketches):
+            drawing = []
+            clock = 0
+            for stroke in stroke3_to_polylines(sketch):
+                entry = [stroke[:, 0].tolist(), stroke[:, 1].tolist()]
+                if raw:
+                    entry.append(list(range(clock, clock + 10 * len(stroke), 10)))
+                    clock += 10 * len(stroke) + 100
+                drawing.append(entry)
+            line = {"word": word, "countrycode": "GB", "timestamp": "2017-03-01 00:00:00.00000 UTC",
+                    "recognized": True, "key_id": str(first_key + offset), "drawing": drawing}  # fmt: skip
+            sink.write(json.dumps(line) + "\n")
+    return path
+
+
+# TFRecord ------------------------------------------------------------------------------------
+
+
+def tfrecord_classes(data_dir: Path) -> tuple[list[str], list[Path]]:
+    """Return the class names (from the ``*.classes`` file) and the shard files of a tutorial folder."""
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise StrokeFormatError(f"{data_dir}: no such folder")
+    lists = sorted(data_dir.glob("*.classes"))
+    shards = sorted(p for p in data_dir.glob("*.tfrecord*") if p.suffix != ".classes")
+    if not shards:
+        raise StrokeFormatError(f"{data_dir}: holds no .tfrecord shards")
+    if not lists:
+        raise StrokeFormatError(f"{data_dir}: no .classes file lists the class names")
+    names = [line.strip() for line in lists[0].read_text().splitlines() if line.strip()]
+    for other in lists[1:]:
+        if [line.strip() for line in other.read_text().splitlines() if line.strip()] != names:
+            raise StrokeFormatError(f"{data_dir}: {lists[0].name} and {other.name} list different classes")
+    return names, shards
+
+
+def iter_tfrecord_records(
+    shards: list[Path], all_classes: list[str], classes: list[str], max_per_class: int | None = None
+) -> Iterator[SketchRecord | Rejection]:
+    """Yield the sketches of TensorFlow quickdraw tutorial shards (``ink``, ``shape``, ``class_index``).
+
+    Shards whose name starts with ``eval`` are the test split; the others are split into train and
+    valid by a hash of the record's place.
+    """
+    import tensorflow as tf
+
+    label_of = {name: i for i, name in enumerate(classes)}
+    taken: Counter[tuple[str, str]] = Counter()
+    for path in shards:
+        for index, raw_record in enumerate(tf.data.TFRecordDataset(str(path)).as_numpy_iterator()):
+            record = f"record {index}"
+            try:
+                features = tf.train.Example.FromString(raw_record).features.feature
+                ink = np.asarray(features["ink"].float_list.value, dtype=np.float32)
+                shape = list(features["shape"].int64_list.value)
+                class_index = int(features["class_index"].int64_list.value[0])
+            except Exception as exc:  # a corrupt record: protobuf raises its own errors
+                yield Rejection(path.name, record, "not a quickdraw example", str(exc)[:120])
+                continue
+            if len(shape) != 2 or shape[1] != 3 or shape[0] * 3 != len(ink) or shape[0] < 1:
+                yield Rejection(path.name, record, "ink does not match its shape", f"shape {shape}, {len(ink)} values")
+                continue
+            if not 0 <= class_index < len(all_classes):
+                yield Rejection(path.name, record, "unknown class", str(class_index))
+                continue
+            name = all_classes[class_index]
+            if name not in label_of:
+                yield Rejection(path.name, record, "class not selected", name, skipped=True)
+                continue
+            split = "test" if path.name.startswith("eval") else split_of(f"{path.name}:{index}", 0.05, 0.0)
+            if max_per_class is not None and taken[name, split] >= max_per_class:
+                continue
+            taken[name, split] += 1
+            yield SketchRecord(split, label_of[name], f"{path.name}:{index}", ink.reshape(shape))
+
+
+def write_tfrecord(path: Path, sketches: Sequence[np.ndarray], class_indices: Sequence[int]) -> Path:
+    """Write sketches as a tutorial-format TFRecord shard."""
+    import tensorflow as tf
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        for sketch, class_index in zip(sketches, class_indices, strict=True):
+            sketch = np.asarray(sketch, dtype=np.float32)
+            feature = {
+                "ink": tf.train.Feature(float_list=tf.train.FloatList(value=sketch.ravel())),
+                "shape": tf.train.Feature(int64_list=tf.train.Int64List(value=list(sketch.shape))),
+                "class_index": tf.train.Feature(int64_list=tf.train.Int64List(value=[int(class_index)])),
+            }
+            writer.write(tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString())
+    return path

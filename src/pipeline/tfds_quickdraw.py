@@ -1,0 +1,93 @@
+"""A TensorFlow Datasets builder for Quick, Draw! pen-stroke sketches (TFDS ships only bitmaps).
+
+Import this module to register ``quickdraw_sketch_rnn``, then, offline::
+
+    tfds.load("quickdraw_sketch_rnn/synthetic", try_gcs=False)
+    tfds.load("quickdraw_sketch_rnn/local", try_gcs=False,
+              download_and_prepare_kwargs={"download_config": tfds.download.DownloadConfig(manual_dir=DIR)})
+
+``synthetic`` is the embedded generated set; ``local`` reads sketch-rnn class files (``NAME.npz``)
+from the manual folder through the restricted unpickler. Nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from pipeline.strokes import load_sketchrnn_npz
+from pipeline.synthetic import SHAPES, synthetic_split
+
+_TFDS_SPLITS = {"train": "train", "valid": "validation", "test": "test"}
+
+
+@dataclasses.dataclass
+class QuickdrawSketchRnnConfig(tfds.core.BuilderConfig):
+    """``source="synthetic"``: the generated classes and counts; ``"local"``: files in the manual folder."""
+
+    source: str = "synthetic"
+    num_classes: int = 8
+    per_split: dict[str, int] = dataclasses.field(default_factory=lambda: {"train": 400, "valid": 80, "test": 120})
+    seed: int = 42
+
+
+class QuickdrawSketchRnn(tfds.core.GeneratorBasedBuilder):
+    """Quick, Draw! sketches as int16 stroke-3 sequences ``(dx, dy, pen_lifted)``."""
+
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES = {"1.0.0": "Synthetic and local sketch-rnn configs."}
+    BUILDER_CONFIGS = [
+        QuickdrawSketchRnnConfig(name="synthetic", description="The embedded synthetic shape sketches."),
+        QuickdrawSketchRnnConfig(
+            name="local", source="local", description="sketch-rnn NAME.npz class files in the manual folder."
+        ),
+    ]
+    MANUAL_DOWNLOAD_INSTRUCTIONS = (
+        "For the `local` config, put sketch-rnn class files (NAME.npz with train/valid/test arrays of "
+        "int16 stroke-3 sketches, e.g. from the Quick, Draw! sketchrnn release) in the manual folder."
+    )
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        names = list(SHAPES)[: self.builder_config.num_classes] if self.builder_config.source == "synthetic" else None
+        return tfds.core.DatasetInfo(
+            builder=self,
+            description=self.__doc__,
+            features=tfds.features.FeaturesDict(
+                {
+                    "strokes": tfds.features.Tensor(shape=(None, 3), dtype=np.int16),
+                    "label": tfds.features.ClassLabel(names=names),
+                    "key_id": tfds.features.Text(),
+                }
+            ),
+            supervised_keys=("strokes", "label"),
+            homepage="https://github.com/googlecreativelab/quickdraw-dataset",
+        )
+
+    def _split_generators(self, dl_manager: tfds.download.DownloadManager):
+        config = self.builder_config
+        if config.source == "synthetic":
+            classes = list(SHAPES)[: config.num_classes]
+            return {
+                _TFDS_SPLITS[split]: self._generate_examples(
+                    {name: synthetic_split(name, split, count, config.seed) for name in classes}, split
+                )
+                for split, count in config.per_split.items()
+            }
+        files = {p.stem: p for p in sorted(Path(dl_manager.manual_dir).glob("*.npz"))}
+        if not files:
+            raise FileNotFoundError(f"{dl_manager.manual_dir}: holds no sketch-rnn .npz class files")
+        self.info.features["label"].names = list(files)
+        loaded = {name: load_sketchrnn_npz(path) for name, path in files.items()}
+        return {
+            tfds_split: self._generate_examples({name: splits.get(split, []) for name, splits in loaded.items()}, split)
+            for split, tfds_split in _TFDS_SPLITS.items()
+        }
+
+    def _generate_examples(self, sketches_by_class: dict[str, list[np.ndarray]], split: str):
+        for name, sketches in sketches_by_class.items():
+            for index, sketch in enumerate(sketches):
+                key = f"{name}/{split}/{index}"
+                yield key, {"strokes": np.asarray(sketch).astype(np.int16), "label": name, "key_id": key}

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from prefect import Flow, flow
+from prefect import Flow, Task, flow
 from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
+from prefect.tasks import exponential_backoff
 
 from pipeline.config import Settings, load_settings
 from pipeline.report import ArchitectureResult, PipelineResult
@@ -57,6 +58,14 @@ def training_pipeline(
         promoted_version=decision.candidate_version,
         promoted_alias=decision.alias,
         promotion_reason=decision.reason,
+    )
+
+
+def _io(task: Task, settings: Settings) -> Task:
+    """Return ``task`` with the configured retries and exponential backoff (for tasks doing I/O)."""
+    return task.with_options(
+        retries=settings.io_retries,
+        retry_delay_seconds=exponential_backoff(backoff_factor=settings.retry_backoff_seconds),
     )
 
 

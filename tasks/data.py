@@ -1,30 +1,56 @@
-"""Data tasks: ingest, validate, preprocess."""
+"""Data tasks: ingest, validate, preprocess.
+
+Each is cached across flow runs on (source fingerprint, the settings it reads, its input, library
+code version), so a scheduled re-run on unchanged data skips them; changed data, parameters or code
+recompute. Their results (paths and a small report) are kept in Prefect's local result storage.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from prefect import task
+from prefect.artifacts import create_markdown_artifact
 
 from pipeline import stages
 from pipeline.config import Settings
+from pipeline.fingerprints import INGEST_FIELDS, PREPROCESS_FIELDS, VALIDATE_FIELDS, source_fingerprint, stage_key
 from pipeline.ingest import ingest
 from pipeline.validation import ValidationReport
 
 
-@task(name="ingest")
+def _ingest_key(context, parameters) -> str:
+    settings = parameters["settings"]
+    return stage_key("ingest", settings, INGEST_FIELDS, source_fingerprint(settings))
+
+
+def _validate_key(context, parameters) -> str:
+    # the dataset folder is named after its content fingerprint
+    return stage_key("validate", parameters["settings"], VALIDATE_FIELDS, parameters["dataset_dir"])
+
+
+def _preprocess_key(context, parameters) -> str:
+    report = parameters["report"]
+    return stage_key("preprocess", parameters["settings"], PREPROCESS_FIELDS, report.dataset_dir, report.output_dir)
+
+
+@task(name="ingest", cache_key_fn=_ingest_key, persist_result=True)
 def ingest_task(settings: Settings) -> Path:
     """Read the configured source into a canonical dataset folder."""
     return ingest(settings)
 
 
-@task(name="validate")
+@task(name="validate", cache_key_fn=_validate_key, persist_result=True)
 def validate_task(settings: Settings, dataset_dir: Path) -> ValidationReport:
-    """Validate the dataset with Great Expectations; quarantine failures."""
-    return stages.validate(settings, dataset_dir)
+    """Validate the dataset with Great Expectations; quarantine failures; publish the summary."""
+    report = stages.validate(settings, dataset_dir)
+    create_markdown_artifact(
+        stages.validation_markdown(report), key="validation-summary", description="Data validation"
+    )
+    return report
 
 
-@task(name="preprocess")
+@task(name="preprocess", cache_key_fn=_preprocess_key, persist_result=True)
 def preprocess_task(settings: Settings, report: ValidationReport) -> Path:
     """Write model-ready TFRecords of the accepted sketches."""
     return stages.preprocess(settings, report)

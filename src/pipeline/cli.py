@@ -83,9 +83,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_setting_flags(serve, list(_SETTING_FLAGS))
     serve.add_argument("--cron", required=True, metavar="EXPR", help='cron schedule, e.g. "0 3 * * *"')
 
-    ui = commands.add_parser("ui", help="the MLflow UI on 127.0.0.1 over the configured store")
+    ui = commands.add_parser("ui", help="the MLflow UI and tracking server on 127.0.0.1 over the configured store")
     ui.add_argument("--config", metavar="FILE", help="YAML settings file")
-    ui.add_argument("--tracking-uri", dest="tracking_uri", metavar="URI", help="MLflow tracking URI")
+    ui.add_argument("--tracking-uri", dest="tracking_uri", metavar="URI", help="the store to serve (default mlflow/)")
+    ui.add_argument(
+        "--backend-store-uri", metavar="URI", help="e.g. postgresql://user@host/mlflow (default: the store)"
+    )
+    ui.add_argument(
+        "--artifacts-destination", metavar="URI", help="e.g. s3://bucket/mlflow (default: mlflow/artifacts)"
+    )
     ui.add_argument("--port", type=int, default=5000, help="port (default 5000)")
     return parser
 
@@ -94,10 +100,17 @@ def _cmd_run(args: argparse.Namespace) -> None:
     settings, overrides = _settings(args, list(_SETTING_FLAGS))
     from flows.training_pipeline import pipeline_with_task_runner
     from pipeline.report import promotion_line, results_table
+    from pipeline.strokes import StrokeFormatError
+    from pipeline.tracking import TrackingStoreUnavailableError
+    from pipeline.validation import DataValidationError
 
-    result = pipeline_with_task_runner(settings)(
-        config_file=args.config, overrides=overrides, resume_run_id=args.resume
-    )
+    try:
+        result = pipeline_with_task_runner(settings)(
+            config_file=args.config, overrides=overrides, resume_run_id=args.resume
+        )
+    except (DataValidationError, StrokeFormatError, TrackingStoreUnavailableError) as exc:
+        print(f"sketchpipe: error: {exc}", file=sys.stderr)  # Prefect has logged the details above
+        raise SystemExit(1) from exc
     print()
     print(f"dataset: {result.dataset_dir} ({result.records_in} sketches, {result.quarantined} quarantined)")
     print(results_table(result.rows))
@@ -166,20 +179,18 @@ def _cmd_ui(args: argparse.Namespace) -> None:
     import os
 
     settings, _ = _settings(args, ["tracking_uri"])
-    command = [
-        "mlflow",
-        "ui",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(args.port),
-        "--backend-store-uri",
-        settings.resolved_tracking_uri,
-    ]
-    if settings.artifact_location:
-        command += ["--default-artifact-root", settings.artifact_location]
-    print(f"MLflow UI on http://127.0.0.1:{args.port} over {settings.resolved_tracking_uri}", flush=True)
-    os.execvp(command[0], command)
+    backend = args.backend_store_uri or settings.resolved_tracking_uri
+    if backend.startswith(("http://", "https://")):
+        _fail(f"--tracking-uri: {backend} is already a server; open it in a browser")
+    command = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(args.port)]
+    command += ["--backend-store-uri", backend]
+    artifacts = args.artifacts_destination or settings.artifact_location
+    if artifacts:
+        command += ["--artifacts-destination", artifacts]
+    # the server starts its workers by name: this environment's bin/ must be on PATH
+    os.environ["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
+    print(f"MLflow UI and tracking server on http://127.0.0.1:{args.port} over {backend}", flush=True)
+    os.execv(sys.executable, command)
 
 
 def main(argv: list[str] | None = None) -> None:

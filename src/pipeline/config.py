@@ -60,6 +60,9 @@ class Settings:
     early_stopping_patience: int = 3
     models: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
     task_runner: str = "thread"
+    distribute: str = "auto"  # tf.distribute: auto (mirrored when several GPUs are visible) | mirrored | default
+    io_retries: int = 2  # retries of the I/O tasks (data stages, tracking, registry)
+    retry_backoff_seconds: float = 2.0  # first retry delay; doubles on each retry
     dask_address: str | None = None  # scheduler of an existing Dask cluster; a local one when unset
     # Tracking and registry
     tracking_uri: str | None = None
@@ -111,6 +114,12 @@ def validate(settings: Settings) -> Settings:
 
     if settings.source == "synthetic" and not settings.classes and settings.num_classes > len(SHAPES):
         raise ConfigError("num_classes", f"the synthetic set has {len(SHAPES)} classes, not {settings.num_classes}")
+    if settings.distribute not in ("auto", "mirrored", "default"):
+        raise ConfigError(
+            "distribute", f"unknown strategy {settings.distribute!r}; choose from auto, mirrored, default"
+        )
+    if settings.io_retries < 0:
+        raise ConfigError("io_retries", f"must be at least 0 (got {settings.io_retries})")
     if settings.max_class_imbalance < 1:
         raise ConfigError("max_class_imbalance", f"must be at least 1 (got {settings.max_class_imbalance})")
     if settings.task_runner not in TASK_RUNNERS:
@@ -214,6 +223,10 @@ def configure_runtime(environ: dict[str, str] | None = None) -> None:
         "DO_NOT_TRACK": "1",
         "TF_CPP_MIN_LOG_LEVEL": "3",
         "NO_GCE_CHECK": "true",
+        # MLflow's own HTTP retries would wait minutes on a dead server; the flow's task retries govern
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+        "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+        "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
     }
     for key, value in defaults.items():
         environ.setdefault(key, value)

@@ -10,9 +10,9 @@ Layout of a dataset folder::
     <split>/labels.npy          int32 (n,) index into ``classes``
     <split>/ids.npy             str (n,) "file:split[index]", "file:line" or key_id: the source record
 
-No pickles: every array loads with ``allow_pickle=False`` and memory-maps, so readers stream. The
-writer streams too: rows are appended to files as they come, so memory does not grow with the
-number of sketches.
+No pickles: every array loads with ``allow_pickle=False``. Readers stream (positioned reads of one
+sketch at a time), and so does the writer: rows are appended to files as they come and copied into
+``.npy`` files in chunks, so memory does not grow with the number of sketches.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import shutil
 from collections import Counter
 from collections.abc import Iterable
@@ -77,20 +78,37 @@ class DatasetInfo:
 
 
 class SplitArrays:
-    """Memory-mapped access to one split of a dataset folder."""
+    """Access to one split of a dataset folder.
+
+    ``strokes`` and ``ids`` are memory-mapped for whole-split scans; :meth:`sketch` reads one
+    sketch with a positioned read instead, so that visiting every sketch does not keep the whole
+    stroke file resident (mapped pages count towards a process's RSS).
+    """
 
     def __init__(self, folder: Path):
         self.strokes = np.load(folder / "strokes.npy", mmap_mode="r")
-        self.offsets = np.load(folder / "offsets.npy", mmap_mode="r")
-        self.labels = np.load(folder / "labels.npy", mmap_mode="r")
+        self.offsets = np.load(folder / "offsets.npy")
+        self.labels = np.load(folder / "labels.npy")
         self.ids = np.load(folder / "ids.npy", mmap_mode="r")
+        self._path = folder / "strokes.npy"
+        self._data_start = self.strokes.offset
+        self._file = None
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def sketch(self, index: int) -> np.ndarray:
         """Return sketch ``index`` as a float32 ``(n, 3)`` array."""
-        return np.asarray(self.strokes[self.offsets[index] : self.offsets[index + 1]])
+        if self._file is None:
+            self._file = open(self._path, "rb")  # noqa: SIM115 - kept for the object's lifetime
+        start, stop = int(self.offsets[index]), int(self.offsets[index + 1])
+        row = 3 * np.dtype(np.float32).itemsize
+        data = os.pread(self._file.fileno(), (stop - start) * row, self._data_start + start * row)
+        return np.frombuffer(data, dtype=np.float32).reshape(-1, 3).copy()
+
+    def __del__(self):
+        if self._file is not None:
+            self._file.close()
 
     def lengths(self) -> np.ndarray:
         """Return the point count of every sketch."""
@@ -177,8 +195,7 @@ class _SplitWriter:
         for handle in (self.strokes, self.lengths, self.labels, self.ids):
             handle.close()
         raw = self.folder
-        strokes = np.memmap(raw / "strokes.raw", np.float32, "r") if self.count else np.zeros(0, np.float32)
-        _copy_to_npy(strokes.reshape(-1, 3), raw / "strokes.npy")
+        _raw_to_npy(raw / "strokes.raw", raw / "strokes.npy", np.float32, (3,))
         lengths = np.fromfile(raw / "lengths.raw", np.int64)
         np.save(raw / "offsets.npy", np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64))
         np.save(raw / "labels.npy", np.fromfile(raw / "labels.raw", np.int32))
@@ -191,7 +208,6 @@ class _SplitWriter:
             del ids
         else:
             np.save(raw / "ids.npy", np.zeros(0, dtype="<U1"))
-        del strokes
         for name in ("strokes.raw", "lengths.raw", "labels.raw", "ids.txt"):
             (raw / name).unlink()
         counts = {name: self.per_label.get(i, 0) for i, name in enumerate(classes)}
@@ -201,12 +217,16 @@ class _SplitWriter:
         return counts
 
 
-def _copy_to_npy(array: np.ndarray, path: Path) -> None:
-    """Write ``array`` (possibly memory-mapped) to a ``.npy`` file in chunks."""
-    if len(array) == 0:
-        np.save(path, np.asarray(array))
-        return
-    out = np.lib.format.open_memmap(path, "w+", array.dtype, array.shape)
-    for start in range(0, len(array), _CHUNK):
-        out[start : start + _CHUNK] = array[start : start + _CHUNK]
-    out.flush()
+def _raw_to_npy(raw: Path, path: Path, dtype: np.dtype, row_shape: tuple[int, ...]) -> None:
+    """Turn an append-only file of rows into a ``.npy`` file, copying in chunks with plain reads and writes."""
+    row_bytes = int(np.prod(row_shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+    rows = raw.stat().st_size // row_bytes
+    header = {
+        "descr": np.lib.format.dtype_to_descr(np.dtype(dtype)),
+        "fortran_order": False,
+        "shape": (rows, *row_shape),
+    }
+    with open(raw, "rb") as source, open(path, "wb") as sink:
+        np.lib.format.write_array_header_1_0(sink, header)
+        while chunk := source.read(_CHUNK * row_bytes):
+            sink.write(chunk)

@@ -38,6 +38,23 @@ def validate(settings: Settings, dataset_dir: Path) -> ValidationReport:
     )
 
 
+def validation_markdown(report: ValidationReport) -> str:
+    """Return the validation summary as a short markdown report."""
+    lines = [
+        f"# Validation of `{Path(report.dataset_dir).name}`",
+        "",
+        f"{report.records_in} records in: {report.accepted} accepted, {report.quarantined} quarantined "
+        f"({report.invalid_fraction:.2%}); quarantine: `{report.quarantine_path}`.",
+    ]
+    if report.skipped:
+        lines.append("Skipped on purpose: " + ", ".join(f"{reason}: {n}" for reason, n in report.skipped.items()) + ".")
+    if report.failures:
+        lines += ["", "| reason | records |", "| --- | --- |"]
+        lines += [f"| {reason} | {count} |" for reason, count in sorted(report.failures.items())]
+    lines += ["", "Training sketches per class: " + ", ".join(f"{c} {n}" for c, n in report.class_counts.items())]
+    return "\n".join(lines) + "\n"
+
+
 def preprocess(settings: Settings, report: ValidationReport) -> Path:
     """Write the model-ready TFRecords of the accepted sketches; return the features folder."""
     dataset_dir = Path(report.dataset_dir)
@@ -57,8 +74,10 @@ def start_pipeline_run(
     """Open the parent MLflow run of one pipeline run (or reopen ``resume_run_id``) and return its id.
 
     The run records the dataset as its input (name, content fingerprint, counts per split and class)
-    and the validation summary and quarantine as artifacts.
+    and the validation summary and quarantine as artifacts. An unreachable tracking server stops
+    the pipeline here, before anything is trained or registered.
     """
+    tracking.check_store(settings.resolved_tracking_uri)
     tracking.use_store(settings.resolved_tracking_uri)
     if resume_run_id:
         tracking.reopen_run(resume_run_id)
@@ -98,6 +117,7 @@ def training_config(settings: Settings, architecture: str) -> TrainingConfig:
         clipnorm=settings.clipnorm,
         early_stopping_patience=settings.early_stopping_patience,
         seed=settings.seed,
+        distribute=settings.distribute,
         model_params=dict(settings.models.get(architecture, {})),
     )
 

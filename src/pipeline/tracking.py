@@ -17,6 +17,24 @@ CHALLENGER = "challenger"
 HISTORY_TAG = "champion_history"
 
 
+class TrackingStoreUnavailableError(RuntimeError):
+    """The MLflow tracking server does not answer."""
+
+
+def check_store(tracking_uri: str, timeout: float = 10.0) -> None:
+    """Raise :class:`TrackingStoreUnavailableError` if an http(s) tracking server does not answer its health check."""
+    if not tracking_uri.startswith(("http://", "https://")):
+        return
+    import requests
+
+    try:
+        requests.get(f"{tracking_uri.rstrip('/')}/health", timeout=timeout).raise_for_status()
+    except requests.RequestException as exc:
+        raise TrackingStoreUnavailableError(
+            f"MLflow tracking server {tracking_uri} is unreachable ({exc.__class__.__name__})"
+        ) from exc
+
+
 def use_store(tracking_uri: str) -> None:
     """Point MLflow's tracking and registry at ``tracking_uri``; create the SQLite store's folder."""
     import mlflow

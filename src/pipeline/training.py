@@ -25,6 +25,7 @@ class TrainingConfig:
     clipnorm: float = 1.0
     early_stopping_patience: int = 3
     seed: int = 42
+    distribute: str = "auto"
     model_params: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def as_params(self) -> dict[str, Any]:
@@ -44,6 +45,17 @@ class TrainedModel:
     train_seconds: float  # of this call only
     num_params: int
     history: dict[str, list[float]]
+
+
+def distribution_strategy(name: str = "auto"):
+    """Return the ``tf.distribute`` strategy: ``mirrored`` (all visible GPUs), ``default``, or
+    ``auto`` (mirrored when more than one GPU is visible, else the default strategy)."""
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    if name == "mirrored" or (name == "auto" and len(gpus) > 1):
+        return tf.distribute.MirroredStrategy()
+    return tf.distribute.get_strategy()
 
 
 def compile_model(model: keras.Model, learning_rate: float, clipnorm: float) -> keras.Model:
@@ -73,11 +85,12 @@ def train_model(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     keras.utils.set_random_seed(config.seed)
-    model = compile_model(
-        build_model(config.architecture, len(spec.classes), config.model_params),
-        config.learning_rate,
-        config.clipnorm,
-    )
+    with distribution_strategy(config.distribute).scope():
+        model = compile_model(
+            build_model(config.architecture, len(spec.classes), config.model_params),
+            config.learning_rate,
+            config.clipnorm,
+        )
     train = make_dataset(features_dir, "train", config.batch_size, shuffle=True, seed=config.seed)
     valid = make_dataset(features_dir, "valid", config.batch_size)
     model_path = out_dir / "model.keras"

@@ -42,3 +42,18 @@ def champion_store(tmp_path_factory, mlflow_template, tiny_features):
     )
     tracking.set_champion(settings.registered_model_name, version.version)
     return settings, model
+
+
+@pytest.fixture(scope="session", autouse=True)
+def prefect_harness():
+    """One Prefect test server for the integration tests, started before any test captures output."""
+    from prefect import flow
+    from prefect.testing.utilities import prefect_test_harness
+
+    @flow
+    def configure_logging() -> None:
+        """Prefect binds its console handler on the first flow run: do it outside any test's capture."""
+
+    with prefect_test_harness(server_startup_timeout=180):
+        configure_logging()
+        yield

@@ -1,0 +1,82 @@
+"""The pipeline against a real ``mlflow server`` process on 127.0.0.1, started by ``sketchpipe ui``."""
+
+import dataclasses
+import os
+import shutil
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+import mlflow
+import pytest
+import yaml
+
+from pipeline import tracking
+from pipeline.cli import main
+from tests.conftest import tiny_settings
+from tests.integration.conftest import free_port
+
+
+@pytest.fixture
+def tracking_server(tmp_path, mlflow_template):
+    """An ``mlflow server`` over a fresh SQLite store and artifact folder; yields its URL, then stops it."""
+    shutil.copy(mlflow_template, tmp_path / "server.db")
+    port = free_port()
+    command = [sys.executable, "-m", "pipeline.cli", "ui", "--port", str(port),
+               "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+               "--artifacts-destination", (tmp_path / "server-artifacts").as_uri()]  # fmt: skip
+    with open(tmp_path / "server.log", "w") as log:
+        server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path, env=dict(os.environ))
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2):
+                    break
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                assert server.poll() is None, (tmp_path / "server.log").read_text()[-3000:]
+                assert time.monotonic() < deadline, "mlflow server did not start in 120 s"
+                time.sleep(1)
+        yield url
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def _config(tmp_path, **changes) -> str:
+    settings = tiny_settings(tmp_path / "work", tmp_path / "unused.db", **changes)
+    config = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(settings).items()}
+    path = tmp_path / "settings.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return str(path)
+
+
+def test_pipeline_over_http_registers_and_promotes(tracking_server, tmp_path, capsys):
+    config = _config(tmp_path, tracking_uri=tracking_server, architectures=("lstm", "gru"))
+    main(["run", "--config", config])
+    assert "promoted: test-sketch-classifier version" in capsys.readouterr().out
+    client = mlflow.MlflowClient(tracking_server)
+    experiment = client.get_experiment_by_name("tests")
+    runs = client.search_runs([experiment.experiment_id])
+    assert sorted(r.data.tags.get("architecture", "parent") for r in runs) == ["gru", "lstm", "parent"]
+    versions = client.search_model_versions("name = 'test-sketch-classifier'")
+    assert sorted(str(v.version) for v in versions) == ["1", "2"]
+    tracking.use_store(tracking_server)
+    champion = tracking.alias_version("test-sketch-classifier", "champion")
+    assert champion in {"1", "2"}
+    assert mlflow.models.get_model_info("models:/test-sketch-classifier@champion").metadata["classes"]
+    assert (tmp_path / "server-artifacts").is_dir()  # artifacts went through the server's proxy
+
+
+def test_unreachable_server_fails_fast_with_one_line_and_registers_nothing(tmp_path, capsys):
+    url = f"http://127.0.0.1:{free_port()}"
+    config = _config(tmp_path, tracking_uri=url, io_retries=1, retry_backoff_seconds=0.1)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["run", "--config", config])
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == f"sketchpipe: error: MLflow tracking server {url} is unreachable (ConnectionError)"
+    assert not list((tmp_path / "work").glob("models/*"))  # nothing was trained

@@ -30,24 +30,24 @@ def training_pipeline(
             continue from their last completed epoch, and finished ones are not trained again.
     """
     settings: Settings = load_settings(config_file, overrides)
-    dataset_dir = ingest_task(settings)
-    report = validate_task(settings, dataset_dir)
-    features_dir = preprocess_task(settings, report)
-    parent_run_id = start_run_task(
-        settings, report, features_dir, flow_run.get_name() or "training_pipeline", resume_run_id
-    )
+    dataset_dir = _io(ingest_task, settings)(settings)
+    report = _io(validate_task, settings)(settings, dataset_dir)
+    features_dir = _io(preprocess_task, settings)(settings, report)
+    run_name = flow_run.get_name() or "training_pipeline"
+    parent_run_id = _io(start_run_task, settings)(settings, report, features_dir, run_name, resume_run_id)
     decision = None
     try:
         runs = {a: train_task.submit(settings, a, features_dir, parent_run_id) for a in settings.architectures}
         evaluations = {a: evaluate_task.submit(settings, runs[a], features_dir) for a in runs}
-        versions = {a: register_task.submit(settings, runs[a], evaluations[a], features_dir) for a in runs}
-        decision = promote_task(settings, [versions[a].result() for a in runs], features_dir)
+        register = _io(register_task, settings)
+        versions = {a: register.submit(settings, runs[a], evaluations[a], features_dir) for a in runs}
+        decision = _io(promote_task, settings)(settings, [versions[a].result() for a in runs], features_dir)
         rows = [_result_row(runs[a].result(), evaluations[a].result(), versions[a].result()) for a in runs]
-        compare_task(settings, parent_run_id, rows, decision)
+        _io(compare_task, settings)(settings, parent_run_id, rows, decision)
     except BaseException:
         finish_run_task(settings, parent_run_id, decision, ok=False)
         raise
-    finish_run_task(settings, parent_run_id, decision, ok=True)
+    _io(finish_run_task, settings)(settings, parent_run_id, decision, ok=True)
     return PipelineResult(
         dataset_dir=str(dataset_dir),
         features_dir=str(features_dir),

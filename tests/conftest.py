@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 
 from pipeline.config import Settings, configure_runtime, validate
 
-# Offline, telemetry off, before Prefect, MLflow, GX or TensorFlow is imported by a test module.
+# Offline, telemetry off, before Prefect, MLflow, GX or TensorFlow is imported by a test module;
+# Prefect's cached task results go to a temporary folder, not the repository's .prefect/.
+os.environ.setdefault("PREFECT_RESULTS_LOCAL_STORAGE_PATH", tempfile.mkdtemp(prefix="sketchpipe-test-results-"))
 configure_runtime()
 
 TINY_MODELS = {

@@ -1,0 +1,60 @@
+"""Operations: data stages cached across runs, retries on a transient failure."""
+
+import dataclasses
+import shutil
+
+import yaml
+from prefect import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+import tasks.data
+from flows.training_pipeline import training_pipeline
+from tests.conftest import tiny_settings
+
+
+def _config_file(tmp_path, mlflow_template, **changes) -> str:
+    shutil.copy(mlflow_template, tmp_path / "mlflow.db")
+    settings = tiny_settings(tmp_path / "work", tmp_path / "mlflow.db", **changes)
+    config = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(settings).items()}
+    path = tmp_path / "settings.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return str(path)
+
+
+def _task_states(state) -> dict[str, str]:
+    """Return task name -> final state name for the flow run behind ``state``."""
+    flow_run_id = state.state_details.flow_run_id
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+    return {run.name.rsplit("-", 1)[0]: run.state.name for run in runs}
+
+
+def test_unchanged_data_skips_the_data_stages_and_changes_recompute(tmp_path, mlflow_template):
+    config = _config_file(tmp_path, mlflow_template)
+    first = _task_states(training_pipeline(config_file=config, return_state=True))
+    assert {first[s] for s in ("ingest", "validate", "preprocess")} == {"Completed"}
+
+    second = _task_states(training_pipeline(config_file=config, return_state=True))
+    assert {second[s] for s in ("ingest", "validate", "preprocess")} == {"Cached"}
+    assert second["train"] == "Completed"  # "train-lstm": training is never served from cache
+
+    changed = _task_states(training_pipeline(config_file=config, overrides={"max_len": 40}, return_state=True))
+    assert (changed["ingest"], changed["validate"], changed["preprocess"]) == ("Cached", "Cached", "Completed")
+
+
+def test_a_transient_ingest_failure_is_retried(tmp_path, mlflow_template, monkeypatch):
+    calls = []
+    real_ingest = tasks.data.ingest
+
+    def flaky_ingest(settings):
+        calls.append(settings.work_dir)
+        if len(calls) == 1:
+            raise OSError("transient: the data volume is not mounted yet")
+        return real_ingest(settings)
+
+    monkeypatch.setattr(tasks.data, "ingest", flaky_ingest)
+    config = _config_file(tmp_path, mlflow_template, io_retries=2, retry_backoff_seconds=0.1)
+    state = training_pipeline(config_file=config, return_state=True)
+    assert state.is_completed()
+    assert len(calls) == 2
+    assert _task_states(state)["ingest"] == "Completed"

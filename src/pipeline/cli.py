@@ -168,11 +168,11 @@ def _cmd_promote(args: argparse.Namespace) -> None:
 
 def _cmd_serve(args: argparse.Namespace) -> None:
     _, overrides = _settings(args, list(_SETTING_FLAGS))
-    from flows.training_pipeline import training_pipeline
+    from prefect import serve
 
-    training_pipeline.serve(
-        name="scheduled-training", cron=args.cron, parameters={"config_file": args.config, "overrides": overrides}
-    )
+    from flows.deployment import scheduled_deployment
+
+    serve(scheduled_deployment(args.cron, args.config, overrides))
 
 
 def _cmd_ui(args: argparse.Namespace) -> None:

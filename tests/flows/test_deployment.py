@@ -1,0 +1,34 @@
+"""The scheduled deployment exists with its cron schedule, and a run of it completes."""
+
+import asyncio
+import dataclasses
+import shutil
+
+import yaml
+from prefect import get_client
+from prefect.deployments import run_deployment
+from prefect.runner import Runner
+
+from flows.deployment import DEPLOYMENT_NAME, scheduled_deployment
+from tests.conftest import tiny_settings
+
+
+def test_deployment_has_its_cron_schedule_and_a_run_completes(tmp_path, mlflow_template):
+    shutil.copy(mlflow_template, tmp_path / "mlflow.db")
+    settings = tiny_settings(tmp_path / "work", tmp_path / "mlflow.db")
+    config = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(settings).items()}
+    (tmp_path / "settings.yaml").write_text(yaml.safe_dump(config))
+
+    runner = Runner(query_seconds=1)
+    deployment_id = runner.add_deployment(scheduled_deployment("0 3 * * *", str(tmp_path / "settings.yaml")))
+    with get_client(sync_client=True) as client:
+        deployment = client.read_deployment_by_name(f"training_pipeline/{DEPLOYMENT_NAME}")
+        assert deployment.id == deployment_id
+        assert [s.schedule.cron for s in deployment.schedules] == ["0 3 * * *"]
+        assert deployment.parameters["config_file"] == str(tmp_path / "settings.yaml")
+
+    flow_run = run_deployment(f"training_pipeline/{DEPLOYMENT_NAME}", timeout=0)  # due now
+    asyncio.run(runner.start(run_once=True))  # picks up the due run, executes it, returns
+    with get_client(sync_client=True) as client:
+        finished = client.read_flow_run(flow_run.id)
+    assert finished.state.is_completed(), finished.state.message

@@ -11,7 +11,8 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.tasks import exponential_backoff
 
 from pipeline.config import Settings, load_settings
-from pipeline.report import ArchitectureResult, PipelineResult
+from pipeline.report import PipelineResult
+from pipeline.stages import result_row
 from tasks.data import ingest_task, preprocess_task, validate_task
 from tasks.registry import compare_task, finish_run_task, promote_task, register_task, start_run_task
 from tasks.training import evaluate_task, train_task
@@ -42,7 +43,7 @@ def training_pipeline(
         register = _io(register_task, settings)
         versions = {a: register.submit(settings, runs[a], evaluations[a], features_dir) for a in runs}
         decision = _io(promote_task, settings)(settings, [versions[a].result() for a in runs], features_dir)
-        rows = [_result_row(runs[a].result(), evaluations[a].result(), versions[a].result()) for a in runs]
+        rows = [result_row(runs[a].result(), evaluations[a].result(), versions[a].result()) for a in runs]
         _io(compare_task, settings)(settings, parent_run_id, rows, decision)
     except BaseException:
         finish_run_task(settings, parent_run_id, decision, ok=False)
@@ -66,21 +67,6 @@ def _io(task: Task, settings: Settings) -> Task:
     return task.with_options(
         retries=settings.io_retries,
         retry_delay_seconds=exponential_backoff(backoff_factor=settings.retry_backoff_seconds),
-    )
-
-
-def _result_row(run, evaluation, version) -> ArchitectureResult:
-    return ArchitectureResult(
-        architecture=run.architecture,
-        test_accuracy=evaluation.accuracy,
-        top3_accuracy=evaluation.top3_accuracy,
-        macro_f1=evaluation.macro_f1,
-        train_seconds=run.train_seconds,
-        epochs_run=run.epochs_run,
-        num_params=run.num_params,
-        latency_p50_ms=evaluation.latency_p50_ms,
-        run_id=run.run_id,
-        model_version=version.version,
     )
 
 

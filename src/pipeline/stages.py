@@ -311,6 +311,22 @@ def finish_pipeline_run(
     tracking.end_run(parent_run_id, "FINISHED" if ok else "FAILED")
 
 
+def result_row(run: ArchitectureRun, evaluation: Evaluation, version: tracking.RegisteredVersion) -> ArchitectureResult:
+    """Return one architecture's row of the comparison, from its run, evaluation and registered version."""
+    return ArchitectureResult(
+        architecture=run.architecture,
+        test_accuracy=evaluation.accuracy,
+        top3_accuracy=evaluation.top3_accuracy,
+        macro_f1=evaluation.macro_f1,
+        train_seconds=run.train_seconds,
+        epochs_run=run.epochs_run,
+        num_params=run.num_params,
+        latency_p50_ms=evaluation.latency_p50_ms,
+        run_id=run.run_id,
+        model_version=version.version,
+    )
+
+
 def write_comparison(
     settings: Settings, parent_run_id: str, rows: list[ArchitectureResult], decision: PromotionDecision
 ) -> tuple[Path, str]:

@@ -2,6 +2,11 @@
 
 import shutil
 import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -18,6 +23,19 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+def wait_until_answering(url: str, process: subprocess.Popen, log: Path, timeout: float = 180) -> None:
+    """Return once ``url`` answers; fail with the server's log if the process dies or time runs out."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            assert process.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, f"{url} did not answer within {timeout:.0f} s"
+            time.sleep(1)
 
 
 @pytest.fixture(scope="module")

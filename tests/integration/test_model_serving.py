@@ -4,7 +4,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 
@@ -12,7 +11,7 @@ import numpy as np
 
 from pipeline.features import pad_batch
 from pipeline.serving import champion_uri
-from tests.integration.conftest import free_port
+from tests.integration.conftest import free_port, wait_until_answering
 
 
 def _post(url: str, payload: dict) -> dict:
@@ -39,15 +38,7 @@ def _serve_and_check(settings, model, port, env, log, log_path):
         env=env, stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2):
-                    break
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                assert server.poll() is None, log_path.read_text()[-3000:]
-                assert time.monotonic() < deadline, "the scoring server did not start in 180 s"
-                time.sleep(1)
+        wait_until_answering(f"http://127.0.0.1:{port}/ping", server, log_path)
         sketch = [[12, 3, 0], [5, -8, 0], [-7, 2, 1], [30, 30, 0], [4, 1, 1]]
         answer = _post(f"http://127.0.0.1:{port}/invocations", {"inputs": [sketch]})
         served = np.asarray(answer["predictions"], dtype=np.float32)

@@ -5,9 +5,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 
 import mlflow
 import pytest
@@ -16,7 +13,7 @@ import yaml
 from pipeline import tracking
 from pipeline.cli import main
 from tests.conftest import tiny_settings
-from tests.integration.conftest import free_port
+from tests.integration.conftest import free_port, wait_until_answering
 
 
 @pytest.fixture
@@ -31,15 +28,7 @@ def tracking_server(tmp_path, mlflow_template):
         server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path, env=dict(os.environ))
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2):
-                    break
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                assert server.poll() is None, (tmp_path / "server.log").read_text()[-3000:]
-                assert time.monotonic() < deadline, "mlflow server did not start in 120 s"
-                time.sleep(1)
+        wait_until_answering(f"{url}/health", server, (tmp_path / "server.log"))
         yield url
     finally:
         server.terminate()

@@ -9,7 +9,12 @@ from pipeline.config import load_settings
 
 
 @flow(name="promote_model", log_prints=True)
-def promote_model(version: str | None = None, rollback: bool = False, tracking_uri: str | None = None) -> str:
+def promote_model(
+    version: str | None = None,
+    rollback: bool = False,
+    tracking_uri: str | None = None,
+    config_file: str | None = None,
+) -> str:
     """Make ``version`` the champion, or with ``rollback`` return to the previous champion; return the version.
 
     Raises:
@@ -17,7 +22,7 @@ def promote_model(version: str | None = None, rollback: bool = False, tracking_u
     """
     import mlflow
 
-    settings = load_settings(overrides={"tracking_uri": tracking_uri})
+    settings = load_settings(config_file, overrides={"tracking_uri": tracking_uri})
     tracking.use_store(settings.resolved_tracking_uri)
     name = settings.registered_model_name
     if rollback:

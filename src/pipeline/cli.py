@@ -160,7 +160,9 @@ def _cmd_promote(args: argparse.Namespace) -> None:
     from flows.promotion import promote_model
 
     try:
-        version = promote_model(version=args.version, rollback=args.rollback, tracking_uri=settings.tracking_uri)
+        version = promote_model(
+            version=args.version, rollback=args.rollback, tracking_uri=settings.tracking_uri, config_file=args.config
+        )
     except ValueError as exc:
         _fail(str(exc))
     print(f"{settings.registered_model_name} @champion -> version {version}")

@@ -20,7 +20,6 @@ def _write_local_files(folder: Path) -> Path:
 
 
 class QuickdrawSketchRnnLocalTest(tfds.testing.DatasetBuilderTestCase):
-    test_session = None  # TensorFlow's helper, not a test (pytest would report it skipped)
     DATASET_CLASS = QuickdrawSketchRnn
     BUILDER_CONFIG_NAMES_TO_TEST = ["local"]
     SPLITS = {"train": 6, "validation": 2, "test": 4}
@@ -34,7 +33,6 @@ class QuickdrawSketchRnnLocalTest(tfds.testing.DatasetBuilderTestCase):
 
 
 class QuickdrawSketchRnnSyntheticTest(tfds.testing.DatasetBuilderTestCase):
-    test_session = None  # TensorFlow's helper, not a test (pytest would report it skipped)
     DATASET_CLASS = QuickdrawSketchRnn
     BUILDER_CONFIG_NAMES_TO_TEST = [
         QuickdrawSketchRnnConfig(name="synthetic_tiny", num_classes=3, per_split={"train": 4, "valid": 2, "test": 2})

@@ -3,6 +3,11 @@
 Each is cached across flow runs on (source fingerprint, the settings it reads, its input, library
 code version), so a scheduled re-run on unchanged data skips them; changed data, parameters or code
 recompute. Their results (paths and a small report) are kept in Prefect's local result storage.
+
+The caches are SERIALIZABLE: two flow runs that reach the same stage with the same key at the same
+time do not both compute it; the second waits on a lock (files under ``$PREFECT_HOME/locks``, shared
+by the processes of one machine) and then reads the first one's result. Workers on several machines
+need a shared lock manager instead (``prefect-redis``'s ``RedisLockManager``).
 """
 
 from __future__ import annotations
@@ -11,6 +16,10 @@ from pathlib import Path
 
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import CacheKeyFnPolicy
+from prefect.locking.filesystem import FileSystemLockManager
+from prefect.settings import PREFECT_HOME
+from prefect.transactions import IsolationLevel
 
 from pipeline import stages
 from pipeline.config import Settings
@@ -34,13 +43,21 @@ def _preprocess_key(context, parameters) -> str:
     return stage_key("preprocess", parameters["settings"], PREPROCESS_FIELDS, report.dataset_dir, report.output_dir)
 
 
-@task(name="ingest", cache_key_fn=_ingest_key, persist_result=True)
+def _serialized(cache_key_fn) -> CacheKeyFnPolicy:
+    """Return a cache policy on ``cache_key_fn`` whose concurrent computations of one key take turns."""
+    return CacheKeyFnPolicy(cache_key_fn=cache_key_fn).configure(
+        isolation_level=IsolationLevel.SERIALIZABLE,
+        lock_manager=FileSystemLockManager(lock_files_directory=PREFECT_HOME.value() / "locks"),
+    )
+
+
+@task(name="ingest", cache_policy=_serialized(_ingest_key), persist_result=True)
 def ingest_task(settings: Settings) -> Path:
     """Read the configured source into a canonical dataset folder."""
     return ingest(settings)
 
 
-@task(name="validate", cache_key_fn=_validate_key, persist_result=True)
+@task(name="validate", cache_policy=_serialized(_validate_key), persist_result=True)
 def validate_task(settings: Settings, dataset_dir: Path) -> ValidationReport:
     """Validate the dataset with Great Expectations; quarantine failures; publish the summary."""
     report = stages.validate(settings, dataset_dir)
@@ -50,7 +67,7 @@ def validate_task(settings: Settings, dataset_dir: Path) -> ValidationReport:
     return report
 
 
-@task(name="preprocess", cache_key_fn=_preprocess_key, persist_result=True)
+@task(name="preprocess", cache_policy=_serialized(_preprocess_key), persist_result=True)
 def preprocess_task(settings: Settings, report: ValidationReport) -> Path:
     """Write model-ready TFRecords of the accepted sketches."""
     return stages.preprocess(settings, report)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 from typing import Any, NoReturn
 
 from pipeline.config import ConfigError, Settings, configure_runtime, load_settings
@@ -24,6 +23,7 @@ _SETTING_FLAGS = {
     "epochs": dict(metavar="N", type=int, help="training epochs per architecture"),
     "tracking_uri": dict(metavar="URI", help="MLflow tracking URI (default: SQLite store under mlflow/)"),
     "task_runner": dict(metavar="NAME", help="thread (default) or dask"),
+    "progress": dict(metavar="MODE", help="progress bars: auto (when stderr is a terminal; default), on, off"),
 }
 
 
@@ -130,7 +130,7 @@ def _cmd_validate(args: argparse.Namespace) -> None:
         report = stages.validate(settings, dataset_dir)
     except DataValidationError as exc:
         print(f"FAILED: {exc}")
-        report = read_report(Path(settings.work_dir) / "validation" / dataset_dir.name)
+        report = read_report(stages.validation_dir(settings, dataset_dir))
     print(f"dataset: {dataset_dir}")
     print(f"records in: {report.records_in}  accepted: {report.accepted}  quarantined: {report.quarantined}")
     for expectation, count in sorted(report.failures.items()):

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.files import move_into_place, staging_dir
 from pipeline.strokes import SPLITS
 
 _CHUNK = 1 << 20  # rows per copy when turning the append-only files into .npy arrays
@@ -135,8 +136,22 @@ def write_dataset(
     always lands in the same folder and a changed byte gives a new one.
     """
     out_root = Path(out_root)
-    staging = out_root / f".{name}.partial"
-    shutil.rmtree(staging, ignore_errors=True)  # left behind by an interrupted ingest
+    staging = staging_dir(out_root, name)  # private to this writer: concurrent ingests never mix files
+    try:
+        return _write_dataset(staging, out_root, name, source, classes, records)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def _write_dataset(
+    staging: Path,
+    out_root: Path,
+    name: str,
+    source: str,
+    classes: list[str],
+    records: Iterable[SketchRecord | Rejection],
+) -> Path:
     digest = hashlib.sha256(json.dumps(classes).encode())
     writers = {split: _SplitWriter(staging / split) for split in SPLITS}
     rejected: Counter[str] = Counter()
@@ -161,10 +176,7 @@ def write_dataset(
     info = DatasetInfo(name, source, classes, counts, fingerprint, dict(rejected), dict(skipped))
     (staging / "dataset.json").write_text(json.dumps(dataclasses.asdict(info), indent=2))
     final = out_root / f"{name}-{fingerprint[:12]}"
-    if final.exists():  # same content already ingested
-        shutil.rmtree(staging)
-    else:
-        staging.rename(final)
+    move_into_place(staging, final, replace=False)  # named after its content: one already there is the same
     return final
 
 

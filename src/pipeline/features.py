@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.dataset import open_split, read_info
+from pipeline.files import published_dir
 from pipeline.strokes import SPLITS
 
 NUM_FEATURES = 3
@@ -70,30 +71,30 @@ def write_features(dataset_dir: Path, accepted: dict[str, np.ndarray], out_dir: 
     import tensorflow as tf
 
     info = read_info(dataset_dir)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    scale = normalising_scale(dataset_dir, accepted["train"])
-    counts = {}
-    for split in SPLITS:
-        arrays = open_split(dataset_dir, split)
-        np.save(out_dir / f"{split}_indices.npy", np.asarray(accepted[split], dtype=np.int64))
-        lengths = np.minimum(arrays.lengths()[accepted[split]], max_len)
-        np.save(out_dir / f"{split}_lengths.npy", lengths.astype(np.int32))
-        with tf.io.TFRecordWriter(str(out_dir / f"{split}.tfrecord")) as writer:
-            for index in accepted[split]:
-                sketch = normalise_sketch(arrays.sketch(int(index)), scale, max_len)
-                example = tf.train.Example(
-                    features=tf.train.Features(
-                        feature={
-                            "ink": tf.train.Feature(float_list=tf.train.FloatList(value=sketch.ravel())),
-                            "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[int(arrays.labels[index])])),
-                        }
+    with published_dir(Path(out_dir)) as staging:  # concurrent runs never read half-written records
+        scale = normalising_scale(dataset_dir, accepted["train"])
+        counts = {}
+        for split in SPLITS:
+            arrays = open_split(dataset_dir, split)
+            np.save(staging / f"{split}_indices.npy", np.asarray(accepted[split], dtype=np.int64))
+            lengths = np.minimum(arrays.lengths()[accepted[split]], max_len)
+            np.save(staging / f"{split}_lengths.npy", lengths.astype(np.int32))
+            with tf.io.TFRecordWriter(str(staging / f"{split}.tfrecord")) as writer:
+                for index in accepted[split]:
+                    sketch = normalise_sketch(arrays.sketch(int(index)), scale, max_len)
+                    label = int(arrays.labels[index])
+                    example = tf.train.Example(
+                        features=tf.train.Features(
+                            feature={
+                                "ink": tf.train.Feature(float_list=tf.train.FloatList(value=sketch.ravel())),
+                                "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[label])),
+                            }
+                        )
                     )
-                )
-                writer.write(example.SerializeToString())
-        counts[split] = len(accepted[split])
-    spec = FeatureSpec(info.name, str(dataset_dir), info.fingerprint, info.classes, scale, max_len, counts)
-    (out_dir / "spec.json").write_text(json.dumps(dataclasses.asdict(spec), indent=2))
+                    writer.write(example.SerializeToString())
+            counts[split] = len(accepted[split])
+        spec = FeatureSpec(info.name, str(dataset_dir), info.fingerprint, info.classes, scale, max_len, counts)
+        (staging / "spec.json").write_text(json.dumps(dataclasses.asdict(spec), indent=2))
     return spec
 
 

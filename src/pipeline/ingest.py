@@ -7,8 +7,11 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
+from pipeline import progress
 from pipeline.config import Settings
 from pipeline.dataset import SketchRecord, write_dataset
+from pipeline.files import published_dir
+from pipeline.progress import counted
 from pipeline.quickdraw_formats import (
     NDJSON_PREFIXES,
     class_files,
@@ -53,10 +56,10 @@ def synthetic_source_dir(settings: Settings, classes: list[str]) -> Path:
     """Write (once) the synthetic class files for these settings and return their folder."""
     key = json.dumps({"classes": classes, "per_split": dict(settings.synthetic_per_split), "seed": settings.seed})
     folder = Path(settings.work_dir) / "raw" / f"synthetic-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
-    done = folder / "params.json"
-    if not done.exists():
-        write_synthetic_npz(folder, classes, dict(settings.synthetic_per_split), settings.seed)
-        done.write_text(key)
+    if not (folder / "params.json").exists():
+        with published_dir(folder) as staging:  # a concurrent run may be drawing the same files
+            write_synthetic_npz(staging, classes, dict(settings.synthetic_per_split), settings.seed)
+            (staging / "params.json").write_text(key)
     return folder
 
 
@@ -89,4 +92,5 @@ def ingest(settings: Settings) -> Path:
         records = iter_tfrecord_records(shards, all_classes, classes, cap)
     else:
         raise ValueError(f"unknown source {settings.source!r}")
+    records = counted(records, f"ingest {settings.source}", "record", show=progress.enabled(settings.progress))
     return write_dataset(out_root, settings.source, settings.source, classes, records)

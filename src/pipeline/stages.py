@@ -12,12 +12,15 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import tracking
+from pipeline import progress, tracking
 from pipeline.config import Settings
 from pipeline.dataset import open_split, read_info
 from pipeline.evaluation import Evaluation, evaluate_model
 from pipeline.features import normalising_layer, pad_batch, read_spec, record_indices, write_features
+from pipeline.files import parameters_digest
+from pipeline.fingerprints import VALIDATE_FIELDS
 from pipeline.plots import confusion_matrix_figure, save_figure, sketch_grid_figure, training_curves_figure
+from pipeline.progress import TrainingProgress
 from pipeline.promotion import PromotionDecision, promote_best
 from pipeline.report import ArchitectureResult, winner_markdown, write_comparison_csv
 from pipeline.strokes import SPLITS
@@ -25,11 +28,21 @@ from pipeline.training import TrainingConfig, train_model
 from pipeline.validation import ValidationReport, validate_dataset
 
 
+def validation_dir(settings: Settings, dataset_dir: Path) -> Path:
+    """Return ``<work_dir>/validation/<dataset>-<hash of the validation settings>``.
+
+    Named after everything that decides which sketches are accepted, so different settings never
+    share (or overwrite) a report, and the features made from it are named after it in turn.
+    """
+    thresholds = {name: getattr(settings, name) for name in VALIDATE_FIELDS if name != "work_dir"}
+    return Path(settings.work_dir) / "validation" / f"{Path(dataset_dir).name}-v{parameters_digest(thresholds)}"
+
+
 def validate(settings: Settings, dataset_dir: Path) -> ValidationReport:
-    """Validate a dataset folder into ``<work_dir>/validation/<dataset>``; see :func:`validate_dataset`."""
+    """Validate a dataset folder into :func:`validation_dir`; see :func:`validate_dataset`."""
     return validate_dataset(
         dataset_dir,
-        Path(settings.work_dir) / "validation" / Path(dataset_dir).name,
+        validation_dir(settings, dataset_dir),
         min_points=settings.min_points,
         max_points=settings.max_points,
         max_abs_delta=settings.max_abs_delta,
@@ -58,7 +71,8 @@ def validation_markdown(report: ValidationReport) -> str:
 def preprocess(settings: Settings, report: ValidationReport) -> Path:
     """Write the model-ready TFRecords of the accepted sketches; return the features folder."""
     dataset_dir = Path(report.dataset_dir)
-    out_dir = Path(settings.work_dir) / "features" / f"{dataset_dir.name}-len{settings.max_len}"
+    # named after the validation report (dataset + thresholds) and the crop length
+    out_dir = Path(settings.work_dir) / "features" / f"{Path(report.output_dir).name}-len{settings.max_len}"
     accepted = {split: report.accepted_indices(split) for split in SPLITS}
     write_features(dataset_dir, accepted, out_dir, settings.max_len)
     return out_dir
@@ -175,7 +189,10 @@ def train(
                 "git_commit": tracking.git_commit(),
             }
         )
-        trained = train_model(config, features_dir, out_dir, callbacks=[tracking.epoch_logger(), *(callbacks or [])])
+        shown = [TrainingProgress(architecture)] if progress.enabled(settings.progress) else []
+        trained = train_model(
+            config, features_dir, out_dir, callbacks=[tracking.epoch_logger(), *shown, *(callbacks or [])]
+        )
         mlflow.log_metrics(
             {"num_params": trained.num_params, "train_seconds": trained.train_seconds, "epochs_run": trained.epochs_run}
         )

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.dataset import open_split, read_info
+from pipeline.files import published_dir
 from pipeline.strokes import SPLITS
 
 
@@ -184,7 +185,39 @@ def validate_dataset(
     """
     info = read_info(dataset_dir)
     output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    with published_dir(output_dir) as staging:  # concurrent runs never read a half-written report
+        report = _validate_into(
+            staging, output_dir, info, dataset_dir, min_points, max_points, max_abs_delta, max_invalid_fraction,
+            max_class_imbalance,
+        )  # fmt: skip
+    if report.invalid_fraction > max_invalid_fraction:
+        raise DataValidationError(
+            f"{report.invalid_fraction:.1%} of {report.records_in} records in {info.name} failed validation "
+            f"(limit {max_invalid_fraction:.1%}); see {report.quarantine_path}"
+        )
+    if not report.class_balance_ok:
+        largest = max(report.class_counts.values())
+        counts = report.class_counts.items()
+        small = ", ".join(f"{name} ({n})" for name, n in counts if n < largest / max_class_imbalance)
+        raise DataValidationError(
+            f"classes out of balance in {info.name}: {small} have under 1/{max_class_imbalance:g} of the "
+            f"largest class's {largest} training sketches"
+        )
+    return report
+
+
+def _validate_into(
+    staging: Path,
+    output_dir: Path,
+    info,
+    dataset_dir: Path,
+    min_points: int,
+    max_points: int,
+    max_abs_delta: float,
+    max_invalid_fraction: float,
+    max_class_imbalance: float,
+) -> ValidationReport:
+    """Run the expectations and write the outcome into ``staging``; the report names ``output_dir``."""
     table = sketch_table(dataset_dir)
     failures = run_expectations(table, _expectations(info.classes, min_points, max_points, max_abs_delta))
 
@@ -192,8 +225,8 @@ def validate_dataset(
     for split in SPLITS:
         count = int((table["split"] == split).sum())
         keep = np.array([i for i in range(count) if (split, i) not in bad_rows], dtype=np.int64)
-        np.save(output_dir / f"{split}_accepted.npy", keep)
-    with open(output_dir / "quarantine.jsonl", "w") as sink:
+        np.save(staging / f"{split}_accepted.npy", keep)
+    with open(staging / "quarantine.jsonl", "w") as sink:
         ingest_quarantine = Path(dataset_dir) / "ingest_quarantine.jsonl"
         if ingest_quarantine.exists():
             for line in ingest_quarantine.read_text().splitlines():
@@ -222,18 +255,7 @@ def validate_dataset(
         invalid_fraction=fraction,
         success=fraction <= max_invalid_fraction and not imbalanced,
     )
-    (output_dir / "summary.json").write_text(json.dumps(dataclasses.asdict(report), indent=2))
-    if fraction > max_invalid_fraction:
-        raise DataValidationError(
-            f"{fraction:.1%} of {records_in} records in {info.name} failed validation "
-            f"(limit {max_invalid_fraction:.1%}); see {report.quarantine_path}"
-        )
-    if imbalanced:
-        small = ", ".join(f"{f['id']} ({f['value']})" for f in imbalanced)
-        raise DataValidationError(
-            f"classes out of balance in {info.name}: {small} have under 1/{max_class_imbalance:g} of the "
-            f"largest class's {max(class_counts.values())} training sketches"
-        )
+    (staging / "summary.json").write_text(json.dumps(dataclasses.asdict(report), indent=2))
     return report
 
 

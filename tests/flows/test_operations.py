@@ -31,7 +31,8 @@ def _task_states(state) -> dict[str, str]:
 
 def test_unchanged_data_skips_the_data_stages_and_changes_recompute(tmp_path, mlflow_template):
     config = _config_file(tmp_path, mlflow_template)
-    first = _task_states(training_pipeline(config_file=config, return_state=True))
+    first_state = training_pipeline(config_file=config, return_state=True)
+    first = _task_states(first_state)
     assert {first[s] for s in ("ingest", "validate", "preprocess")} == {"Completed"}
 
     second = _task_states(training_pipeline(config_file=config, return_state=True))
@@ -40,6 +41,13 @@ def test_unchanged_data_skips_the_data_stages_and_changes_recompute(tmp_path, ml
 
     changed = _task_states(training_pipeline(config_file=config, overrides={"max_len": 40}, return_state=True))
     assert (changed["ingest"], changed["validate"], changed["preprocess"]) == ("Cached", "Cached", "Completed")
+
+    # a validation threshold decides which sketches are accepted, so the features are made again
+    # (into their own folder) rather than served from the cache of the old acceptance
+    state = training_pipeline(config_file=config, overrides={"min_points": 3}, return_state=True)
+    stricter = _task_states(state)
+    assert (stricter["ingest"], stricter["validate"], stricter["preprocess"]) == ("Cached", "Completed", "Completed")
+    assert state.result().features_dir != first_state.result().features_dir
 
 
 def test_a_transient_ingest_failure_is_retried(tmp_path, mlflow_template, monkeypatch):

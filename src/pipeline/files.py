@@ -1,0 +1,75 @@
+"""Publishing stage outputs so that concurrent pipeline runs never read each other's partial files."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+
+@contextlib.contextmanager
+def published_dir(final: Path, replace: bool = True) -> Iterator[Path]:
+    """Yield a private staging folder beside ``final``; when the block succeeds, move it into place.
+
+    Every writer stages into its own folder, so two runs writing the same output at the same time
+    never interleave files, and a reader sees either no folder or a complete one. Output folders
+    are named after their inputs, so two finished writers hold the same content:
+
+    - ``replace=False``: a folder already in place is kept and the new one is dropped (for folders
+      named after a content fingerprint).
+    - ``replace=True``: the new folder replaces the old one (for folders named after their inputs,
+      whose content may still change with the code that writes them).
+
+    If the block raises, the staging folder is removed and ``final`` is left as it was.
+    """
+    final = Path(final)
+    staging = staging_dir(final.parent, final.name)
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    move_into_place(staging, final, replace)
+
+
+def staging_dir(parent: Path, name: str) -> Path:
+    """Create and return a private, hidden staging folder in ``parent`` for an output called ``name``."""
+    Path(parent).mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".partial", dir=parent))
+
+
+def move_into_place(staging: Path, final: Path, replace: bool = True) -> None:
+    """Rename ``staging`` to ``final``; see :func:`published_dir` for ``replace``."""
+    if final.exists() and not replace:
+        shutil.rmtree(staging, ignore_errors=True)
+        return
+    for _ in range(10):  # another writer may put its folder in place between our two renames
+        try:
+            os.rename(staging, final)  # atomic; refused while final is a non-empty folder
+            return
+        except OSError as exc:
+            if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                raise
+        if not replace:
+            shutil.rmtree(staging, ignore_errors=True)
+            return
+        aside = final.with_name(f".{final.name}.{uuid.uuid4().hex[:8]}.old")
+        with contextlib.suppress(FileNotFoundError):  # another writer moved it aside first
+            os.rename(final, aside)
+        shutil.rmtree(aside, ignore_errors=True)
+    shutil.rmtree(staging, ignore_errors=True)
+    raise OSError(f"could not move a new {final.name} into {final.parent}: other writers kept replacing it")
+
+
+def parameters_digest(parameters: dict[str, Any], length: int = 10) -> str:
+    """Return a short stable hash of a mapping of parameters, for naming the folder they produce."""
+    payload = json.dumps(parameters, sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()[:length]

@@ -64,6 +64,7 @@ class Settings:
     io_retries: int = 2  # retries of the I/O tasks (data stages, tracking, registry)
     retry_backoff_seconds: float = 2.0  # first retry delay; doubles on each retry
     dask_address: str | None = None  # scheduler of an existing Dask cluster; a local one when unset
+    progress: str = "auto"  # progress bars for ingest and training: auto (when stderr is a terminal) | on | off
     # Tracking and registry
     tracking_uri: str | None = None
     experiment_name: str = "sketchpipe"
@@ -118,6 +119,8 @@ def validate(settings: Settings) -> Settings:
         raise ConfigError(
             "distribute", f"unknown strategy {settings.distribute!r}; choose from auto, mirrored, default"
         )
+    if settings.progress not in ("auto", "on", "off"):
+        raise ConfigError("progress", f"unknown progress mode {settings.progress!r}; choose from auto, on, off")
     if settings.io_retries < 0:
         raise ConfigError("io_retries", f"must be at least 0 (got {settings.io_retries})")
     if settings.max_class_imbalance < 1:

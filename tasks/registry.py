@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import re
 from pathlib import Path
 
-from prefect import task
+from prefect import get_client, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+from prefect.concurrency.sync import concurrency
+from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
 from pipeline import stages, tracking
 from pipeline.config import Settings
@@ -41,8 +46,28 @@ def register_task(
 def promote_task(
     settings: Settings, versions: list[tracking.RegisteredVersion], features_dir: Path
 ) -> PromotionDecision:
-    """Move ``champion`` to the best new version only if it beats the champion on this test set."""
-    return stages.promote(settings, versions, features_dir)
+    """Move ``champion`` to the best new version only if it beats the champion on this test set.
+
+    Flow runs promote one at a time (a Prefect global concurrency limit of one slot per registered
+    model): the gate reads the champion, compares and moves the alias as one step, so two runs
+    finishing together cannot both replace the same champion, and the second compares its
+    candidate with the first one's winner.
+    """
+    with concurrency(registry_lock(settings.registered_model_name), occupy=1, strict=True):
+        return stages.promote(settings, versions, features_dir)
+
+
+def registry_lock(model_name: str) -> str:
+    """Return the name of the one-slot global concurrency limit guarding ``model_name``'s aliases,
+    creating the limit on the Prefect server the first time."""
+    name = "sketchpipe-registry-" + re.sub(r"[^A-Za-z0-9_.-]", "-", model_name)
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_global_concurrency_limit_by_name(name)
+        except ObjectNotFound:
+            with contextlib.suppress(ObjectAlreadyExists):  # another run created it first
+                client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
+    return name
 
 
 @task(name="compare", cache_policy=NO_CACHE)

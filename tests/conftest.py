@@ -46,6 +46,25 @@ def tiny_settings(work_dir: Path, tracking_db: Path, **changes) -> Settings:
 
 
 @pytest.fixture(scope="session")
+def prefect_server():
+    """One Prefect test server for the whole session, started before any test captures output.
+
+    One per process, not one per test folder: Prefect keeps process-wide services (concurrency
+    slot acquisition among them) bound to the first server they talked to.
+    """
+    from prefect import flow
+    from prefect.testing.utilities import prefect_test_harness
+
+    @flow
+    def configure_logging() -> None:
+        """Prefect binds its console handler on the first flow run: do it outside any test's capture."""
+
+    with prefect_test_harness(server_startup_timeout=180):
+        configure_logging()
+        yield
+
+
+@pytest.fixture(scope="session")
 def session_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("session")
 

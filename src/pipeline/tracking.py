@@ -230,10 +230,13 @@ def log_and_register_model(
         )
         client.log_model_artifacts(logged.model_id, str(local))
         mlflow.finalize_logged_model(logged.model_id, "READY")
-    registered = mlflow.register_model(f"models:/{logged.model_id}", registered_model_name)
+    # the version is created with its tags in one call: a store lost mid-way cannot leave a version
+    # that says nothing about what it is (a retried registration finds it by run id, see
+    # find_registered_version)
+    registered = mlflow.register_model(
+        f"models:/{logged.model_id}", registered_model_name, tags={k: str(v) for k, v in tags.items()}
+    )
     version = str(registered.version)
-    for key, value in tags.items():
-        client.set_model_version_tag(registered_model_name, version, key, str(value))
     client.update_model_version(
         registered_model_name,
         version,
@@ -324,8 +327,11 @@ def set_champion(name: str, version: str) -> None:
     client = mlflow.MlflowClient()
     client.get_model_version(name, version)  # raises for an unknown version, before anything changes
     history = _champion_history(name)
-    client.set_registered_model_alias(name, CHAMPION, version)
+    # history first: if the store goes away between the two writes, the alias still names the old
+    # champion and a rollback from the longer history lands on it again; the other order would
+    # leave a champion that a rollback skips past
     client.set_registered_model_tag(name, HISTORY_TAG, ",".join([*history, version]))
+    client.set_registered_model_alias(name, CHAMPION, version)
 
 
 def rollback_champion(name: str) -> str:

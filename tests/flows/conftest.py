@@ -1,11 +1,8 @@
-"""One Prefect test server (temporary database) for every flow test of the session."""
+"""Flow tests run against the session's one Prefect test server (temporary database)."""
 
 import pytest
 
 
-@pytest.fixture(scope="session", autouse=True)
-def prefect_server():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=180):
-        yield
+@pytest.fixture(autouse=True)
+def _on_prefect_server(prefect_server):
+    """Every flow test runs against the session's Prefect test server."""

@@ -1,5 +1,6 @@
 """Fixtures for integration tests: a registered champion in a fresh store, free loopback ports."""
 
+import dataclasses
 import shutil
 import socket
 import subprocess
@@ -11,11 +12,21 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
+import yaml
 
 from pipeline import stages, tracking
 from pipeline.features import read_spec
 from pipeline.models import build_model
 from tests.conftest import tiny_settings
+
+
+def write_config(tmp_path: Path, **changes) -> str:
+    """Write tiny settings (work folder under ``tmp_path``) as a YAML config file; return its path."""
+    settings = tiny_settings(tmp_path / "work", tmp_path / "unused.db", **changes)
+    config = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(settings).items()}
+    path = tmp_path / "settings.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return str(path)
 
 
 def free_port() -> int:
@@ -62,16 +73,6 @@ def champion_store(tmp_path_factory, mlflow_template, tiny_features):
     return settings, model
 
 
-@pytest.fixture(scope="session", autouse=True)
-def prefect_harness():
-    """One Prefect test server for the integration tests, started before any test captures output."""
-    from prefect import flow
-    from prefect.testing.utilities import prefect_test_harness
-
-    @flow
-    def configure_logging() -> None:
-        """Prefect binds its console handler on the first flow run: do it outside any test's capture."""
-
-    with prefect_test_harness(server_startup_timeout=180):
-        configure_logging()
-        yield
+@pytest.fixture(autouse=True)
+def _on_prefect_server(prefect_server):
+    """Every integration test runs against the session's Prefect test server."""

@@ -1,6 +1,5 @@
 """The pipeline against a real ``mlflow server`` process on 127.0.0.1, started by ``sketchpipe ui``."""
 
-import dataclasses
 import os
 import shutil
 import subprocess
@@ -8,12 +7,10 @@ import sys
 
 import mlflow
 import pytest
-import yaml
 
 from pipeline import tracking
 from pipeline.cli import main
-from tests.conftest import tiny_settings
-from tests.integration.conftest import free_port, wait_until_answering
+from tests.integration.conftest import free_port, wait_until_answering, write_config
 
 
 @pytest.fixture
@@ -35,16 +32,8 @@ def tracking_server(tmp_path, mlflow_template):
         server.wait(timeout=30)
 
 
-def _config(tmp_path, **changes) -> str:
-    settings = tiny_settings(tmp_path / "work", tmp_path / "unused.db", **changes)
-    config = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(settings).items()}
-    path = tmp_path / "settings.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return str(path)
-
-
 def test_pipeline_over_http_registers_and_promotes(tracking_server, tmp_path, capsys):
-    config = _config(tmp_path, tracking_uri=tracking_server, architectures=("lstm", "gru"))
+    config = write_config(tmp_path, tracking_uri=tracking_server, architectures=("lstm", "gru"))
     main(["run", "--config", config])
     assert "promoted: test-sketch-classifier version" in capsys.readouterr().out
     client = mlflow.MlflowClient(tracking_server)
@@ -62,7 +51,7 @@ def test_pipeline_over_http_registers_and_promotes(tracking_server, tmp_path, ca
 
 def test_unreachable_server_fails_fast_with_one_line_and_registers_nothing(tmp_path, capsys):
     url = f"http://127.0.0.1:{free_port()}"
-    config = _config(tmp_path, tracking_uri=url, io_retries=1, retry_backoff_seconds=0.1)
+    config = write_config(tmp_path, tracking_uri=url, io_retries=1, retry_backoff_seconds=0.1)
     with pytest.raises(SystemExit) as exit_info:
         main(["run", "--config", config])
     assert exit_info.value.code == 1

@@ -48,6 +48,8 @@ def counted(items: Iterable[T], description: str, unit: str, show: bool, total: 
 class TrainingProgress(keras.callbacks.Callback):
     """One bar per training job: batches of all epochs, the epoch, and the last epoch's metrics."""
 
+    async_safe = True  # the batch hook only advances a counter: Keras may run it off the training loop
+
     def __init__(self, name: str):
         super().__init__()
         self.name = name

@@ -158,6 +158,8 @@ def epoch_logger():
     import mlflow.keras
 
     class _EpochLogger(mlflow.keras.MlflowCallback):
+        async_safe = True  # its batch hook logs nothing (no log_every_n_steps): training need not wait for it
+
         def on_epoch_end(self, epoch, logs=None):
             if logs:
                 mlflow.log_metrics({k: float(v) for k, v in logs.items()}, step=epoch, synchronous=True)

@@ -77,6 +77,8 @@ def train_model(
     """Train one architecture on a features folder; save the best model as ``out_dir/model.keras``.
 
     ``callbacks`` run before the standard ones (early stopping, LR reduction, checkpoints, backup).
+    A callback whose batch hooks do real work should leave ``async_safe`` unset; one whose batch
+    hooks are cheap and order-free may set it, so that training need not wait for them.
 
     ``out_dir/backup`` holds Keras's ``BackupAndRestore`` state: a run killed mid-way and started again
     with the same ``out_dir`` continues from its last completed epoch.
@@ -104,6 +106,11 @@ def train_model(
         ),
         keras.callbacks.ModelCheckpoint(str(out_dir / "best.keras"), monitor="val_loss", save_best_only=True),
     ]
+    for callback in (standard[0], standard[3]):
+        # Their batch hooks act only with an integer save_freq (not used here). Declaring them safe
+        # lets Keras run batch hooks off the training loop instead of syncing every batch's metrics
+        # to Python, which cost ~8% of fit time on CPU.
+        callback.async_safe = True
     started = time.perf_counter()
     history = model.fit(
         train,

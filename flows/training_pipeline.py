@@ -75,9 +75,18 @@ def pipeline_with_task_runner(settings: Settings) -> Flow:
 
     ``thread``: architectures train concurrently in threads of this process. ``dask``: on a Dask
     cluster through prefect-dask: the one at ``dask_address``, else a local cluster of one worker
-    process with a thread per architecture (TensorFlow is loaded once per worker).
+    process with a thread per architecture (TensorFlow is loaded once per worker). ``ray``: on a Ray
+    cluster through prefect-ray: the one at ``ray_address``, else a temporary local one (no
+    dashboard) for the flow run; each task runs in a Ray worker process.
     """
-    if settings.task_runner == "dask":
+    if settings.task_runner == "ray":
+        from prefect_ray import RayTaskRunner
+
+        if settings.ray_address:
+            runner = RayTaskRunner(address=settings.ray_address)
+        else:
+            runner = RayTaskRunner(init_kwargs={"include_dashboard": False})
+    elif settings.task_runner == "dask":
         from prefect_dask import DaskTaskRunner
 
         if settings.dask_address:

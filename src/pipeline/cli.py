@@ -22,7 +22,7 @@ _SETTING_FLAGS = {
     "architectures": dict(metavar="A,B", help="comma-separated architectures to train"),
     "epochs": dict(metavar="N", type=int, help="training epochs per architecture"),
     "tracking_uri": dict(metavar="URI", help="MLflow tracking URI (default: SQLite store under mlflow/)"),
-    "task_runner": dict(metavar="NAME", help="thread (default) or dask"),
+    "task_runner": dict(metavar="NAME", help="thread (default), dask or ray"),
     "progress": dict(metavar="MODE", help="progress bars: auto (when stderr is a terminal; default), on, off"),
 }
 

@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 
 SOURCES = ("synthetic", "sketchrnn", "ndjson", "tfrecord")
-TASK_RUNNERS = ("thread", "dask")
+TASK_RUNNERS = ("thread", "dask", "ray")
 ENV_PREFIX = "SKETCHPIPE_"
 
 
@@ -64,6 +64,7 @@ class Settings:
     io_retries: int = 2  # retries of the I/O tasks (data stages, tracking, registry)
     retry_backoff_seconds: float = 2.0  # first retry delay; doubles on each retry
     dask_address: str | None = None  # scheduler of an existing Dask cluster; a local one when unset
+    ray_address: str | None = None  # head of an existing Ray cluster (e.g. ray://head:10001); a local one when unset
     progress: str = "auto"  # progress bars for ingest and training: auto (when stderr is a terminal) | on | off
     # Tracking and registry
     tracking_uri: str | None = None
@@ -126,7 +127,8 @@ def validate(settings: Settings) -> Settings:
     if settings.max_class_imbalance < 1:
         raise ConfigError("max_class_imbalance", f"must be at least 1 (got {settings.max_class_imbalance})")
     if settings.task_runner not in TASK_RUNNERS:
-        raise ConfigError("task_runner", f"unknown task runner {settings.task_runner!r}; choose from thread, dask")
+        choices = ", ".join(TASK_RUNNERS)
+        raise ConfigError("task_runner", f"unknown task runner {settings.task_runner!r}; choose from {choices}")
     for name in ("epochs", "num_classes", "batch_size", "max_len", "min_points"):
         if getattr(settings, name) < 1:
             raise ConfigError(name, f"must be at least 1 (got {getattr(settings, name)})")

@@ -82,10 +82,11 @@ def test_cli_run_prints_the_table_and_a_second_run_lands_in_the_same_experiment(
     assert tracking.alias_version(settings.registered_model_name, "champion") in {"1", "2", "3"}
 
 
-def test_dask_task_runner_on_a_local_cluster(tmp_path, mlflow_template):
+@pytest.mark.parametrize("runner", ["dask", "ray"])
+def test_distributed_task_runners_on_a_local_cluster(tmp_path, mlflow_template, runner):
     shutil.copy(mlflow_template, tmp_path / "mlflow.db")
     settings = tiny_settings(
-        tmp_path / "work", tmp_path / "mlflow.db", architectures=("lstm", "gru"), task_runner="dask"
+        tmp_path / "work", tmp_path / "mlflow.db", architectures=("lstm", "gru"), task_runner=runner
     )
     config = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(settings).items()}
     (tmp_path / "settings.yaml").write_text(yaml.safe_dump(config))

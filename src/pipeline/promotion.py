@@ -84,13 +84,19 @@ class PromotionDecision:
 
 
 def promote_best(
-    settings, candidates: list, sketches: list[np.ndarray], truth: list[str], test_set: str
+    settings,
+    candidates: list,
+    sketches: list[np.ndarray],
+    truth: list[str],
+    test_set: str,
+    predictions: dict[str, list[str]] | None = None,
 ) -> PromotionDecision:
     """Compare the best candidate with the current champion on one test set and move the aliases.
 
-    Both models are scored the way serving uses them (each with its own logged preprocessing) on
-    the same raw sketches, and compared by class name, so a champion trained on another dataset or
-    class list is re-evaluated on this test set rather than trusted by its old score.
+    Both models are judged on the same raw sketches and compared by class name. The champion is
+    loaded and scored the way serving uses it (with its own logged preprocessing), so a champion
+    trained on another dataset or class list is re-evaluated on this test set rather than trusted
+    by its old score; a candidate whose ``predictions`` on these sketches are known is not scored again.
 
     Args:
         settings: the pipeline settings (registered model name, margin, alpha, tracking store).
@@ -98,6 +104,8 @@ def promote_best(
         sketches: the test set's raw stroke-3 sketches.
         truth: their class names.
         test_set: a name for the test set, recorded with the decision.
+        predictions: version -> its predicted class names on these sketches, where already known
+            (this run's candidates, from their evaluation); other versions are loaded and scored.
     """
     from pipeline import tracking
     from pipeline.serving import load_classifier
@@ -114,8 +122,13 @@ def promote_best(
         alias, reason = tracking.CHAMPION, "already the champion"
     else:
         truth_array = np.asarray(truth)
+        known = predictions or {}
         correct = {
-            version: np.asarray(load_classifier(settings, f"models:/{name}/{version}").top_classes(sketches))
+            version: np.asarray(
+                known[version]
+                if version in known
+                else load_classifier(settings, f"models:/{name}/{version}").top_classes(sketches)
+            )
             == truth_array
             for version in (best.version, champion)
         }

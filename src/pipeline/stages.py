@@ -189,6 +189,7 @@ def train(
                 "git_commit": tracking.git_commit(),
             }
         )
+        tracking.warm_model_logging()  # registration's one-time package scan, done while this trains
         shown = [TrainingProgress(architecture)] if progress.enabled(settings.progress) else []
         trained = train_model(
             config, features_dir, out_dir, callbacks=[tracking.epoch_logger(), *shown, *(callbacks or [])]
@@ -217,6 +218,9 @@ def _finished_training(run, out_dir: Path) -> ArchitectureRun | None:
     )
 
 
+TEST_PROBABILITIES = "test_probabilities.npy"  # in a run's ``evaluation`` artifacts, rows in test record order
+
+
 def evaluate(settings: Settings, run: ArchitectureRun, features_dir: Path) -> Evaluation:
     """Evaluate a trained model on the test split; log metrics, figures and per-class scores to its run."""
     tracking.use_store(settings.resolved_tracking_uri)
@@ -224,7 +228,7 @@ def evaluate(settings: Settings, run: ArchitectureRun, features_dir: Path) -> Ev
     evaluation, probabilities = evaluate_model(Path(run.model_path), features_dir, "test")
     out = Path(run.model_path).parent / "evaluation"
     out.mkdir(parents=True, exist_ok=True)
-    np.save(out / "test_probabilities.npy", probabilities)
+    np.save(out / TEST_PROBABILITIES, probabilities)
     (out / "per_class.json").write_text(
         json.dumps(
             {
@@ -273,10 +277,14 @@ def register(
         return existing
     spec = read_spec(features_dir)
     test = open_split(spec.dataset_dir, "test")
-    example = pad_batch([test.sketch(int(i))[: spec.max_len] for i in record_indices(features_dir, "test")[:2]])
+    first = [test.sketch(int(i))[: spec.max_len] for i in record_indices(features_dir, "test")[:32]]
+    example = pad_batch(first[:2])
+    serving = export_model(keras.saving.load_model(run.model_path), spec.scale)
+    evaluated = np.load(Path(run.model_path).parent / "evaluation" / TEST_PROBABILITIES, allow_pickle=False)
+    verify_export(serving, pad_batch(first), evaluated[: len(first)])
     return tracking.log_and_register_model(
         run.run_id,
-        export_model(keras.saving.load_model(run.model_path), spec.scale),
+        serving,
         settings.registered_model_name,
         input_example=example,
         metadata={"classes": spec.classes, "scale": spec.scale, "max_len": spec.max_len},
@@ -303,18 +311,48 @@ def export_model(trained, scale: float):
     return keras.Model(inputs, trained(normalising_layer(scale)(inputs)), name=f"{trained.name}_serving")
 
 
+def verify_export(serving, strokes: np.ndarray, expected: np.ndarray, atol: float = 1e-4) -> None:
+    """Raise unless the serving model gives ``expected`` (the evaluated probabilities) on raw ``strokes``.
+
+    The evaluation scored the trained network on preprocessed features; what gets registered is
+    :func:`export_model`'s wrapper taking raw strokes. This check ties the two together, so the
+    promotion gate can compare this run's candidates by their evaluation without scoring them again.
+    """
+    from pipeline.evaluation import compiled_inference
+
+    got = compiled_inference(serving)(strokes).numpy()
+    if got.shape != expected.shape:
+        raise RuntimeError(f"serving model returned {got.shape} probabilities, the evaluation {expected.shape}")
+    worst = float(np.max(np.abs(got - expected))) if got.size else 0.0
+    if worst > atol:
+        raise RuntimeError(
+            f"serving model disagrees with the evaluated model on the same sketches (max |dp| = {worst:.3g} > {atol})"
+        )
+
+
 def promote(settings: Settings, versions: list[tracking.RegisteredVersion], features_dir: Path) -> PromotionDecision:
-    """Run the promotion gate over this pipeline run's new versions, on this run's test set."""
+    """Run the promotion gate over this pipeline run's new versions, on this run's test set.
+
+    This run's candidates are judged by the predictions their evaluation made on this very test set
+    (logged with their runs; registration checked the served model reproduces them); only the
+    champion is loaded and scored.
+    """
     tracking.use_store(settings.resolved_tracking_uri)
     spec = read_spec(features_dir)
     test = open_split(spec.dataset_dir, "test")
     indices = record_indices(features_dir, "test")
+    predictions = {}
+    for version in versions:
+        probabilities = tracking.load_array_artifact(version.run_id, f"evaluation/{TEST_PROBABILITIES}")
+        if probabilities is not None and probabilities.shape == (len(indices), len(spec.classes)):
+            predictions[version.version] = [spec.classes[i] for i in probabilities.argmax(axis=1)]
     return promote_best(
         settings,
         versions,
         sketches=[test.sketch(int(i)) for i in indices],
         truth=[spec.classes[int(label)] for label in np.asarray(test.labels)[indices]],
         test_set=f"{spec.dataset_fingerprint[:12]}/test",
+        predictions=predictions,
     )
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import subprocess
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -170,6 +171,32 @@ def epoch_logger():
     return _EpochLogger()
 
 
+_requirements_scan_lock = threading.Lock()
+_requirements_scan: threading.Thread | None = None
+
+
+def warm_model_logging() -> threading.Thread | None:
+    """Start MLflow's one-time scan of the installed packages in a background thread; return the thread.
+
+    Logging a model makes MLflow check its pip requirements against the environment, which first
+    maps every installed distribution to its modules: about 2 s once per process here, paid by the
+    first registration. Started while a model trains (TensorFlow runs without the GIL), the map is
+    ready when registration needs it. Once per process; ``None`` if this MLflow has no such scan.
+    """
+    global _requirements_scan
+    try:  # a private MLflow function: if it moves, registration just pays the scan itself
+        from mlflow.utils.requirements_utils import _init_modules_to_packages_map
+    except ImportError:
+        return None
+    with _requirements_scan_lock:
+        if _requirements_scan is None:
+            _requirements_scan = threading.Thread(
+                target=_init_modules_to_packages_map, name="mlflow-requirements-scan", daemon=True
+            )
+            _requirements_scan.start()
+        return _requirements_scan
+
+
 def model_signature():
     """Return the serving signature: ``(-1, -1, 3)`` float32 strokes in, class probabilities out."""
     from mlflow.models import ModelSignature
@@ -214,6 +241,9 @@ def log_and_register_model(
 
     client = mlflow.MlflowClient()
     experiment_id = client.get_run(run_id).info.experiment_id
+    scan = warm_model_logging()
+    if scan is not None:
+        scan.join()  # wait for the background scan rather than run a second one beside it
     with tempfile.TemporaryDirectory() as tmp:
         local = Path(tmp) / "model"
         # mlflow.keras.log_model(input_example=...) writes the example before creating its folder
@@ -313,6 +343,20 @@ def metric_histories(run_id: str, keys: list[str]) -> dict[str, list[float]]:
         by_step = {m.step: m.value for m in sorted(client.get_metric_history(run_id, key), key=lambda m: m.timestamp)}
         histories[key] = [by_step[step] for step in sorted(by_step)]
     return histories
+
+
+def load_array_artifact(run_id: str, artifact_path: str) -> np.ndarray | None:
+    """Return a ``.npy`` artifact of a run as an array (never unpickled), or ``None`` if the run has none."""
+    import tempfile
+
+    import mlflow
+
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact_path, dst_path=tmp)
+        except (mlflow.exceptions.MlflowException, OSError):
+            return None
+        return np.load(local, allow_pickle=False)
 
 
 def log_artifacts(run_id: str, folder: Path, artifact_path: str) -> None:

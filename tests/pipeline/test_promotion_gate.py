@@ -49,10 +49,10 @@ def gate(tiny_features, tmp_path, tracking_db):
             tags={"architecture": "x", "test_accuracy": str(accuracy)},
         )
 
-    def promote(candidates):
-        return promote_best(settings, candidates, sketches, truth, "tiny/test")
+    def promote(candidates, predictions=None):
+        return promote_best(settings, candidates, sketches, truth, "tiny/test", predictions=predictions)
 
-    return settings, register, promote
+    return settings, register, promote, truth
 
 
 def _untrained(seed: int) -> keras.Model:
@@ -61,7 +61,7 @@ def _untrained(seed: int) -> keras.Model:
 
 
 def test_champion_moves_only_to_a_significantly_better_version(gate, trained_model):
-    settings, register, promote = gate
+    settings, register, promote, _ = gate
     name = settings.registered_model_name
     weak = register(_untrained(1), 0.25)
     first = promote([weak])
@@ -91,9 +91,27 @@ def test_champion_moves_only_to_a_significantly_better_version(gate, trained_mod
 
 
 def test_the_champion_again_changes_nothing(gate):
-    settings, register, promote = gate
+    settings, register, promote, _ = gate
     version = register(_untrained(3), 0.5)
     promote([version])
     decision = promote([version])
     assert (decision.alias, decision.reason) == ("champion", "already the champion")
     assert tracking.alias_version(settings.registered_model_name, "challenger") is None
+
+
+def test_a_candidate_is_judged_by_its_known_predictions_and_only_the_champion_is_scored(gate):
+    settings, register, promote, truth = gate
+    name = settings.registered_model_name
+    champion = register(_untrained(4), 0.25)
+    promote([champion])
+    # two untrained models: scored through serving, the newcomer is no significant improvement
+    candidate = register(_untrained(5), 0.3)
+    scored = promote([candidate])
+    assert scored.alias == "challenger"
+    assert scored.candidate_accuracy < 0.6
+    # told that the candidate got every sketch right (as its evaluation would say of a perfect model),
+    # the gate judges it by that and scores only the champion
+    told = promote([candidate], {candidate.version: truth})
+    assert (told.alias, told.candidate_accuracy) == ("champion", 1.0)
+    assert told.champion_accuracy == pytest.approx(scored.champion_accuracy)
+    assert tracking.alias_version(name, "champion") == candidate.version

@@ -33,3 +33,26 @@ def test_bad_json_names_the_file_and_sketch(tmp_path):
     (tmp_path / "bad.json").write_text(json.dumps([[[1, 2]]]))
     with pytest.raises(StrokeFormatError, match=r"bad\.json: sketch 0"):
         read_sketch_files([str(tmp_path / "bad.json")])
+
+
+def test_the_export_check_accepts_the_served_model_and_refuses_a_wrong_preprocessing(tiny_features):
+    import keras
+
+    from pipeline import stages
+    from pipeline.dataset import open_split
+    from pipeline.evaluation import compiled_inference, predict_split
+    from pipeline.features import pad_batch, read_spec, record_indices
+    from pipeline.models import build_model
+
+    keras.utils.set_random_seed(0)
+    model = build_model("lstm", 4, {"units": 8, "num_layers": 1})
+    spec = read_spec(tiny_features)
+    evaluated, _ = predict_split(compiled_inference(model), tiny_features, "test")  # as evaluation does
+    test = open_split(spec.dataset_dir, "test")
+    raw = pad_batch([test.sketch(int(i))[: spec.max_len] for i in record_indices(tiny_features, "test")[:16]])
+
+    stages.verify_export(stages.export_model(model, spec.scale), raw, evaluated[:16])
+    with pytest.raises(RuntimeError, match="disagrees with the evaluated model"):
+        stages.verify_export(stages.export_model(model, spec.scale / 4), raw, evaluated[:16])
+    with pytest.raises(RuntimeError, match="probabilities"):
+        stages.verify_export(stages.export_model(model, spec.scale), raw, evaluated[:15])

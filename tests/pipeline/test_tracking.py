@@ -64,3 +64,13 @@ def test_unknown_version_changes_nothing(store, saved_model):
     with pytest.raises(mlflow.exceptions.MlflowException):
         tracking.set_champion("m", "99")
     assert tracking.alias_version("m", "champion") == a.version
+
+
+def test_the_requirement_scan_runs_once_in_the_background_and_fills_mlflow_s_map():
+    from mlflow.utils import requirements_utils
+
+    scan = tracking.warm_model_logging()
+    assert scan is not None and scan is tracking.warm_model_logging()  # once per process
+    scan.join(timeout=60)
+    assert not scan.is_alive()
+    assert "mlflow" in requirements_utils._MODULES_TO_PACKAGES

@@ -1,5 +1,5 @@
 """The ``training_pipeline`` flow: ingest -> validate -> preprocess -> train (per architecture) ->
-evaluate -> register -> promote."""
+evaluate -> register (beside it: the evaluation figures) -> promote."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from pipeline.report import PipelineResult
 from pipeline.stages import result_row
 from tasks.data import ingest_task, preprocess_task, validate_task
 from tasks.registry import compare_task, finish_run_task, promote_task, register_task, start_run_task
-from tasks.training import evaluate_task, train_task
+from tasks.training import evaluate_task, figures_task, train_task
 
 
 @flow(name="training_pipeline", log_prints=True)
@@ -40,11 +40,14 @@ def training_pipeline(
     try:
         runs = {a: train_task.submit(settings, a, features_dir, parent_run_id) for a in settings.architectures}
         evaluations = {a: evaluate_task.submit(settings, runs[a], features_dir) for a in runs}
+        figures = [figures_task.submit(settings, runs[a], evaluations[a], features_dir) for a in runs]
         register = _io(register_task, settings)
         versions = {a: register.submit(settings, runs[a], evaluations[a], features_dir) for a in runs}
         decision = _io(promote_task, settings)(settings, [versions[a].result() for a in runs], features_dir)
         rows = [result_row(runs[a].result(), evaluations[a].result(), versions[a].result()) for a in runs]
         _io(compare_task, settings)(settings, parent_run_id, rows, decision)
+        for drawn in figures:
+            drawn.result()
     except BaseException:
         finish_run_task(settings, parent_run_id, decision, ok=False)
         raise

@@ -22,3 +22,9 @@ def train_task(settings: Settings, architecture: str, features_dir: Path, parent
 def evaluate_task(settings: Settings, run: stages.ArchitectureRun, features_dir: Path) -> Evaluation:
     """Evaluate one trained model on the test split."""
     return stages.evaluate(settings, run, features_dir)
+
+
+@task(name="plot-evaluation", cache_policy=NO_CACHE, task_run_name="plot-evaluation-{run.architecture}")
+def figures_task(settings: Settings, run: stages.ArchitectureRun, evaluation: Evaluation, features_dir: Path) -> Path:
+    """Draw and log the evaluation figures (beside registration: nothing waits for them but the flow's end)."""
+    return stages.evaluation_figures(settings, run, evaluation, features_dir)

@@ -222,7 +222,10 @@ TEST_PROBABILITIES = "test_probabilities.npy"  # in a run's ``evaluation`` artif
 
 
 def evaluate(settings: Settings, run: ArchitectureRun, features_dir: Path) -> Evaluation:
-    """Evaluate a trained model on the test split; log metrics, figures and per-class scores to its run."""
+    """Evaluate a trained model on the test split; log metrics, probabilities and per-class scores to its run.
+
+    The figures are drawn by :func:`evaluation_figures`, which registration need not wait for.
+    """
     tracking.use_store(settings.resolved_tracking_uri)
     spec = read_spec(features_dir)
     evaluation, probabilities = evaluate_model(Path(run.model_path), features_dir, "test")
@@ -240,6 +243,21 @@ def evaluate(settings: Settings, run: ArchitectureRun, features_dir: Path) -> Ev
             indent=2,
         )
     )
+    tracking.log_metrics(run.run_id, evaluation.metrics())
+    tracking.log_artifacts(run.run_id, out, "evaluation")
+    return evaluation
+
+
+def evaluation_figures(settings: Settings, run: ArchitectureRun, evaluation: Evaluation, features_dir: Path) -> Path:
+    """Draw the confusion matrix, training curves and misclassified test sketches of an evaluated model.
+
+    Written beside the evaluation (``<model dir>/evaluation/figures``) and logged to the run's
+    ``evaluation/`` artifacts; returns the folder.
+    """
+    tracking.use_store(settings.resolved_tracking_uri)
+    spec = read_spec(features_dir)
+    out = Path(run.model_path).parent / "evaluation" / "figures"
+    probabilities = np.load(out.parent / TEST_PROBABILITIES, allow_pickle=False)
     title = f"{run.architecture}: test accuracy {evaluation.accuracy:.3f}"
     save_figure(
         confusion_matrix_figure(np.array(evaluation.confusion), spec.classes, title), out / "confusion_matrix.png"
@@ -247,9 +265,8 @@ def evaluate(settings: Settings, run: ArchitectureRun, features_dir: Path) -> Ev
     history = tracking.metric_histories(run.run_id, ["loss", "val_loss", "accuracy", "val_accuracy"])
     save_figure(training_curves_figure(history, run.architecture), out / "training_curves.png")
     save_figure(_misclassified_figure(spec, features_dir, probabilities), out / "misclassified.png")
-    tracking.log_metrics(run.run_id, evaluation.metrics())
     tracking.log_artifacts(run.run_id, out, "evaluation")
-    return evaluation
+    return out
 
 
 def _misclassified_figure(spec, features_dir: Path, probabilities: np.ndarray, limit: int = 16):

@@ -10,7 +10,7 @@ import pytest
 from pipeline import tracking
 from tasks.data import ingest_task, preprocess_task, validate_task
 from tasks.registry import finish_run_task, promote_task, register_task, start_run_task
-from tasks.training import evaluate_task, train_task
+from tasks.training import evaluate_task, figures_task, train_task
 from tests.conftest import tiny_settings
 
 
@@ -30,6 +30,7 @@ def chain(settings):
     out["parent"] = start_run_task.fn(settings, out["report"], out["features"], "test-flow-run")
     out["run"] = train_task.fn(settings, "lstm", out["features"], out["parent"])
     out["evaluation"] = evaluate_task.fn(settings, out["run"], out["features"])
+    out["figures"] = figures_task.fn(settings, out["run"], out["evaluation"], out["features"])
     out["version"] = register_task.fn(settings, out["run"], out["evaluation"], out["features"])
     out["decision"] = promote_task.fn(settings, [out["version"]], out["features"])
     finish_run_task.fn(settings, out["parent"], out["decision"], ok=True)
@@ -76,6 +77,26 @@ def test_evaluate_logs_test_metrics(chain, settings):
     assert evaluation.num_examples == 80
     metrics = mlflow.MlflowClient(settings.resolved_tracking_uri).get_run(chain["run"].run_id).data.metrics
     assert metrics["test_accuracy"] == pytest.approx(evaluation.accuracy)
+
+
+def test_evaluation_artifacts_hold_the_probabilities_scores_and_figures(chain, settings):
+    import numpy as np
+
+    from pipeline.dataset import open_split
+    from pipeline.features import read_spec, record_indices
+
+    client = mlflow.MlflowClient(settings.resolved_tracking_uri)
+    run_id = chain["run"].run_id
+    logged = {Path(a.path).name for a in client.list_artifacts(run_id, "evaluation")}
+    figures = {"confusion_matrix.png", "training_curves.png", "misclassified.png"}
+    assert {"test_probabilities.npy", "per_class.json", *figures} <= logged
+    assert {p.name for p in Path(chain["figures"]).glob("*.png")} == figures
+    probabilities = tracking.load_array_artifact(run_id, "evaluation/test_probabilities.npy")
+    spec = read_spec(chain["features"])
+    labels = np.asarray(open_split(spec.dataset_dir, "test").labels)[record_indices(chain["features"], "test")]
+    assert probabilities.shape == (80, 4)
+    assert (probabilities.argmax(axis=1) == labels).mean() == pytest.approx(chain["evaluation"].accuracy)
+    assert tracking.load_array_artifact(run_id, "evaluation/missing.npy") is None
 
 
 def test_register_and_promote(chain, settings):

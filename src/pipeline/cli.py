@@ -70,7 +70,12 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--config", metavar="FILE", help="YAML settings file")
     predict.add_argument("--model-uri", metavar="URI", help="default: models:/<registered name>@champion")
     predict.add_argument("--tracking-uri", dest="tracking_uri", metavar="URI", help="MLflow tracking URI")
-    predict.add_argument("files", nargs="+", metavar="FILE", help=".npz (sketch-rnn), .json stroke-3, or - for stdin")
+    predict.add_argument(
+        "files",
+        nargs="+",
+        metavar="FILE",
+        help=".npz (sketch-rnn), .ndjson (Quick, Draw!), .json stroke-3, or - for stdin",
+    )
 
     promote = commands.add_parser("promote", help="move the champion alias by hand")
     promote.add_argument("--config", metavar="FILE", help="YAML settings file")

@@ -101,6 +101,19 @@ def _parse_drawing(drawing) -> tuple[list[np.ndarray], bool]:
     return strokes, raw
 
 
+def drawing_to_stroke3(drawing) -> np.ndarray:
+    """Return an ndjson ``drawing`` (simplified, or raw with times) as a stroke-3 sketch.
+
+    Raw drawings are simplified the way the published data was (:func:`simplify_raw_strokes`).
+    Raises ``ValueError`` saying what is wrong with it.
+    """
+    return _to_stroke3(*_parse_drawing(drawing))
+
+
+def _to_stroke3(strokes: list[np.ndarray], raw: bool) -> np.ndarray:
+    return polylines_to_stroke3(simplify_raw_strokes(strokes) if raw else strokes)
+
+
 def iter_ndjson_records(
     files: dict[str, Path],
     classes: list[str],
@@ -146,11 +159,7 @@ def iter_ndjson_records(
                 if max_per_class is not None and taken[word, split] >= max_per_class:
                     continue
                 taken[word, split] += 1
-                if raw:
-                    strokes = simplify_raw_strokes(strokes)
-                yield SketchRecord(
-                    split, label_of[word], f"{path.name}:{number}:{key_id}", polylines_to_stroke3(strokes)
-                )
+                yield SketchRecord(split, label_of[word], f"{path.name}:{number}:{key_id}", _to_stroke3(strokes, raw))
 
 
 def write_ndjson(path: Path, word: str, sketches: Sequence[np.ndarray], raw: bool = False, first_key: int = 1) -> Path:

@@ -91,11 +91,33 @@ def _parse_json_sketches(text: str, source: str) -> list[np.ndarray]:
     return sketches
 
 
+def _read_ndjson_sketches(path: str) -> dict[str, np.ndarray]:
+    """Return ``path:line N`` -> stroke-3 for every drawing of a Quick, Draw! ndjson file (simplified or raw)."""
+    from pipeline.quickdraw_formats import drawing_to_stroke3
+
+    sketches = {}
+    with open(path, encoding="utf-8") as lines:
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                item = json.loads(line)
+                if not isinstance(item, dict) or "drawing" not in item:
+                    raise ValueError("no 'drawing' field")
+                sketches[f"{path}:{number}"] = drawing_to_stroke3(item["drawing"]).astype(np.float32)
+            except ValueError as exc:  # json.JSONDecodeError is one
+                raise StrokeFormatError(f"{path}: line {number}: {exc}") from exc
+    return sketches
+
+
 def read_sketch_files(paths: list[str]) -> dict[str, np.ndarray]:
-    """Return name -> stroke-3 sketch for every sketch in ``.npz`` and ``.json`` files (``-`` reads stdin)."""
+    """Return name -> stroke-3 sketch for every sketch in ``.npz`` (sketch-rnn), ``.ndjson`` (Quick, Draw!,
+    simplified or raw) and ``.json`` (stroke-3) files; ``-`` reads JSON from stdin."""
     sketches: dict[str, np.ndarray] = {}
     for path in paths:
-        if path == "-":
+        if path.endswith(".ndjson"):
+            sketches.update(_read_ndjson_sketches(path))
+        elif path == "-":
             for i, sketch in enumerate(_parse_json_sketches(sys.stdin.read(), "stdin")):
                 sketches[f"stdin[{i}]"] = sketch
         elif path.endswith(".npz"):

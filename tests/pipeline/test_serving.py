@@ -35,24 +35,31 @@ def test_bad_json_names_the_file_and_sketch(tmp_path):
         read_sketch_files([str(tmp_path / "bad.json")])
 
 
-def test_the_export_check_accepts_the_served_model_and_refuses_a_wrong_preprocessing(tiny_features):
-    import keras
+def test_reads_quick_draw_ndjson_simplified_and_raw_like_ingest(tmp_path):
+    from pipeline.quickdraw_formats import class_files, iter_ndjson_records, write_ndjson
+    from pipeline.synthetic import draw_sketch
 
-    from pipeline import stages
-    from pipeline.dataset import open_split
-    from pipeline.evaluation import compiled_inference, predict_split
-    from pipeline.features import pad_batch, read_spec, record_indices
-    from pipeline.models import build_model
+    rng = np.random.default_rng(1)
+    sketches = [draw_sketch("square", rng) for _ in range(3)]
+    simplified = write_ndjson(tmp_path / "square.ndjson", "square", sketches)
+    raw = write_ndjson(
+        tmp_path / "raw" / "square.ndjson", "square", [s * np.array([3, 3, 1]) for s in sketches], raw=True
+    )
+    for path in (simplified, raw):
+        read = read_sketch_files([str(path)])
+        assert list(read) == [f"{path}:{n}" for n in (1, 2, 3)]
+        # the same stroke-3 that training's ingest makes of the same lines
+        ingested = iter_ndjson_records(class_files(path.parent, "*.ndjson"), ["square"], recognized_only=False)
+        for got, record in zip(read.values(), ingested, strict=True):
+            np.testing.assert_array_equal(got, record.strokes.astype(np.float32))
+    np.testing.assert_array_equal(read_sketch_files([str(simplified)])[f"{simplified}:1"], sketches[0])
 
-    keras.utils.set_random_seed(0)
-    model = build_model("lstm", 4, {"units": 8, "num_layers": 1})
-    spec = read_spec(tiny_features)
-    evaluated, _ = predict_split(compiled_inference(model), tiny_features, "test")  # as evaluation does
-    test = open_split(spec.dataset_dir, "test")
-    raw = pad_batch([test.sketch(int(i))[: spec.max_len] for i in record_indices(tiny_features, "test")[:16]])
 
-    stages.verify_export(stages.export_model(model, spec.scale), raw, evaluated[:16])
-    with pytest.raises(RuntimeError, match="disagrees with the evaluated model"):
-        stages.verify_export(stages.export_model(model, spec.scale / 4), raw, evaluated[:16])
-    with pytest.raises(RuntimeError, match="probabilities"):
-        stages.verify_export(stages.export_model(model, spec.scale), raw, evaluated[:15])
+def test_bad_ndjson_names_the_file_and_line(tmp_path):
+    path = tmp_path / "bad.ndjson"
+    path.write_text('{"word": "cat", "drawing": [[[0, 10], [0, 5]]]}\n\n{"word": "cat"}\n')
+    with pytest.raises(StrokeFormatError, match=r"bad\.ndjson: line 3: no 'drawing' field"):
+        read_sketch_files([str(path)])
+    path.write_text('{"drawing": [[[0, 10], [0]]]}\n')
+    with pytest.raises(StrokeFormatError, match=r"bad\.ndjson: line 1: stroke 0 has 2/1"):
+        read_sketch_files([str(path)])

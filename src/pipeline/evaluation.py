@@ -1,14 +1,13 @@
-"""Evaluation of a trained model on a split of a features folder: quality, speed and size."""
+"""Evaluation of a serving model on labelled raw sketches: quality, speed and size."""
 
 from __future__ import annotations
 
 import dataclasses
 import time
-from pathlib import Path
 
 import numpy as np
 
-from pipeline.features import make_dataset, read_spec
+from pipeline.features import pad_batch
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,13 +56,12 @@ def compiled_inference(model):
     )
 
 
-def predict_split(infer, features_dir: Path, split: str, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
-    """Return ``(probabilities, labels)`` for every sketch of a split, in record order."""
-    probabilities, labels = [], []
-    for strokes, label in make_dataset(features_dir, split, batch_size, bucket_boundaries=None):
-        probabilities.append(infer(strokes).numpy())
-        labels.append(label.numpy())
-    return np.concatenate(probabilities), np.concatenate(labels)
+def predict_sketches(infer, sketches: list[np.ndarray], batch_size: int = 256) -> np.ndarray:
+    """Return ``(n, classes)`` probabilities of raw stroke-3 sketches, in order, each batch zero-padded."""
+    out = [
+        infer(pad_batch(sketches[start : start + batch_size])).numpy() for start in range(0, len(sketches), batch_size)
+    ]
+    return np.concatenate(out)
 
 
 def score_predictions(probabilities: np.ndarray, labels: np.ndarray, num_classes: int) -> dict:
@@ -88,33 +86,36 @@ def score_predictions(probabilities: np.ndarray, labels: np.ndarray, num_classes
     }
 
 
-def measure_latency(infer, features_dir: Path, split: str = "test", count: int = 100) -> tuple[float, float]:
-    """Return the p50 and p95 milliseconds of one-sketch calls (batch 1) over ``count`` test sketches."""
-    batches = [strokes for strokes, _ in make_dataset(features_dir, split, 1, bucket_boundaries=None).take(count)]
-    for strokes in batches[:3]:  # the first calls of a graph function pay for its optimisation
-        infer(strokes)
+def measure_latency(infer, sketches: list[np.ndarray], count: int = 100) -> tuple[float, float]:
+    """Return the p50 and p95 milliseconds of one-sketch calls (batch 1) over the first ``count`` sketches."""
+    batches = [pad_batch([sketch]) for sketch in sketches[:count]]
+    for batch in batches[:3]:  # the first calls of a graph function pay for its optimisation
+        infer(batch)
     timings = []
-    for strokes in batches:
+    for batch in batches:
         started = time.perf_counter()
-        infer(strokes).numpy()
+        infer(batch).numpy()
         timings.append(1000.0 * (time.perf_counter() - started))
     return float(np.percentile(timings, 50)), float(np.percentile(timings, 95))
 
 
-def evaluate_model(model_path: Path, features_dir: Path, split: str = "test") -> tuple[Evaluation, np.ndarray]:
-    """Load a saved Keras model and return its metrics on a split, and its probabilities in record order."""
-    import keras
+def evaluate_model(
+    model, sketches: list[np.ndarray], labels: np.ndarray, num_classes: int, model_size_bytes: int
+) -> tuple[Evaluation, np.ndarray]:
+    """Score a serving model (raw stroke-3 in, probabilities out) on sketches with known labels.
 
-    model = keras.saving.load_model(model_path)
+    Returns its metrics, speed and size, and its probabilities in the order of ``sketches``.
+    Throughput is timed on a second pass, after the graph function has been traced and warmed.
+    """
+    if not sketches:
+        raise ValueError("no sketches to evaluate on")
     infer = compiled_inference(model)
-    spec = read_spec(features_dir)
-    for strokes, _ in make_dataset(features_dir, split, 256, bucket_boundaries=None).take(2):
-        infer(strokes)  # warm-up: trace and optimise before the timed pass
+    infer(pad_batch(sketches[:256]))  # trace and optimise before the timed pass
     started = time.perf_counter()
-    probabilities, labels = predict_split(infer, features_dir, split, batch_size=256)
-    throughput = len(labels) / (time.perf_counter() - started)
-    scores = score_predictions(probabilities, labels, len(spec.classes))
-    p50, p95 = measure_latency(infer, features_dir, split)
+    probabilities = predict_sketches(infer, sketches)
+    throughput = len(sketches) / (time.perf_counter() - started)
+    scores = score_predictions(probabilities, np.asarray(labels), num_classes)
+    p50, p95 = measure_latency(infer, sketches)
     evaluation = Evaluation(
         accuracy=scores["accuracy"],
         top3_accuracy=scores["top3_accuracy"],
@@ -122,11 +123,11 @@ def evaluate_model(model_path: Path, features_dir: Path, split: str = "test") ->
         precision=scores["precision"],
         recall=scores["recall"],
         confusion=scores["confusion"],
-        num_examples=len(labels),
+        num_examples=len(sketches),
         latency_p50_ms=p50,
         latency_p95_ms=p95,
         throughput_per_s=throughput,
         num_params=int(model.count_params()),
-        model_size_bytes=Path(model_path).stat().st_size,
+        model_size_bytes=int(model_size_bytes),
     )
     return evaluation, probabilities

@@ -103,6 +103,17 @@ def record_indices(features_dir: Path, split: str) -> np.ndarray:
     return np.load(Path(features_dir) / f"{split}_indices.npy")
 
 
+def split_sketches(features_dir: Path, split: str) -> tuple[list[np.ndarray], np.ndarray]:
+    """Return a split's raw stroke-3 sketches (cropped to the features' length) and labels, in record order.
+
+    The same sketches as the split's TFRecords, before normalisation: what a serving model takes.
+    """
+    spec = read_spec(features_dir)
+    arrays = open_split(spec.dataset_dir, split)
+    indices = record_indices(features_dir, split)
+    return [arrays.sketch(int(i))[: spec.max_len] for i in indices], np.asarray(arrays.labels)[indices]
+
+
 def read_spec(features_dir: Path) -> FeatureSpec:
     """Return the spec of a features folder."""
     return FeatureSpec(**json.loads((Path(features_dir) / "spec.json").read_text()))

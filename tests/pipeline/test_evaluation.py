@@ -31,18 +31,28 @@ def test_per_class_precision_and_recall():
     assert scores["recall"] == [0.5, 1.0]
 
 
-def test_evaluate_model_reports_speed_size_and_ordered_probabilities(tiny_features, tmp_path):
-    from pipeline.evaluation import evaluate_model
-    from pipeline.features import read_spec
+def test_evaluate_model_scores_the_given_sketches_in_order_and_reports_speed_and_size(tiny_features):
+    from pipeline.evaluation import compiled_inference, evaluate_model
+    from pipeline.features import normalising_layer, pad_batch, read_spec, split_sketches
     from pipeline.models import build_model
+    from pipeline.stages import export_model
 
-    model = build_model("gru", 4, {"units": 4, "num_layers": 1})
-    model.save(tmp_path / "m.keras")
-    evaluation, probabilities = evaluate_model(tmp_path / "m.keras", tiny_features)
-    assert probabilities.shape == (read_spec(tiny_features).counts["test"], 4)
-    assert evaluation.num_examples == len(probabilities)
+    spec = read_spec(tiny_features)
+    trained = build_model("gru", 4, {"units": 4, "num_layers": 1})
+    serving = export_model(trained, spec.scale)
+    sketches, labels = split_sketches(tiny_features, "test")
+    assert len(sketches) == spec.counts["test"] and max(len(s) for s in sketches) <= spec.max_len
+    evaluation, probabilities = evaluate_model(serving, sketches, labels, 4, model_size_bytes=1234)
+    assert probabilities.shape == (len(sketches), 4)
+    # row i is sketch i: the trained network on sketch i alone, normalised as preprocessing does
+    infer = compiled_inference(trained)
+    for i in (0, len(sketches) // 2, len(sketches) - 1):
+        alone = infer(normalising_layer(spec.scale)(pad_batch([sketches[i]]))).numpy()[0]
+        np.testing.assert_allclose(probabilities[i], alone, atol=1e-5)
+    assert evaluation.accuracy == np.mean(probabilities.argmax(axis=1) == labels)
+    assert evaluation.num_examples == len(sketches)
     assert 0 < evaluation.latency_p50_ms <= evaluation.latency_p95_ms
     assert evaluation.throughput_per_s > 0
-    assert evaluation.num_params == model.count_params()
-    assert evaluation.model_size_bytes == (tmp_path / "m.keras").stat().st_size
+    assert evaluation.num_params == trained.count_params()
+    assert evaluation.model_size_bytes == 1234
     assert len(evaluation.precision) == len(evaluation.recall) == 4

@@ -99,6 +99,18 @@ def test_evaluation_artifacts_hold_the_probabilities_scores_and_figures(chain, s
     assert tracking.load_array_artifact(run_id, "evaluation/missing.npy") is None
 
 
+def test_the_registered_model_is_the_one_evaluated(chain, settings):
+    import numpy as np
+
+    from pipeline.features import split_sketches
+    from pipeline.serving import load_classifier
+
+    classifier = load_classifier(settings, f"models:/{settings.registered_model_name}/{chain['version'].version}")
+    sketches, _ = split_sketches(chain["features"], "test")
+    evaluated = tracking.load_array_artifact(chain["run"].run_id, "evaluation/test_probabilities.npy")
+    np.testing.assert_allclose(classifier.probabilities(sketches), evaluated, atol=1e-5)
+
+
 def test_register_and_promote(chain, settings):
     tracking.use_store(settings.resolved_tracking_uri)
     assert chain["version"].version == "1"

@@ -133,12 +133,16 @@ def end_run(run_id: str, status: str = "FINISHED") -> None:
 
 
 def log_metrics(run_id: str, metrics: dict[str, float]) -> None:
-    """Log scalar metrics to a run."""
-    import mlflow
+    """Log scalar metrics to a run, in one request."""
+    import time
 
-    client = mlflow.MlflowClient()
-    for key, value in metrics.items():
-        client.log_metric(run_id, key, float(value))
+    import mlflow
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    mlflow.MlflowClient().log_batch(
+        run_id, metrics=[Metric(key, float(value), now, 0) for key, value in metrics.items()]
+    )
 
 
 def log_dict(run_id: str, data: dict, artifact_file: str) -> None:

@@ -35,8 +35,9 @@ def prepared_features(work_dir: Path, per_class: int, num_classes: int = 8, **ch
     return settings, stages.preprocess(settings, report)
 
 
-def write_results(name: str, params: dict, rows: list[dict]) -> Path:
-    """Write ``benchmarks/results/<name>.json`` with the machine, parameters and rows; return its path."""
+def write_results(name: str, params: dict, rows: list[dict], extra: dict | None = None) -> Path:
+    """Write ``benchmarks/results/<name>.json`` with the machine, parameters, rows and any ``extra``
+    sections; return its path."""
     import os
 
     RESULTS.mkdir(exist_ok=True)
@@ -47,6 +48,7 @@ def write_results(name: str, params: dict, rows: list[dict]) -> Path:
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
         "params": params,
         "rows": rows,
+        **(extra or {}),
     }
     path.write_text(json.dumps(payload, indent=2))
     return path

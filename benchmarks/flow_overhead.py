@@ -10,9 +10,10 @@ ephemeral server and the MLflow store's schema migration has run (a deployed set
 server start is reported on its own. Bare fits and flow runs alternate ``--repeats`` times and the
 medians are reported, because one fit on a shared 2-core machine varies by several seconds.
 
-The overhead is a fixed part (data stages, evaluation, registration, task orchestration) plus a part
-proportional to training (callbacks, per-epoch logging). The last row solves for the bare fit time at
-which the whole flow's overhead falls to 10%.
+The overhead is a fixed part (data stages, evaluation, registration, promotion, task orchestration)
+plus a part proportional to training (callbacks, per-epoch logging). The last row solves for the bare
+fit time at which the whole flow's overhead falls to 10%. A second table gives each Prefect task's
+median run time, to show where the fixed part goes.
 """
 
 from __future__ import annotations
@@ -87,13 +88,16 @@ def main() -> None:
         "synthetic_per_split": dict(settings.synthetic_per_split),
     }
     bare, in_flow, whole = [], [], []
+    task_seconds: dict[str, list[float]] = {}
     for _ in range(args.repeats):
         bare.append(bare_fit(args.epochs))
         with temporary_settings({PREFECT_TASKS_REFRESH_CACHE: True}):  # validation is part of the overhead
             started = time.perf_counter()
-            result = training_pipeline(overrides=flow_overrides)
+            state = training_pipeline(overrides=flow_overrides, return_state=True)
             whole.append(time.perf_counter() - started)
-        in_flow.append(result.rows[0].train_seconds)
+        in_flow.append(state.result().rows[0].train_seconds)
+        for name, seconds in _task_seconds(state.state_details.flow_run_id).items():
+            task_seconds.setdefault(name, []).append(seconds)
 
     bare_s, in_flow_s, whole_s = (statistics.median(x) for x in (bare, in_flow, whole))
     proportional = max(0.0, (in_flow_s - bare_s) / bare_s)
@@ -121,13 +125,33 @@ def main() -> None:
         {"what": "bare fit at which flow overhead = 10%", "median_s": break_even, "runs_s": "", "overhead_pct": 10.0},
         {"what": "(Prefect server start, once)", "median_s": server_start, "runs_s": "", "overhead_pct": float("nan")},
     ]
-    path = write_results("flow_overhead", {**vars(args), "train_sketches": spec.counts["train"]}, rows)
+    tasks = [
+        {"task": name, "median_s": statistics.median(seconds), "runs_s": _runs(seconds)}
+        for name, seconds in task_seconds.items()
+    ]
+    path = write_results(
+        "flow_overhead", {**vars(args), "train_sketches": spec.counts["train"]}, rows, extra={"tasks": tasks}
+    )
     print_table(rows)
+    print("\nPrefect task run times inside the flow (plot-evaluation runs beside register and promote):\n")
+    print_table(tasks)
     print(f"\nwritten: {path}")
 
 
 def _runs(seconds: list[float]) -> str:
     return " ".join(f"{s:.1f}" for s in seconds)
+
+
+def _task_seconds(flow_run_id) -> dict[str, float]:
+    """Return task name -> run time of one flow run's task runs, in the order they started."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+    runs = sorted(runs, key=lambda r: r.start_time or r.expected_start_time)
+    # run names end in a random suffix or the architecture: "validate-318", "train-lstm"
+    return {run.name.rsplit("-", 1)[0]: run.total_run_time.total_seconds() for run in runs}
 
 
 if __name__ == "__main__":

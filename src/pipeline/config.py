@@ -225,6 +225,8 @@ def configure_runtime(environ: dict[str, str] | None = None) -> None:
         "PREFECT_LOGGING_TO_API_BATCH_INTERVAL": "0.5",
         "GX_ANALYTICS_ENABLED": "false",
         "MLFLOW_ENABLE_TELEMETRY": "false",
+        # the pipeline's artifacts are small and its own progress bars own the terminal
+        "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
         "DO_NOT_TRACK": "1",
         "TF_CPP_MIN_LOG_LEVEL": "3",
         "NO_GCE_CHECK": "true",

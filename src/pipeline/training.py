@@ -4,6 +4,7 @@ resume after a kill) and fit on the tf.data pipeline."""
 from __future__ import annotations
 
 import dataclasses
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -68,6 +69,27 @@ def compile_model(model: keras.Model, learning_rate: float, clipnorm: float) -> 
     return model
 
 
+_SEEDED_BUILD = threading.Lock()
+
+
+def seeded_model(config: TrainingConfig, num_classes: int) -> keras.Model:
+    """Return the compiled model of ``config``, its weights and layer seeds drawn from ``config.seed``.
+
+    Keras draws the seeds of unseeded initialisers and dropout from Python's process-wide ``random``,
+    so architectures built at the same time in threads (the default task runner) would interleave
+    their draws and none would be reproducible. Seeding and building hold one lock; training then
+    uses each layer's own seed generator.
+    """
+    with _SEEDED_BUILD:
+        keras.utils.set_random_seed(config.seed)
+        with distribution_strategy(config.distribute).scope():
+            return compile_model(
+                build_model(config.architecture, num_classes, config.model_params),
+                config.learning_rate,
+                config.clipnorm,
+            )
+
+
 def train_model(
     config: TrainingConfig,
     features_dir: Path,
@@ -86,13 +108,7 @@ def train_model(
     spec = read_spec(features_dir)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    keras.utils.set_random_seed(config.seed)
-    with distribution_strategy(config.distribute).scope():
-        model = compile_model(
-            build_model(config.architecture, len(spec.classes), config.model_params),
-            config.learning_rate,
-            config.clipnorm,
-        )
+    model = seeded_model(config, len(spec.classes))
     train = make_dataset(features_dir, "train", config.batch_size, shuffle=True, seed=config.seed)
     valid = make_dataset(features_dir, "valid", config.batch_size)
     model_path = out_dir / "model.keras"

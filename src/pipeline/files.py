@@ -47,26 +47,36 @@ def staging_dir(parent: Path, name: str) -> Path:
 
 
 def move_into_place(staging: Path, final: Path, replace: bool = True) -> None:
-    """Rename ``staging`` to ``final``; see :func:`published_dir` for ``replace``."""
+    """Rename ``staging`` to ``final``; see :func:`published_dir` for ``replace``.
+
+    With ``replace``, a folder in place is moved aside and ours renamed in. If another writer's
+    folder lands in between, it finished as recently as ours and holds the same kind of complete
+    output, so it stays and ours is dropped: never a retry loop that busy writers could starve.
+    """
     if final.exists() and not replace:
         shutil.rmtree(staging, ignore_errors=True)
         return
-    for _ in range(10):  # another writer may put its folder in place between our two renames
-        try:
-            os.rename(staging, final)  # atomic; refused while final is a non-empty folder
-            return
-        except OSError as exc:
-            if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
-                raise
-        if not replace:
-            shutil.rmtree(staging, ignore_errors=True)
-            return
+    if _rename(staging, final):
+        return
+    if replace:
         aside = final.with_name(f".{final.name}.{uuid.uuid4().hex[:8]}.old")
         with contextlib.suppress(FileNotFoundError):  # another writer moved it aside first
             os.rename(final, aside)
         shutil.rmtree(aside, ignore_errors=True)
-    shutil.rmtree(staging, ignore_errors=True)
-    raise OSError(f"could not move a new {final.name} into {final.parent}: other writers kept replacing it")
+        if _rename(staging, final):
+            return
+    shutil.rmtree(staging, ignore_errors=True)  # a complete folder from another writer is in place
+
+
+def _rename(staging: Path, final: Path) -> bool:
+    """Rename ``staging`` to ``final`` atomically; return ``False`` if a non-empty ``final`` is in the way."""
+    try:
+        os.rename(staging, final)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+            raise
+        return False
+    return True
 
 
 def parameters_digest(parameters: dict[str, Any], length: int = 10) -> str:

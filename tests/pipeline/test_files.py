@@ -48,14 +48,14 @@ def test_concurrent_writers_of_one_folder_never_mix_their_files(tmp_path):
 
     def writer(name: str) -> None:
         try:
-            for i in range(30):
+            for i in range(60):  # busy enough that writers land between each other's renames
                 with published_dir(final) as staging:
                     for part in ("a", "b", "c"):
                         (staging / part).write_text(f"{name}-{i}")
         except Exception as exc:  # surfaced below: a thread's exception is otherwise lost
             errors.append(exc)
 
-    threads = [threading.Thread(target=writer, args=(n,)) for n in ("x", "y", "z")]
+    threads = [threading.Thread(target=writer, args=(n,)) for n in ("v", "w", "x", "y", "z")]
     for t in threads:
         t.start()
     for t in threads:

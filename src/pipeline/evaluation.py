@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -27,6 +28,19 @@ class Evaluation:
     num_params: int
     model_size_bytes: int
 
+    def per_class_table(self, classes: list[str]) -> dict[str, list]:
+        """Return per-class precision, recall, F1 and support as table columns (one row per class)."""
+        precision, recall = np.asarray(self.precision), np.asarray(self.recall)
+        denominator = precision + recall
+        f1 = np.divide(2 * precision * recall, denominator, out=np.zeros(len(precision)), where=denominator > 0)
+        return {
+            "class": list(classes),
+            "precision": precision.tolist(),
+            "recall": recall.tolist(),
+            "f1": f1.tolist(),
+            "support": np.asarray(self.confusion).sum(axis=1).astype(int).tolist(),
+        }
+
     def metrics(self, prefix: str = "test_") -> dict[str, float]:
         """Return the scalar metrics, keyed for experiment tracking."""
         return {
@@ -39,6 +53,14 @@ class Evaluation:
             "num_params": self.num_params,
             "model_size_bytes": self.model_size_bytes,
         }
+
+
+def write_confusion_csv(confusion: list[list[int]], classes: list[str], path: Path) -> Path:
+    """Write a confusion matrix as CSV: a row per true class, a column per predicted class, both named."""
+    import pandas as pd
+
+    pd.DataFrame(np.asarray(confusion), index=pd.Index(classes, name="true \\ predicted"), columns=classes).to_csv(path)
+    return path
 
 
 def compiled_inference(model):

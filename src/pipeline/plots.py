@@ -1,6 +1,8 @@
-"""Figures for evaluation: confusion matrix, training curves, misclassified sketches.
+"""Figures for evaluation: confusion matrix, most confused pairs, training curves, misclassified sketches.
 
 Uses ``matplotlib.figure.Figure`` directly (no pyplot), so it needs no display and no global state.
+Every figure has a bounded size and a bounded number of drawn elements at any class count (the real
+dataset has 345 classes: a labelled cell per pair would be 119,025 text objects).
 """
 
 from __future__ import annotations
@@ -10,25 +12,71 @@ from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from pipeline.strokes import stroke3_to_polylines
 
+ANNOTATED_CLASSES = 30  # up to this many classes, every cell shows its count
+LABELLED_CLASSES = 80  # up to this many, every row and column is labelled with its class name
+
 
 def confusion_matrix_figure(confusion: np.ndarray, classes: Sequence[str], title: str = "") -> Figure:
-    """Return a heat map of a confusion matrix (rows: true class, columns: predicted), counts annotated."""
+    """Return a heat map of a confusion matrix (rows: true class, columns: predicted).
+
+    Counts are written in the cells up to :data:`ANNOTATED_CLASSES` classes and class names on the
+    axes up to :data:`LABELLED_CLASSES`; beyond that the heat map alone, at most 16 inches square
+    (the numbers are in the ``confusion_matrix.csv`` artifact beside it).
+    """
     confusion = np.asarray(confusion)
-    size = max(4.0, 0.6 * len(classes) + 2)
+    count = len(classes)
+    size = max(4.0, 0.6 * count + 2) if count <= ANNOTATED_CLASSES else min(16.0, 6.0 + 0.03 * count)
     figure = Figure(figsize=(size, size), layout="constrained")
     axes = figure.add_subplot()
-    axes.imshow(confusion, cmap="Blues")
-    axes.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
-    axes.set_yticks(range(len(classes)), classes)
-    axes.set_xlabel("predicted")
-    axes.set_ylabel("true")
+    image = axes.imshow(confusion, cmap="Blues", interpolation="nearest")
+    if count <= LABELLED_CLASSES:
+        fontsize = 10 if count <= ANNOTATED_CLASSES else 6
+        axes.set_xticks(range(count), classes, rotation=45 if count <= ANNOTATED_CLASSES else 90, ha="right",
+                        fontsize=fontsize)  # fmt: skip
+        axes.set_yticks(range(count), classes, fontsize=fontsize)
+        axes.set_xlabel("predicted")
+        axes.set_ylabel("true")
+    else:
+        axes.set_xlabel(f"predicted class (0-{count - 1}, in the order of confusion_matrix.csv)")
+        axes.set_ylabel(f"true class (0-{count - 1})")
+        figure.colorbar(image, ax=axes, shrink=0.6, label="test sketches")
     axes.set_title(title or "confusion matrix")
-    threshold = confusion.max() / 2 if confusion.size else 0
-    for (i, j), count in np.ndenumerate(confusion):
-        axes.text(j, i, str(count), ha="center", va="center", color="white" if count > threshold else "black")
+    if count <= ANNOTATED_CLASSES:
+        threshold = confusion.max() / 2 if confusion.size else 0
+        for (i, j), value in np.ndenumerate(confusion):
+            axes.text(j, i, str(value), ha="center", va="center", color="white" if value > threshold else "black")
+    return figure
+
+
+def most_confused_pairs(confusion: np.ndarray, classes: Sequence[str], top: int = 20) -> list[tuple[str, str, int]]:
+    """Return the ``top`` (true class, predicted class, count) mistakes, most frequent first."""
+    confusion = np.asarray(confusion)
+    errors = confusion.copy()
+    np.fill_diagonal(errors, 0)
+    flat = np.argsort(errors, axis=None, kind="stable")[::-1][:top]
+    pairs = [(int(i), int(j)) for i, j in zip(*np.unravel_index(flat, errors.shape), strict=True)]
+    return [(classes[i], classes[j], int(errors[i, j])) for i, j in pairs if errors[i, j] > 0]
+
+
+def confused_pairs_figure(confusion: np.ndarray, classes: Sequence[str], title: str = "", top: int = 20) -> Figure:
+    """Return a bar chart of the most frequent mistakes (true -> predicted), readable at any class count."""
+    pairs = most_confused_pairs(confusion, classes, top)
+    figure = Figure(figsize=(8, 1.5 + 0.3 * max(1, len(pairs))), layout="constrained")
+    axes = figure.add_subplot()
+    if pairs:
+        labels = [f"{true} -> {predicted}" for true, predicted, _ in pairs][::-1]
+        axes.barh(range(len(pairs)), [count for *_, count in pairs][::-1], color="tab:red")
+        axes.set_yticks(range(len(pairs)), labels, fontsize=8)
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axes.set_xlabel("test sketches")
+    else:
+        axes.text(0.5, 0.5, "no mistakes", ha="center", va="center", transform=axes.transAxes)
+        axes.set_axis_off()
+    axes.set_title(title or "most confused class pairs")
     return figure
 
 

@@ -15,7 +15,7 @@ import numpy as np
 from pipeline import progress, tracking
 from pipeline.config import Settings
 from pipeline.dataset import open_split, read_info
-from pipeline.evaluation import Evaluation, evaluate_model
+from pipeline.evaluation import Evaluation, evaluate_model, write_confusion_csv
 from pipeline.features import (
     normalising_layer,
     pad_batch,
@@ -26,7 +26,13 @@ from pipeline.features import (
 )
 from pipeline.files import parameters_digest
 from pipeline.fingerprints import VALIDATE_FIELDS
-from pipeline.plots import confusion_matrix_figure, save_figure, sketch_grid_figure, training_curves_figure
+from pipeline.plots import (
+    confused_pairs_figure,
+    confusion_matrix_figure,
+    save_figure,
+    sketch_grid_figure,
+    training_curves_figure,
+)
 from pipeline.progress import TrainingProgress
 from pipeline.promotion import PromotionDecision, promote_best
 from pipeline.report import ArchitectureResult, winner_markdown, write_comparison_csv
@@ -112,7 +118,8 @@ def start_pipeline_run(
             "source": settings.source,
             "dataset": spec.dataset_name,
             "dataset_fingerprint": spec.dataset_fingerprint,
-            "classes": ",".join(spec.classes),
+            "classes": tracking.class_list_value(spec.classes),
+            "num_classes": len(spec.classes),
             "architectures": ",".join(settings.architectures),
             "epochs": settings.epochs,
             "git_commit": tracking.git_commit(),
@@ -121,7 +128,12 @@ def start_pipeline_run(
     )
     info = read_info(report.dataset_dir)
     tracking.log_dataset_input(
-        run_id, info.name, report.dataset_dir, info.fingerprint, {"counts": info.counts, "skipped": info.skipped}
+        run_id,
+        info.name,
+        report.dataset_dir,
+        info.fingerprint,
+        profile={"counts": info.counts, "rejected": info.rejected, "skipped": info.skipped},
+        classes=info.classes,
     )
     tracking.log_artifacts(run_id, Path(report.output_dir), "validation")
     tracking.log_metrics(run_id, {"records_in": report.records_in, "quarantined": report.quarantined})
@@ -179,7 +191,12 @@ def train(
             client.get_run(parent_run_id).info.experiment_id,
             parent_run_id,
             run_name=architecture,
-            tags={"architecture": architecture, "source": settings.source, "classes": ",".join(spec.classes)},
+            tags={
+                "architecture": architecture,
+                "source": settings.source,
+                "classes": tracking.class_list_value(spec.classes),
+                "num_classes": str(len(spec.classes)),
+            },
         )
     out_dir = Path(settings.work_dir) / "models" / run_id
     finished = _finished_training(client.get_run(run_id), out_dir)
@@ -253,24 +270,18 @@ def evaluate(settings: Settings, run: ArchitectureRun, features_dir: Path) -> Ev
     out = Path(run.model_path).parent / "evaluation"
     out.mkdir(parents=True, exist_ok=True)
     np.save(out / TEST_PROBABILITIES, probabilities)
-    (out / "per_class.json").write_text(
-        json.dumps(
-            {
-                "classes": spec.classes,
-                "precision": evaluation.precision,
-                "recall": evaluation.recall,
-                "confusion": evaluation.confusion,
-            },
-            indent=2,
-        )
-    )
+    per_class = evaluation.per_class_table(spec.classes)
+    (out / "per_class.json").write_text(json.dumps(per_class))
+    write_confusion_csv(evaluation.confusion, spec.classes, out / "confusion_matrix.csv")
     tracking.log_metrics(run.run_id, evaluation.metrics())
     tracking.log_artifacts(run.run_id, out, "evaluation")
+    # the same scores as an MLflow table, which the UI's artifact view shows and compares
+    tracking.log_table(run.run_id, per_class, "evaluation/per_class_scores.json")
     return evaluation
 
 
 def evaluation_figures(settings: Settings, run: ArchitectureRun, evaluation: Evaluation, features_dir: Path) -> Path:
-    """Draw the confusion matrix, training curves and misclassified test sketches of an evaluated model.
+    """Draw the confusion matrix, most confused pairs, training curves and misclassified test sketches.
 
     Written beside the evaluation (``<model dir>/evaluation/figures``) and logged to the run's
     ``evaluation/`` artifacts; returns the folder.
@@ -280,9 +291,9 @@ def evaluation_figures(settings: Settings, run: ArchitectureRun, evaluation: Eva
     out = Path(run.model_path).parent / "evaluation" / "figures"
     probabilities = np.load(out.parent / TEST_PROBABILITIES, allow_pickle=False)
     title = f"{run.architecture}: test accuracy {evaluation.accuracy:.3f}"
-    save_figure(
-        confusion_matrix_figure(np.array(evaluation.confusion), spec.classes, title), out / "confusion_matrix.png"
-    )
+    confusion = np.array(evaluation.confusion)
+    save_figure(confusion_matrix_figure(confusion, spec.classes, title), out / "confusion_matrix.png")
+    save_figure(confused_pairs_figure(confusion, spec.classes, title), out / "confused_pairs.png")
     history = tracking.metric_histories(run.run_id, ["loss", "val_loss", "accuracy", "val_accuracy"])
     save_figure(training_curves_figure(history, run.architecture), out / "training_curves.png")
     save_figure(_misclassified_figure(spec, features_dir, probabilities), out / "misclassified.png")

@@ -8,10 +8,16 @@ from __future__ import annotations
 import dataclasses
 import subprocess
 import threading
+import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+# MLflow's limits (mlflow.utils.validation): longer values are refused, so long content goes to artifacts
+MAX_INPUT_TAG_VALUE = 500
+MAX_PARAM_VALUE = 6000
+MAX_TAG_VALUE = 8000
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
@@ -111,18 +117,54 @@ def reopen_run(run_id: str) -> None:
     mlflow.MlflowClient().update_run(run_id, status="RUNNING")
 
 
-def log_dataset_input(run_id: str, name: str, path: str, digest: str, profile: dict) -> None:
-    """Record a dataset folder as the run's input: name, location, content digest and its counts."""
+def class_list_value(classes: list[str], limit: int = MAX_INPUT_TAG_VALUE) -> str:
+    """Return the class list as one param or tag value: all names when they fit in ``limit`` characters,
+    else the count, the first names and where the whole list is (``dataset/classes.txt``)."""
+    joined = ",".join(classes)
+    if len(joined) <= limit:
+        return joined
+    head = f"{len(classes)} classes (all in the dataset/classes.txt artifact): "
+    shown: list[str] = []
+    for name in classes:
+        if len(head) + len(",".join([*shown, name])) + len(",...") > limit:
+            break
+        shown.append(name)
+    return head + ",".join(shown) + ",..."
+
+
+def log_dataset_input(
+    run_id: str, name: str, path: str, digest: str, profile: dict[str, Any], classes: list[str]
+) -> None:
+    """Record a dataset folder as the run's input: name, location, content digest and a short profile.
+
+    MLflow caps a dataset input's tags at 500 characters, so the input carries totals and the whole
+    profile (counts per split and class, rejected and skipped records) and the class list are run
+    artifacts under ``dataset/``.
+    """
     import json
 
     import mlflow
     from mlflow.data.dataset_source_registry import resolve_dataset_source
     from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.entities import DatasetInput, InputTag
 
-    dataset = MetaDataset(resolve_dataset_source(str(Path(path).resolve())), name=name, digest=digest[:20])
-    with mlflow.start_run(run_id=run_id):
-        mlflow.log_input(dataset, context="training", tags={"profile": json.dumps(profile)[:5000]})
-    reopen_run(run_id)
+    counts = profile.get("counts", {})
+    summary = {
+        "classes": len(classes),
+        "sketches": {split: sum(per_class.values()) for split, per_class in counts.items()},
+        "rejected": sum(profile.get("rejected", {}).values()),
+        "skipped": sum(profile.get("skipped", {}).values()),
+        "profile": "dataset/profile.json",
+    }
+    with warnings.catch_warnings():  # MLflow registers its local artifact source twice and says so on every call
+        warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted in multiple ways")
+        source = resolve_dataset_source(str(Path(path).resolve()))
+    dataset = MetaDataset(source, name=name, digest=digest[:20])
+    tags = [InputTag(key="mlflow.data.context", value="training"), InputTag(key="profile", value=json.dumps(summary))]
+    client = mlflow.MlflowClient()
+    client.log_inputs(run_id, datasets=[DatasetInput(dataset=dataset._to_mlflow_entity(), tags=tags)])
+    client.log_dict(run_id, profile, "dataset/profile.json")
+    client.log_text(run_id, "\n".join(classes) + "\n", "dataset/classes.txt")
 
 
 def end_run(run_id: str, status: str = "FINISHED") -> None:
@@ -143,6 +185,14 @@ def log_metrics(run_id: str, metrics: dict[str, float]) -> None:
     mlflow.MlflowClient().log_batch(
         run_id, metrics=[Metric(key, float(value), now, 0) for key, value in metrics.items()]
     )
+
+
+def log_table(run_id: str, columns: dict[str, list], artifact_file: str) -> None:
+    """Log a table (column name -> values) as an MLflow table artifact, which the UI shows as a table."""
+    import mlflow
+    import pandas as pd
+
+    mlflow.MlflowClient().log_table(run_id, pd.DataFrame(columns), artifact_file)
 
 
 def log_dict(run_id: str, data: dict, artifact_file: str) -> None:

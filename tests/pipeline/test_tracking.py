@@ -74,3 +74,28 @@ def test_the_requirement_scan_runs_once_in_the_background_and_fills_mlflow_s_map
     scan.join(timeout=60)
     assert not scan.is_alive()
     assert "mlflow" in requirements_utils._MODULES_TO_PACKAGES
+
+
+def test_the_345_official_classes_fit_mlflow_limits_and_the_whole_list_is_an_artifact(store, tmp_path):
+    from pipeline.download import official_categories
+
+    classes = official_categories()
+    value = tracking.class_list_value(classes)
+    assert len(value) <= tracking.MAX_INPUT_TAG_VALUE
+    assert value.startswith("345 classes (all in the dataset/classes.txt artifact): ")
+    assert tracking.class_list_value(["cat", "dog"]) == "cat,dog"
+
+    run_id = tracking.start_parent_run(store, "p", {"classes": value}, {"classes": value})
+    counts = {split: {name: 70 for name in classes} for split in ("train", "valid", "test")}
+    tracking.log_dataset_input(
+        run_id, "sketchrnn", str(tmp_path), "f" * 64, {"counts": counts, "skipped": {}}, classes=classes
+    )
+    client = mlflow.MlflowClient()
+    run = client.get_run(run_id)
+    [dataset_input] = run.inputs.dataset_inputs
+    profile = next(t.value for t in dataset_input.tags if t.key == "profile")
+    assert len(profile) <= 500
+    assert '"classes": 345' in profile and '"train": 24150' in profile
+    local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="dataset", dst_path=str(tmp_path / "a"))
+    assert (tmp_path / "a" / "dataset" / "classes.txt").read_text().splitlines() == classes
+    assert mlflow.artifacts.load_dict(f"{local}/profile.json")["counts"]["test"]["The Eiffel Tower"] == 70

@@ -1,4 +1,4 @@
-"""The ``training_pipeline`` flow: ingest -> validate -> preprocess -> train (per architecture) ->
+"""The ``training_pipeline`` flow: (download ->) ingest -> validate -> preprocess -> train (per architecture) ->
 evaluate -> register (beside it: the evaluation figures) -> promote."""
 
 from __future__ import annotations
@@ -11,9 +11,11 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.tasks import exponential_backoff
 
 from pipeline.config import Settings, load_settings
+from pipeline.download import DownloadError
 from pipeline.report import PipelineResult
 from pipeline.stages import result_row
-from tasks.data import ingest_task, preprocess_task, validate_task
+from pipeline.validation import DataValidationError
+from tasks.data import download_task, ingest_task, preprocess_task, validate_task
 from tasks.registry import compare_task, finish_run_task, promote_task, register_task, start_run_task
 from tasks.training import evaluate_task, figures_task, train_task
 
@@ -31,6 +33,8 @@ def training_pipeline(
             continue from their last completed epoch, and finished ones are not trained again.
     """
     settings: Settings = load_settings(config_file, overrides)
+    if settings.download:
+        download_task(settings)
     dataset_dir = _io(ingest_task, settings)(settings)
     report = _io(validate_task, settings)(settings, dataset_dir)
     features_dir = _io(preprocess_task, settings)(settings, report)
@@ -65,11 +69,23 @@ def training_pipeline(
     )
 
 
+# Failures that the same inputs would meet again: bad data, bad settings, a file that is not there.
+# Retrying them only repeats the error (and, for the tracking tasks, leaves a failed run each time).
+_LASTING_ERRORS = (ValueError, TypeError, KeyError, ArithmeticError, DataValidationError, DownloadError)
+
+
+def _worth_retrying(task: Task, task_run, state) -> bool:
+    """Return whether a failed I/O task may pass on a retry (connection, timeout, lock, busy store)."""
+    return not isinstance(state.data, _LASTING_ERRORS)
+
+
 def _io(task: Task, settings: Settings) -> Task:
-    """Return ``task`` with the configured retries and exponential backoff (for tasks doing I/O)."""
+    """Return ``task`` with the configured retries and exponential backoff (for tasks doing I/O), for
+    failures that can pass."""
     return task.with_options(
         retries=settings.io_retries,
         retry_delay_seconds=exponential_backoff(backoff_factor=settings.retry_backoff_seconds),
+        retry_condition_fn=_worth_retrying,
     )
 
 

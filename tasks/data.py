@@ -16,7 +16,7 @@ from pathlib import Path
 
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
-from prefect.cache_policies import CacheKeyFnPolicy
+from prefect.cache_policies import NO_CACHE, CacheKeyFnPolicy
 from prefect.locking.filesystem import FileSystemLockManager
 from prefect.settings import PREFECT_HOME
 from prefect.transactions import IsolationLevel
@@ -24,7 +24,7 @@ from prefect.transactions import IsolationLevel
 from pipeline import stages
 from pipeline.config import Settings
 from pipeline.fingerprints import INGEST_FIELDS, PREPROCESS_FIELDS, VALIDATE_FIELDS, source_fingerprint, stage_key
-from pipeline.ingest import ingest
+from pipeline.ingest import fetch_source_files, ingest
 from pipeline.validation import ValidationReport
 
 
@@ -49,6 +49,12 @@ def _serialized(cache_key_fn) -> CacheKeyFnPolicy:
         isolation_level=IsolationLevel.SERIALIZABLE,
         lock_manager=FileSystemLockManager(lock_files_directory=PREFECT_HOME.value() / "locks"),
     )
+
+
+@task(name="download", cache_policy=NO_CACHE)
+def download_task(settings: Settings) -> list[str]:
+    """Fetch the official class files missing from the data folder (retries are per file, inside)."""
+    return [downloaded.path for downloaded in fetch_source_files(settings)]
 
 
 @task(name="ingest", cache_policy=_serialized(_ingest_key), persist_result=True)

@@ -12,13 +12,20 @@ from typing import Any, NoReturn
 
 from pipeline.config import ConfigError, Settings, configure_runtime, load_settings
 
+_DATA_FLAGS = ["source", "data_dir", "classes", "num_classes", "max_per_class", "download"]
+
 # Flags whose value is a setting of the same name (dashes for underscores).
 _SETTING_FLAGS = {
     "source": dict(metavar="NAME", help="synthetic (default), sketchrnn, ndjson or tfrecord"),
     "data_dir": dict(metavar="DIR", help="folder of source files (all sources but synthetic)"),
     "classes": dict(metavar="A,B,C", help="comma-separated class names to use"),
-    "num_classes": dict(metavar="N", type=int, help="use the first N classes (default 8)"),
+    "num_classes": dict(
+        metavar="N", type=int, help="use the first N classes (default: all of a real source, 8 synthetic)"
+    ),
     "max_per_class": dict(metavar="N", type=int, help="at most N sketches per class and split"),
+    "download": dict(
+        action="store_true", default=None, help="first fetch missing official class files into --data-dir"
+    ),
     "architectures": dict(metavar="A,B", help="comma-separated architectures to train"),
     "epochs": dict(metavar="N", type=int, help="training epochs per architecture"),
     "tracking_uri": dict(metavar="URI", help="MLflow tracking URI (default: SQLite store under mlflow/)"),
@@ -64,7 +71,26 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", metavar="RUN_ID", help="continue a stopped pipeline run (its MLflow run id)")
 
     validate = commands.add_parser("validate", help="ingest and validate only; print counts and quarantine")
-    _add_setting_flags(validate, ["source", "data_dir", "classes", "num_classes", "max_per_class"])
+    _add_setting_flags(validate, _DATA_FLAGS)
+
+    download = commands.add_parser("download", help="fetch official Quick, Draw! class files")
+    download.add_argument("--config", metavar="FILE", help="YAML settings file")
+    download.add_argument(
+        "--format",
+        dest="download_format",
+        metavar="FORMAT",
+        required=True,
+        help="sketchrnn (sketch-rnn .npz), sketchrnn-full, simplified or raw (ndjson)",
+    )
+    chosen = download.add_mutually_exclusive_group(required=True)
+    chosen.add_argument("--classes", metavar="A,B", help="comma-separated official class names")
+    chosen.add_argument("--all", action="store_true", help="all 345 classes")
+    download.add_argument("--dest", metavar="DIR", help="target folder (default: <work_dir>/raw/<format>)")
+    download.add_argument("--base-url", metavar="URL", help="bucket URL (default: the public quickdraw_dataset)")
+    download.add_argument("--workers", type=int, default=None, metavar="N", help="files fetched at once (default 4)")
+    download.add_argument(
+        "--progress", metavar="MODE", help="progress bar: auto (when stderr is a terminal; default), on, off"
+    )
 
     predict = commands.add_parser("predict", help="top-3 classes per sketch")
     predict.add_argument("--config", metavar="FILE", help="YAML settings file")
@@ -104,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _cmd_run(args: argparse.Namespace) -> None:
     settings, overrides = _settings(args, list(_SETTING_FLAGS))
     from flows.training_pipeline import pipeline_with_task_runner
+    from pipeline.download import DownloadError
     from pipeline.report import promotion_line, results_table
     from pipeline.strokes import StrokeFormatError
     from pipeline.tracking import TrackingStoreUnavailableError
@@ -113,7 +140,7 @@ def _cmd_run(args: argparse.Namespace) -> None:
         result = pipeline_with_task_runner(settings)(
             config_file=args.config, overrides=overrides, resume_run_id=args.resume
         )
-    except (DataValidationError, StrokeFormatError, TrackingStoreUnavailableError) as exc:
+    except (DataValidationError, StrokeFormatError, TrackingStoreUnavailableError, DownloadError) as exc:
         print(f"sketchpipe: error: {exc}", file=sys.stderr)  # Prefect has logged the details above
         raise SystemExit(1) from exc
     print()
@@ -125,11 +152,16 @@ def _cmd_run(args: argparse.Namespace) -> None:
 
 
 def _cmd_validate(args: argparse.Namespace) -> None:
-    settings, _ = _settings(args, ["source", "data_dir", "classes", "num_classes", "max_per_class"])
+    settings, _ = _settings(args, _DATA_FLAGS)
     from pipeline import stages
-    from pipeline.ingest import ingest
+    from pipeline.download import DownloadError
+    from pipeline.ingest import fetch_source_files, ingest
     from pipeline.validation import DataValidationError, read_report
 
+    try:
+        fetch_source_files(settings)
+    except DownloadError as exc:
+        _fail(str(exc))
     dataset_dir = ingest(settings)
     try:
         report = stages.validate(settings, dataset_dir)
@@ -145,6 +177,50 @@ def _cmd_validate(args: argparse.Namespace) -> None:
             print(f"  quarantined: {line.rstrip()}")
     if not report.success:
         raise SystemExit(1)
+
+
+def _cmd_download(args: argparse.Namespace) -> None:
+    overrides = {"download_format": args.download_format}
+    if args.base_url:
+        overrides["download_base_url"] = args.base_url
+    if args.workers is not None:
+        overrides["download_workers"] = args.workers
+    if args.progress:
+        overrides["progress"] = args.progress
+    try:
+        settings = load_settings(args.config, overrides)
+    except ConfigError as exc:
+        flag = {"download_format": "--format", "download_base_url": "--base-url", "download_workers": "--workers"}
+        _fail(f"{flag.get(exc.field, '--' + exc.field.replace('_', '-'))}: {exc}")
+    from pathlib import Path
+
+    from pipeline import progress
+    from pipeline.download import DownloadError, download_classes, resolve_classes
+
+    try:
+        names = resolve_classes(None if args.all else [c.strip() for c in args.classes.split(",") if c.strip()])
+    except ValueError as exc:
+        _fail(f"--classes: {exc}")
+    dest = Path(args.dest or Path(settings.work_dir) / "raw" / args.download_format)
+    try:
+        files = download_classes(
+            names,
+            args.download_format,
+            dest,
+            base_url=settings.download_base_url,
+            workers=settings.download_workers,
+            retries=settings.io_retries + 2,
+            backoff_seconds=settings.retry_backoff_seconds,
+            show_progress=progress.enabled(settings.progress),
+        )
+    except DownloadError as exc:
+        _fail(str(exc))
+    fetched = [f for f in files if not f.skipped]
+    size = sum(f.fetched_bytes for f in fetched)
+    print(
+        f"{len(files)} {args.download_format} class files in {dest}: {len(fetched)} fetched "
+        f"({size / 2**20:.1f} MiB), {len(files) - len(fetched)} already complete"
+    )
 
 
 def _cmd_predict(args: argparse.Namespace) -> None:
@@ -207,6 +283,7 @@ def main(argv: list[str] | None = None) -> None:
     {
         "run": _cmd_run,
         "validate": _cmd_validate,
+        "download": _cmd_download,
         "predict": _cmd_predict,
         "promote": _cmd_promote,
         "serve": _cmd_serve,

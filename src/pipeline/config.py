@@ -35,9 +35,15 @@ class Settings:
     source: str = "synthetic"
     data_dir: str | None = None
     classes: tuple[str, ...] | None = None
-    num_classes: int = 8
+    num_classes: int | None = None  # the first N classes; default: all of a real source, 8 synthetic ones
     max_per_class: int | None = None
     recognized_only: bool = True  # ndjson: keep only drawings the game recognised
+    valid_share: float = 0.05  # ndjson and TFRecord: share of records (by a hash of the key) in valid
+    test_share: float = 0.05  # ... and in test (TFRecord: only when there are no eval shards)
+    download: bool = False  # fetch missing official class files into data_dir before ingest
+    download_format: str | None = None  # sketchrnn | sketchrnn-full | simplified | raw (default: by source)
+    download_base_url: str = "https://storage.googleapis.com/quickdraw_dataset"
+    download_workers: int = 4
     synthetic_per_split: Mapping[str, int] = dataclasses.field(
         default_factory=lambda: {"train": 400, "valid": 80, "test": 120}
     )
@@ -48,7 +54,7 @@ class Settings:
     max_points: int = 1000
     max_abs_delta: float = 1000.0
     max_invalid_fraction: float = 0.05
-    max_class_imbalance: float = 10.0  # largest / smallest class count in train
+    max_class_imbalance: float = 10.0  # median / smallest class count in train
     # Preprocessing
     max_len: int = 100
     batch_size: int = 64
@@ -74,6 +80,13 @@ class Settings:
     promotion_alpha: float = 0.05  # significance level of McNemar's exact test
 
     @property
+    def resolved_download_format(self) -> str:
+        """Return the format ``download`` fetches: the setting, else the source's own (sketchrnn, simplified)."""
+        from pipeline.download import SOURCE_FORMATS
+
+        return self.download_format or SOURCE_FORMATS.get(self.source, "sketchrnn")
+
+    @property
     def resolved_tracking_uri(self) -> str:
         """Return the tracking URI, defaulting to the SQLite store under ``mlflow/`` in the working folder."""
         if self.tracking_uri:
@@ -97,13 +110,35 @@ class Settings:
 
 
 def validate(settings: Settings) -> Settings:
-    """Return ``settings`` unchanged, or raise :class:`ConfigError` naming the first wrong field."""
+    """Return ``settings`` with derived defaults filled in, or raise :class:`ConfigError` naming the first
+    wrong field.
+
+    The one derived default: with ``download`` on and no ``data_dir``, files go to
+    ``<work_dir>/raw/<format>``.
+    """
+    from pipeline.download import FORMATS, SOURCE_FORMATS
     from pipeline.models import MODEL_BUILDERS  # deferred: models imports keras
 
     if settings.source not in SOURCES:
         raise ConfigError("source", f"unknown source {settings.source!r}; choose from {', '.join(SOURCES)}")
+    if settings.download_format is not None and settings.download_format not in FORMATS:
+        raise ConfigError(
+            "download_format", f"unknown format {settings.download_format!r}; choose from {', '.join(FORMATS)}"
+        )
+    if settings.download:
+        if settings.source not in SOURCE_FORMATS:
+            raise ConfigError("download", f"source {settings.source!r} has no official files to download")
+        fits = {"sketchrnn": ("sketchrnn", "sketchrnn-full"), "ndjson": ("simplified", "raw")}[settings.source]
+        if settings.resolved_download_format not in fits:
+            raise ConfigError(
+                "download_format",
+                f"source {settings.source!r} reads {' or '.join(fits)} files, not {settings.download_format!r}",
+            )
+        if not settings.data_dir:
+            folder = Path(settings.work_dir) / "raw" / settings.resolved_download_format
+            settings = dataclasses.replace(settings, data_dir=str(folder))
     if settings.source != "synthetic" and not settings.data_dir:
-        raise ConfigError("data_dir", f"source {settings.source!r} needs a data folder")
+        raise ConfigError("data_dir", f"source {settings.source!r} needs a data folder (or download: true)")
     unknown = [a for a in settings.architectures if a not in MODEL_BUILDERS]
     if unknown or not settings.architectures:
         raise ConfigError(
@@ -114,7 +149,9 @@ def validate(settings: Settings) -> Settings:
         raise ConfigError("classes", "a class is named twice")
     from pipeline.synthetic import SHAPES
 
-    if settings.source == "synthetic" and not settings.classes and settings.num_classes > len(SHAPES):
+    if settings.num_classes is not None and settings.num_classes < 1:
+        raise ConfigError("num_classes", f"must be at least 1 (got {settings.num_classes})")
+    if settings.source == "synthetic" and not settings.classes and (settings.num_classes or 0) > len(SHAPES):
         raise ConfigError("num_classes", f"the synthetic set has {len(SHAPES)} classes, not {settings.num_classes}")
     if settings.distribute not in ("auto", "mirrored", "default"):
         raise ConfigError(
@@ -129,7 +166,7 @@ def validate(settings: Settings) -> Settings:
     if settings.task_runner not in TASK_RUNNERS:
         choices = ", ".join(TASK_RUNNERS)
         raise ConfigError("task_runner", f"unknown task runner {settings.task_runner!r}; choose from {choices}")
-    for name in ("epochs", "num_classes", "batch_size", "max_len", "min_points"):
+    for name in ("epochs", "batch_size", "max_len", "min_points", "download_workers"):
         if getattr(settings, name) < 1:
             raise ConfigError(name, f"must be at least 1 (got {getattr(settings, name)})")
     if settings.max_per_class is not None and settings.max_per_class < 1:
@@ -140,6 +177,11 @@ def validate(settings: Settings) -> Settings:
         raise ConfigError("promotion_alpha", f"must be in (0, 1] (got {settings.promotion_alpha})")
     if settings.learning_rate <= 0:
         raise ConfigError("learning_rate", f"must be positive (got {settings.learning_rate})")
+    for name in ("valid_share", "test_share"):
+        if not 0.0 <= getattr(settings, name) < 1.0:
+            raise ConfigError(name, f"must be at least 0 and below 1 (got {getattr(settings, name)})")
+    if settings.valid_share + settings.test_share >= 1.0:
+        raise ConfigError("test_share", "valid_share + test_share must leave records for training")
     if set(settings.synthetic_per_split) != {"train", "valid", "test"}:
         raise ConfigError("synthetic_per_split", "needs counts for exactly train, valid and test")
     return settings

@@ -22,6 +22,8 @@ INGEST_FIELDS = (
     "num_classes",
     "max_per_class",
     "recognized_only",
+    "valid_share",
+    "test_share",
     "synthetic_per_split",
     "seed",
     "work_dir",

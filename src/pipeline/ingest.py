@@ -10,6 +10,7 @@ from pathlib import Path
 from pipeline import progress
 from pipeline.config import Settings
 from pipeline.dataset import SketchRecord, write_dataset
+from pipeline.download import DownloadedFile, download_classes, resolve_classes
 from pipeline.files import published_dir
 from pipeline.progress import counted
 from pipeline.quickdraw_formats import (
@@ -22,9 +23,12 @@ from pipeline.quickdraw_formats import (
 from pipeline.strokes import SPLITS, load_sketchrnn_npz
 from pipeline.synthetic import SHAPES, write_synthetic_npz
 
+SYNTHETIC_DEFAULT_CLASSES = 8  # real sources default to all their classes
 
-def select_classes(available: list[str], classes: tuple[str, ...] | None, num_classes: int) -> list[str]:
-    """Return the classes to use: the named ones (all must exist), else the first ``num_classes``."""
+
+def select_classes(available: list[str], classes: tuple[str, ...] | None, num_classes: int | None) -> list[str]:
+    """Return the classes to use: the named ones (all must exist), else the first ``num_classes``,
+    else all of them."""
     if classes:
         repeated = sorted({c for c in classes if classes.count(c) > 1})
         if repeated:
@@ -33,6 +37,8 @@ def select_classes(available: list[str], classes: tuple[str, ...] | None, num_cl
         if missing:
             raise ValueError(f"unknown class {', '.join(missing)}; available: {', '.join(available)}")
         return list(classes)
+    if num_classes is None:
+        return list(available)
     if num_classes > len(available):
         raise ValueError(f"asked for {num_classes} classes but the source has {len(available)}")
     return available[:num_classes]
@@ -63,6 +69,27 @@ def synthetic_source_dir(settings: Settings, classes: list[str]) -> Path:
     return folder
 
 
+def fetch_source_files(settings: Settings) -> list[DownloadedFile]:
+    """Download the official class files the settings select that ``data_dir`` does not hold yet.
+
+    The classes are ``classes`` when named, else the first ``num_classes`` official ones, else all
+    345. Does nothing unless ``download`` is on.
+    """
+    if not settings.download:
+        return []
+    names = resolve_classes(settings.classes, settings.num_classes)
+    return download_classes(
+        names,
+        settings.resolved_download_format,
+        Path(settings.data_dir),
+        base_url=settings.download_base_url,
+        workers=settings.download_workers,
+        retries=settings.io_retries + 2,
+        backoff_seconds=settings.retry_backoff_seconds,
+        show_progress=progress.enabled(settings.progress),
+    )
+
+
 def ingest(settings: Settings) -> Path:
     """Read the configured source into a dataset folder under ``<work_dir>/datasets``; return it.
 
@@ -76,7 +103,8 @@ def ingest(settings: Settings) -> Path:
     if settings.source in ("synthetic", "sketchrnn"):
         if settings.source == "synthetic":
             available = {name: None for name in SHAPES}
-            classes = select_classes(list(available), settings.classes, settings.num_classes)
+            wanted = settings.num_classes or SYNTHETIC_DEFAULT_CLASSES
+            classes = select_classes(list(available), settings.classes, wanted)
             files = sketchrnn_class_files(synthetic_source_dir(settings, classes))
         else:
             files = sketchrnn_class_files(Path(settings.data_dir))
@@ -85,11 +113,20 @@ def ingest(settings: Settings) -> Path:
     elif settings.source == "ndjson":
         files = class_files(Path(settings.data_dir), "*.ndjson", NDJSON_PREFIXES)
         classes = select_classes(list(files), settings.classes, settings.num_classes)
-        records = iter_ndjson_records({c: files[c] for c in classes}, classes, settings.recognized_only, cap)
+        records = iter_ndjson_records(
+            {c: files[c] for c in classes},
+            classes,
+            settings.recognized_only,
+            cap,
+            valid_share=settings.valid_share,
+            test_share=settings.test_share,
+        )
     elif settings.source == "tfrecord":
         all_classes, shards = tfrecord_classes(Path(settings.data_dir))
         classes = select_classes(all_classes, settings.classes, settings.num_classes)
-        records = iter_tfrecord_records(shards, all_classes, classes, cap)
+        records = iter_tfrecord_records(
+            shards, all_classes, classes, cap, valid_share=settings.valid_share, test_share=settings.test_share
+        )
     else:
         raise ValueError(f"unknown source {settings.source!r}")
     records = counted(records, f"ingest {settings.source}", "record", show=progress.enabled(settings.progress))

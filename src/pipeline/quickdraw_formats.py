@@ -119,10 +119,13 @@ def iter_ndjson_records(
     classes: list[str],
     recognized_only: bool = True,
     max_per_class: int | None = None,
+    valid_share: float = 0.05,
+    test_share: float = 0.05,
 ) -> Iterator[SketchRecord | Rejection]:
     """Yield the sketches of Quick, Draw! ndjson files (simplified or raw), one class per file.
 
-    The class comes from each line's ``word``; the split from a hash of its ``key_id``. Raw drawings
+    The class comes from each line's ``word``; the split from a hash of its ``key_id`` (``valid_share``
+    and ``test_share`` of the keys go to valid and test). Raw drawings
     are simplified as the published data was (see :func:`simplify_raw_strokes`).
     """
     label_of = {name: i for i, name in enumerate(classes)}
@@ -155,7 +158,7 @@ def iter_ndjson_records(
                     yield Rejection(path.name, record, str(exc))
                     continue
                 key_id = str(item.get("key_id") or f"{path.name}:{number}")
-                split = split_of(key_id)
+                split = split_of(key_id, valid_share, test_share)
                 if max_per_class is not None and taken[word, split] >= max_per_class:
                     continue
                 taken[word, split] += 1
@@ -203,13 +206,21 @@ def tfrecord_classes(data_dir: Path) -> tuple[list[str], list[Path]]:
 
 
 def iter_tfrecord_records(
-    shards: list[Path], all_classes: list[str], classes: list[str], max_per_class: int | None = None
+    shards: list[Path],
+    all_classes: list[str],
+    classes: list[str],
+    max_per_class: int | None = None,
+    valid_share: float = 0.05,
+    test_share: float = 0.05,
 ) -> Iterator[SketchRecord | Rejection]:
     """Yield the sketches of TensorFlow quickdraw tutorial shards (``ink``, ``shape``, ``class_index``).
 
-    Shards whose name starts with ``eval`` are the test split; the others are split into train and
-    valid by a hash of the record's place.
+    Shards whose name starts with ``eval`` are the test split, and the others are split into train
+    and valid (``valid_share``) by a hash of the record's place. Without eval shards, ``test_share``
+    of the records go to test the same way.
     """
+    if any(path.name.startswith("eval") for path in shards):
+        test_share = 0.0
     import tensorflow as tf
 
     label_of = {name: i for i, name in enumerate(classes)}
@@ -235,7 +246,9 @@ def iter_tfrecord_records(
             if name not in label_of:
                 yield Rejection(path.name, record, "class not selected", name, skipped=True)
                 continue
-            split = "test" if path.name.startswith("eval") else split_of(f"{path.name}:{index}", 0.05, 0.0)
+            split = (
+                "test" if path.name.startswith("eval") else split_of(f"{path.name}:{index}", valid_share, test_share)
+            )
             if max_per_class is not None and taken[name, split] >= max_per_class:
                 continue
             taken[name, split] += 1

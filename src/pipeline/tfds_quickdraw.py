@@ -7,7 +7,12 @@ Import this module to register ``quickdraw_sketch_rnn``, then, offline::
               download_and_prepare_kwargs={"download_config": tfds.download.DownloadConfig(manual_dir=DIR)})
 
 ``synthetic`` is the embedded generated set; ``local`` reads sketch-rnn class files (``NAME.npz``)
-from the manual folder through the restricted unpickler. Nothing is downloaded.
+from the manual folder through the restricted unpickler. Without a manual folder, ``local`` fetches
+the official sketch-rnn class files (all 345, or the config's ``classes``) through TFDS's download
+manager from ``base_url`` (the public ``quickdraw_dataset`` bucket by default)::
+
+    builder = QuickdrawSketchRnn(config=QuickdrawSketchRnnConfig(name="cats", source="local", classes=("cat",)))
+    builder.download_and_prepare()
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow_datasets as tfds
 
+from pipeline.download import OFFICIAL_BASE_URL, class_url, resolve_classes
 from pipeline.strokes import load_sketchrnn_npz
 from pipeline.synthetic import SHAPES, synthetic_split
 
@@ -26,19 +32,22 @@ _TFDS_SPLITS = {"train": "train", "valid": "validation", "test": "test"}
 
 @dataclasses.dataclass
 class QuickdrawSketchRnnConfig(tfds.core.BuilderConfig):
-    """``source="synthetic"``: the generated classes and counts; ``"local"``: files in the manual folder."""
+    """``source="synthetic"``: the generated classes and counts; ``"local"``: files in the manual folder,
+    else the official files of ``classes`` (all 345 when ``None``) downloaded from ``base_url``."""
 
     source: str = "synthetic"
     num_classes: int = 8
     per_split: dict[str, int] = dataclasses.field(default_factory=lambda: {"train": 400, "valid": 80, "test": 120})
     seed: int = 42
+    classes: tuple[str, ...] | None = None
+    base_url: str = OFFICIAL_BASE_URL
 
 
 class QuickdrawSketchRnn(tfds.core.GeneratorBasedBuilder):
     """Quick, Draw! sketches as int16 stroke-3 sequences ``(dx, dy, pen_lifted)``."""
 
     VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "Synthetic and local sketch-rnn configs."}
+    RELEASE_NOTES = {"1.0.0": "Synthetic and local sketch-rnn configs; local downloads the official files."}
     BUILDER_CONFIGS = [
         QuickdrawSketchRnnConfig(name="synthetic", description="The embedded synthetic shape sketches."),
         QuickdrawSketchRnnConfig(
@@ -47,7 +56,8 @@ class QuickdrawSketchRnn(tfds.core.GeneratorBasedBuilder):
     ]
     MANUAL_DOWNLOAD_INSTRUCTIONS = (
         "For the `local` config, put sketch-rnn class files (NAME.npz with train/valid/test arrays of "
-        "int16 stroke-3 sketches, e.g. from the Quick, Draw! sketchrnn release) in the manual folder."
+        "int16 stroke-3 sketches, e.g. from the Quick, Draw! sketchrnn release) in the manual folder, "
+        "or give no manual folder to download the official files."
     )
 
     def _info(self) -> tfds.core.DatasetInfo:
@@ -76,15 +86,29 @@ class QuickdrawSketchRnn(tfds.core.GeneratorBasedBuilder):
                 )
                 for split, count in config.per_split.items()
             }
-        files = {p.stem: p for p in sorted(Path(dl_manager.manual_dir).glob("*.npz"))}
+        files = self._manual_files(dl_manager)
         if not files:
-            raise FileNotFoundError(f"{dl_manager.manual_dir}: holds no sketch-rnn .npz class files")
+            names = resolve_classes(config.classes)
+            urls = {name: class_url(config.base_url, "sketchrnn", name) for name in names}
+            files = {name: Path(path) for name, path in dl_manager.download(urls).items()}
         self.info.features["label"].names = list(files)
         loaded = {name: load_sketchrnn_npz(path) for name, path in files.items()}
         return {
             tfds_split: self._generate_examples({name: splits.get(split, []) for name, splits in loaded.items()}, split)
             for split, tfds_split in _TFDS_SPLITS.items()
         }
+
+    @staticmethod
+    def _manual_files(dl_manager: tfds.download.DownloadManager) -> dict[str, Path]:
+        """Return class name -> ``NAME.npz`` in the manual folder; empty when there is none."""
+        try:
+            manual = Path(dl_manager.manual_dir)
+        except AssertionError:  # TFDS's way of saying the manual folder is missing or empty
+            return {}
+        files = {p.stem: p for p in sorted(manual.glob("*.npz"))}
+        if not files:
+            raise FileNotFoundError(f"{manual}: holds no sketch-rnn .npz class files")
+        return files
 
     def _generate_examples(self, sketches_by_class: dict[str, list[np.ndarray]], split: str):
         for name, sketches in sketches_by_class.items():

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from pipeline.config import ConfigError, Settings, configure_runtime, load_settings
@@ -47,3 +49,42 @@ def test_runtime_defaults_keep_what_is_set():
     assert env["PREFECT_HOME"] == "/elsewhere"
     assert env["PREFECT_SERVER_ANALYTICS_ENABLED"] == "false"
     assert env["GX_ANALYTICS_ENABLED"] == "false"
+
+
+def test_real_sources_default_to_all_their_classes_and_synthetic_to_eight(in_tmp_cwd):
+    from pipeline.ingest import SYNTHETIC_DEFAULT_CLASSES, select_classes
+
+    assert load_settings(environ={}).num_classes is None
+    available = [f"class{i}" for i in range(20)]
+    assert select_classes(available, None, None) == available
+    assert select_classes(available, None, 5) == available[:5]
+    assert SYNTHETIC_DEFAULT_CLASSES == 8
+    with pytest.raises(ValueError, match="asked for 21 classes but the source has 20"):
+        select_classes(available, None, 21)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field"),
+    [
+        ({"valid_share": 1.0}, "valid_share"),
+        ({"test_share": -0.1}, "test_share"),
+        ({"valid_share": 0.5, "test_share": 0.5}, "test_share"),
+        ({"num_classes": 0}, "num_classes"),
+        ({"download": True}, "download"),  # the synthetic source has nothing to download
+        ({"source": "tfrecord", "data_dir": "x", "download": True}, "download"),
+        ({"source": "ndjson", "download": True, "download_format": "sketchrnn"}, "download_format"),
+        ({"source": "sketchrnn", "data_dir": "x", "download_format": "png"}, "download_format"),
+        ({"download_workers": 0}, "download_workers"),
+    ],
+)
+def test_data_settings_are_checked(in_tmp_cwd, overrides, field):
+    with pytest.raises(ConfigError) as raised:
+        load_settings(environ={}, overrides=overrides)
+    assert raised.value.field == field
+
+
+def test_download_defaults_its_folder_and_format_by_source(in_tmp_cwd):
+    settings = load_settings(environ={}, overrides={"source": "ndjson", "download": True, "work_dir": "w"})
+    assert (settings.data_dir, settings.resolved_download_format) == (str(Path("w/raw/simplified")), "simplified")
+    settings = load_settings(environ={}, overrides={"source": "sketchrnn", "download": "true", "data_dir": "mine"})
+    assert (settings.data_dir, settings.resolved_download_format) == ("mine", "sketchrnn")

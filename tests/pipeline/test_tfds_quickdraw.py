@@ -65,3 +65,26 @@ def test_tfds_load_works_offline_and_keeps_the_strokes(tmp_path):
     got = examples["cat/train/1"]
     assert got["strokes"].dtype == np.int16 and got["label"] == 1
     np.testing.assert_array_equal(got["strokes"], expected)
+
+
+def test_without_a_manual_folder_the_builder_downloads_the_official_files(tmp_path):
+    from pipeline.strokes import load_sketchrnn_npz
+    from tests.bucket_server import FakeBucket
+
+    files = _write_local_files(tmp_path / "bucket")
+    with FakeBucket() as bucket:
+        bucket.put("sketchrnn/bee.npz", (files / "bee.npz").read_bytes())
+        bucket.put("sketchrnn/The Eiffel Tower.npz", (files / "cat.npz").read_bytes())
+        config = QuickdrawSketchRnnConfig(
+            name="official_tiny", source="local", classes=("bee", "The Eiffel Tower"), base_url=bucket.url
+        )
+        builder = QuickdrawSketchRnn(config=config, data_dir=str(tmp_path / "tfds"))
+        builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=str(tmp_path / "none")))
+        fetched = sorted(r.path for r in bucket.requests)
+    assert fetched == ["sketchrnn/The Eiffel Tower.npz", "sketchrnn/bee.npz"]
+    assert builder.info.features["label"].names == ["bee", "The Eiffel Tower"]
+    examples = {e["key_id"].decode(): e for e in tfds.as_numpy(builder.as_dataset(split="test"))}
+    assert len(examples) == 4
+    expected = load_sketchrnn_npz(files / "cat.npz")["test"][1]
+    np.testing.assert_array_equal(examples["The Eiffel Tower/test/1"]["strokes"], expected)
+    assert examples["The Eiffel Tower/test/1"]["label"] == 1

@@ -72,11 +72,14 @@ def training_pipeline(
 # Failures that the same inputs would meet again: bad data, bad settings, a file that is not there.
 # Retrying them only repeats the error (and, for the tracking tasks, leaves a failed run each time).
 _LASTING_ERRORS = (ValueError, TypeError, KeyError, ArithmeticError, DataValidationError, DownloadError)
+# MLflow's answers to a request that is wrong in itself (a value over a length limit, say)
+_LASTING_MLFLOW_CODES = {"INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST", "RESOURCE_ALREADY_EXISTS", "BAD_REQUEST"}
 
 
 def _worth_retrying(task: Task, task_run, state) -> bool:
     """Return whether a failed I/O task may pass on a retry (connection, timeout, lock, busy store)."""
-    return not isinstance(state.data, _LASTING_ERRORS)
+    error = state.data
+    return not isinstance(error, _LASTING_ERRORS) and getattr(error, "error_code", None) not in _LASTING_MLFLOW_CODES
 
 
 def _io(task: Task, settings: Settings) -> Task:

@@ -127,16 +127,20 @@ def start_pipeline_run(
         tags={"pipeline": "training_pipeline", "source": settings.source},
     )
     info = read_info(report.dataset_dir)
-    tracking.log_dataset_input(
-        run_id,
-        info.name,
-        report.dataset_dir,
-        info.fingerprint,
-        profile={"counts": info.counts, "rejected": info.rejected, "skipped": info.skipped},
-        classes=info.classes,
-    )
-    tracking.log_artifacts(run_id, Path(report.output_dir), "validation")
-    tracking.log_metrics(run_id, {"records_in": report.records_in, "quarantined": report.quarantined})
+    try:
+        tracking.log_dataset_input(
+            run_id,
+            info.name,
+            report.dataset_dir,
+            info.fingerprint,
+            profile={"counts": info.counts, "rejected": info.rejected, "skipped": info.skipped},
+            classes=info.classes,
+        )
+        tracking.log_artifacts(run_id, Path(report.output_dir), "validation")
+        tracking.log_metrics(run_id, {"records_in": report.records_in, "quarantined": report.quarantined})
+    except Exception:  # a retry opens a new run: this one must not stay RUNNING
+        tracking.end_run(run_id, "FAILED")
+        raise
     return run_id
 
 

@@ -66,3 +66,24 @@ def test_a_transient_ingest_failure_is_retried(tmp_path, mlflow_template, monkey
     assert state.is_completed()
     assert len(calls) == 2
     assert _task_states(state)["ingest"] == "Completed"
+
+
+def test_bad_data_is_not_retried_and_leaves_no_tracking_run(tmp_path, mlflow_template):
+    import mlflow
+
+    data = tmp_path / "ndjson"
+    data.mkdir()
+    (data / "cat.ndjson").write_text("")  # a class file with no drawing: nothing to train on
+    config = _config_file(tmp_path, mlflow_template, io_retries=2, retry_backoff_seconds=0.1)
+    state = training_pipeline(
+        config_file=config, overrides={"source": "ndjson", "data_dir": str(data)}, return_state=True
+    )
+    assert state.is_failed()
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id]))
+        )
+    failed = [run for run in runs if run.state.is_failed()]
+    assert len(failed) == 1 and failed[0].run_count == 1  # one attempt: the same data would fail again
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert client.search_runs([e.experiment_id for e in client.search_experiments()]) == []

@@ -15,6 +15,10 @@ from pipeline.cli import main
         (["run", "--task-runner", "spark"], "--task-runner"),
         (["run", "--config", "missing.yaml"], "--config"),
         (["promote"], "--version"),
+        (["download", "--format", "png", "--all"], "--format"),
+        (["download", "--format", "sketchrnn", "--classes", "cat,unicorn"], "--classes"),
+        (["download", "--format", "raw"], "--classes"),
+        (["validate", "--source", "tfrecord", "--data-dir", "x", "--download"], "--download"),
     ],
 )
 def test_wrong_values_fail_fast_naming_the_flag(in_tmp_cwd, capsys, argv, flag):
@@ -24,3 +28,33 @@ def test_wrong_values_fail_fast_naming_the_flag(in_tmp_cwd, capsys, argv, flag):
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1, err
     assert flag in err and err.startswith("sketchpipe")
+
+
+def test_download_fetches_into_dest_and_reports_what_it_did(in_tmp_cwd, capsys):
+    from tests.bucket_server import FakeBucket
+
+    with FakeBucket() as bucket:
+        bucket.put("full/raw/The Eiffel Tower.ndjson", b'{"word": "The Eiffel Tower"}\n')
+        bucket.put("full/raw/cat.ndjson", b'{"word": "cat"}\n')
+        argv = ["download", "--format", "raw", "--classes", "cat,The Eiffel Tower", "--dest", "raw", "--base-url",
+                bucket.url, "--progress", "off"]  # fmt: skip
+        main(argv)
+        main(argv)
+        assert len(bucket.requests) == 2
+    out = capsys.readouterr().out.splitlines()
+    assert out == [
+        "2 raw class files in raw: 2 fetched (0.0 MiB), 0 already complete",
+        "2 raw class files in raw: 0 fetched (0.0 MiB), 2 already complete",
+    ]
+    assert (in_tmp_cwd / "raw" / "The Eiffel Tower.ndjson").read_bytes() == b'{"word": "The Eiffel Tower"}\n'
+
+
+def test_download_of_a_missing_file_is_one_line_naming_class_and_url(in_tmp_cwd, capsys):
+    from tests.bucket_server import FakeBucket
+
+    with FakeBucket() as bucket, pytest.raises(SystemExit) as exit_info:
+        main(["download", "--format", "sketchrnn", "--classes", "cat", "--base-url", bucket.url, "--progress", "off"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"sketchpipe: error: cat: not found (HTTP 404) at {bucket.url}/sketchrnn/cat.npz"
+    assert not (in_tmp_cwd / "data" / "raw" / "sketchrnn" / "cat.npz").exists()

@@ -84,7 +84,8 @@ def test_the_whole_flow_at_345_classes_registers_promotes_and_stays_within_memor
     # TensorFlow, Prefect's client, MLflow and GX take about 1.2 GB here (1,230 MB measured at 345 classes)
     assert peak_mb < 2000, f"peak RSS {peak_mb:.0f} MB"
 
-    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}")
+    store = f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}"
+    client = mlflow.MlflowClient(tracking_uri=store, registry_uri=store)
     registered = client.get_model_version("quickdraw-sketch-classifier", version)
     run = client.get_run(registered.run_id)
     assert run.data.tags["num_classes"] == "345"

@@ -88,8 +88,14 @@ def test_evaluation_artifacts_hold_the_probabilities_scores_and_figures(chain, s
     client = mlflow.MlflowClient(settings.resolved_tracking_uri)
     run_id = chain["run"].run_id
     logged = {Path(a.path).name for a in client.list_artifacts(run_id, "evaluation")}
-    figures = {"confusion_matrix.png", "training_curves.png", "misclassified.png"}
-    assert {"test_probabilities.npy", "per_class.json", *figures} <= logged
+    figures = {"confusion_matrix.png", "confused_pairs.png", "training_curves.png", "misclassified.png"}
+    assert {
+        "test_probabilities.npy",
+        "per_class.json",
+        "confusion_matrix.csv",
+        "per_class_scores.json",
+        *figures,
+    } <= logged
     assert {p.name for p in Path(chain["figures"]).glob("*.png")} == figures
     probabilities = tracking.load_array_artifact(run_id, "evaluation/test_probabilities.npy")
     spec = read_spec(chain["features"])

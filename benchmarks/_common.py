@@ -15,8 +15,8 @@ RESULTS = Path(__file__).parent / "results"
 def prepared_features(work_dir: Path, per_class: int, num_classes: int = 8, **changes) -> tuple[Settings, Path]:
     """Return settings and a features folder of ``num_classes`` x ``per_class`` synthetic training sketches."""
     configure_runtime()
-    from pipeline import stages
     from pipeline.ingest import ingest
+    from pipeline.stages import data
 
     settings = load_settings(
         overrides={
@@ -31,8 +31,8 @@ def prepared_features(work_dir: Path, per_class: int, num_classes: int = 8, **ch
         },
         environ={},
     )
-    report = stages.validate(settings, ingest(settings))
-    return settings, stages.preprocess(settings, report)
+    report = data.validate(settings, ingest(settings))
+    return settings, data.preprocess(settings, report)
 
 
 def write_results(name: str, params: dict, rows: list[dict], extra: dict | None = None) -> Path:

@@ -50,13 +50,13 @@ def main() -> None:
     from prefect.settings import PREFECT_TASKS_REFRESH_CACHE, temporary_settings
 
     from flows.training_pipeline import training_pipeline
-    from pipeline import stages
     from pipeline.features import make_dataset, read_spec
     from pipeline.models import build_model
+    from pipeline.stages import training
     from pipeline.training import compile_model
 
     spec = read_spec(features)
-    config = stages.training_config(settings, args.architecture)
+    config = training.training_config(settings, args.architecture)
 
     def bare_fit(epochs: int) -> float:
         keras.utils.set_random_seed(config.seed)

@@ -46,16 +46,16 @@ def main() -> None:
     settings, features = prepared_features(Path(tempfile.mkdtemp()), args.per_class)
     import keras
 
-    from pipeline import stages
     from pipeline.features import make_dataset, read_spec
     from pipeline.models import build_model
+    from pipeline.stages import training
     from pipeline.training import compile_model
 
     spec = read_spec(features)
     _EpochTimer = _epoch_timer_class()  # noqa: N806 - a class
     rows = []
     for architecture in args.architectures.split(","):
-        config = stages.training_config(settings, architecture)
+        config = training.training_config(settings, architecture)
         keras.utils.set_random_seed(config.seed)
         model = compile_model(build_model(architecture, len(spec.classes), config.model_params), 3e-3, 1.0)
         train = make_dataset(features, "train", config.batch_size, shuffle=True, seed=config.seed)

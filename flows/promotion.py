@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from mlflow.exceptions import MlflowException
 from prefect import flow
 
-from pipeline import tracking
+from pipeline import registry, tracking
 from pipeline.config import load_settings
 
 
@@ -20,17 +21,15 @@ def promote_model(
     Raises:
         ValueError: an unknown version or model, or no earlier champion (nothing is changed).
     """
-    import mlflow
-
     settings = load_settings(config_file, overrides={"tracking_uri": tracking_uri})
-    tracking.use_store(settings.resolved_tracking_uri)
+    client = tracking.client_for(settings.resolved_tracking_uri)
     name = settings.registered_model_name
     if rollback:
-        return tracking.rollback_champion(name)
+        return registry.rollback_champion(client, name)
     if version is None:
         raise ValueError("give a version to promote or ask for a rollback")
     try:
-        tracking.set_champion(name, str(version))
-    except mlflow.exceptions.MlflowException as exc:
+        registry.set_champion(client, name, str(version))
+    except MlflowException as exc:
         raise ValueError(f"model {name!r} has no version {version}") from exc
     return str(version)

@@ -13,11 +13,17 @@ from prefect.tasks import exponential_backoff
 from pipeline.config import Settings, load_settings
 from pipeline.download import DownloadError
 from pipeline.report import PipelineResult
-from pipeline.stages import result_row
+from pipeline.stages.registry import result_row
 from pipeline.validation import DataValidationError
-from tasks.data import download_task, ingest_task, preprocess_task, validate_task
-from tasks.registry import compare_task, finish_run_task, promote_task, register_task, start_run_task
-from tasks.training import evaluate_task, figures_task, train_task
+from tasks.data import download_task, ingest_task, preprocess_task, serialized, validate_task
+from tasks.registry import (
+    compare_task,
+    finish_tracking_run_task,
+    promote_task,
+    register_task,
+    start_tracking_run_task,
+)
+from tasks.training import evaluate_task, plot_evaluation_task, train_task
 
 
 @flow(name="training_pipeline", log_prints=True)
@@ -35,27 +41,29 @@ def training_pipeline(
     settings: Settings = load_settings(config_file, overrides)
     if settings.download:
         download_task(settings)
-    dataset_dir = _io(ingest_task, settings)(settings)
-    report = _io(validate_task, settings)(settings, dataset_dir)
-    features_dir = _io(preprocess_task, settings)(settings, report)
+    dataset_dir = _with_retries(serialized(ingest_task), settings)(settings)
+    report = _with_retries(serialized(validate_task), settings)(settings, dataset_dir)
+    features_dir = _with_retries(serialized(preprocess_task), settings)(settings, report)
     run_name = flow_run.get_name() or "training_pipeline"
-    parent_run_id = _io(start_run_task, settings)(settings, report, features_dir, run_name, resume_run_id)
+    start_tracking_run = _with_retries(start_tracking_run_task, settings)
+    parent_run_id = start_tracking_run(settings, report, features_dir, run_name, resume_run_id)
     decision = None
     try:
         runs = {a: train_task.submit(settings, a, features_dir, parent_run_id) for a in settings.architectures}
         evaluations = {a: evaluate_task.submit(settings, runs[a], features_dir) for a in runs}
-        figures = [figures_task.submit(settings, runs[a], evaluations[a], features_dir) for a in runs]
-        register = _io(register_task, settings)
+        figures = [plot_evaluation_task.submit(settings, runs[a], evaluations[a], features_dir) for a in runs]
+        register = _with_retries(register_task, settings)
         versions = {a: register.submit(settings, runs[a], evaluations[a], features_dir) for a in runs}
-        decision = _io(promote_task, settings)(settings, [versions[a].result() for a in runs], features_dir)
+        promote = _with_retries(promote_task, settings)
+        decision = promote(settings, [versions[a].result() for a in runs], features_dir)
         rows = [result_row(runs[a].result(), evaluations[a].result(), versions[a].result()) for a in runs]
-        _io(compare_task, settings)(settings, parent_run_id, rows, decision)
+        _with_retries(compare_task, settings)(settings, parent_run_id, rows, decision)
         for drawn in figures:
             drawn.result()
     except BaseException:
-        finish_run_task(settings, parent_run_id, decision, ok=False)
+        finish_tracking_run_task(settings, parent_run_id, decision, ok=False)
         raise
-    _io(finish_run_task, settings)(settings, parent_run_id, decision, ok=True)
+    _with_retries(finish_tracking_run_task, settings)(settings, parent_run_id, decision, ok=True)
     return PipelineResult(
         dataset_dir=str(dataset_dir),
         features_dir=str(features_dir),
@@ -82,7 +90,7 @@ def _worth_retrying(task: Task, task_run, state) -> bool:
     return not isinstance(error, _LASTING_ERRORS) and getattr(error, "error_code", None) not in _LASTING_MLFLOW_CODES
 
 
-def _io(task: Task, settings: Settings) -> Task:
+def _with_retries(task: Task, settings: Settings) -> Task:
     """Return ``task`` with the configured retries and exponential backoff (for tasks doing I/O), for
     failures that can pass."""
     return task.with_options(

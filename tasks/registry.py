@@ -1,4 +1,5 @@
-"""Tracking and registry tasks: open and close the pipeline's MLflow run, register, promote."""
+"""Tracking and registry tasks: start-tracking-run, register, promote, compare, finish-tracking-run
+(wrapping :mod:`pipeline.stages.registry`)."""
 
 from __future__ import annotations
 
@@ -14,16 +15,18 @@ from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 from prefect.concurrency.sync import concurrency
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
-from pipeline import stages, tracking
 from pipeline.config import Settings
 from pipeline.evaluation import Evaluation
 from pipeline.promotion import PromotionDecision
+from pipeline.registry import RegisteredVersion
 from pipeline.report import ArchitectureResult
+from pipeline.stages import registry
+from pipeline.stages.training import ArchitectureRun
 from pipeline.validation import ValidationReport
 
 
 @task(name="start-tracking-run", cache_policy=NO_CACHE)
-def start_run_task(
+def start_tracking_run_task(
     settings: Settings,
     report: ValidationReport,
     features_dir: Path,
@@ -31,21 +34,19 @@ def start_run_task(
     resume_run_id: str | None = None,
 ) -> str:
     """Open the parent MLflow run (or reopen the one being resumed); return its id."""
-    return stages.start_pipeline_run(settings, report, features_dir, flow_run_name, resume_run_id)
+    return registry.start_tracking_run(settings, report, features_dir, flow_run_name, resume_run_id)
 
 
-@task(name="register", cache_policy=NO_CACHE)
+@task(name="register", cache_policy=NO_CACHE, task_run_name="register-{run.architecture}")
 def register_task(
-    settings: Settings, run: stages.ArchitectureRun, evaluation: Evaluation, features_dir: Path
-) -> tracking.RegisteredVersion:
+    settings: Settings, run: ArchitectureRun, evaluation: Evaluation, features_dir: Path
+) -> RegisteredVersion:
     """Log the model with mlflow.keras and register a new version."""
-    return stages.register(settings, run, evaluation, features_dir)
+    return registry.register(settings, run, evaluation, features_dir)
 
 
 @task(name="promote", cache_policy=NO_CACHE)
-def promote_task(
-    settings: Settings, versions: list[tracking.RegisteredVersion], features_dir: Path
-) -> PromotionDecision:
+def promote_task(settings: Settings, versions: list[RegisteredVersion], features_dir: Path) -> PromotionDecision:
     """Move ``champion`` to the best new version only if it beats the champion on this test set.
 
     Flow runs promote one at a time (a Prefect global concurrency limit of one slot per registered
@@ -54,7 +55,7 @@ def promote_task(
     candidate with the first one's winner.
     """
     with concurrency(registry_lock(settings.registered_model_name), occupy=1, strict=True):
-        return stages.promote(settings, versions, features_dir)
+        return registry.promote(settings, versions, features_dir)
 
 
 def registry_lock(model_name: str) -> str:
@@ -75,7 +76,7 @@ def compare_task(
     settings: Settings, parent_run_id: str, rows: list[ArchitectureResult], decision: PromotionDecision
 ) -> Path:
     """Publish the architecture comparison: CSV in MLflow, a table and a markdown note as Prefect artifacts."""
-    csv_path, markdown = stages.write_comparison(settings, parent_run_id, rows, decision)
+    csv_path, markdown = registry.compare(settings, parent_run_id, rows, decision)
     create_table_artifact(
         [dataclasses.asdict(row) for row in rows],
         key="architecture-comparison",
@@ -86,6 +87,8 @@ def compare_task(
 
 
 @task(name="finish-tracking-run", cache_policy=NO_CACHE)
-def finish_run_task(settings: Settings, parent_run_id: str, decision: PromotionDecision | None, ok: bool) -> None:
+def finish_tracking_run_task(
+    settings: Settings, parent_run_id: str, decision: PromotionDecision | None, ok: bool
+) -> None:
     """Record the promotion on the parent run and close it."""
-    stages.finish_pipeline_run(settings, parent_run_id, decision, ok)
+    registry.finish_tracking_run(settings, parent_run_id, decision, ok)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import tempfile
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import Settings, configure_runtime, validate
+from pipeline.config import Settings, check_settings, configure_runtime
 
 # Offline, telemetry off, before Prefect, MLflow, GX or TensorFlow is imported by a test module;
 # Prefect's cached task results go to a temporary folder, not the repository's .prefect/.
@@ -42,7 +43,20 @@ def tiny_settings(work_dir: Path, tracking_db: Path, **changes) -> Settings:
         registered_model_name="test-sketch-classifier",
         models=TINY_MODELS,
     )
-    return validate(base.replace(**changes) if changes else base)
+    return check_settings(base.replace(**changes) if changes else base)
+
+
+def settings_mapping(settings: Settings) -> dict:
+    """Return settings as plain YAML/JSON values (tuples as lists)."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(settings).items()}
+
+
+def write_settings_file(settings: Settings, path: Path) -> str:
+    """Write settings as a YAML config file (what ``--config`` reads); return its path."""
+    import yaml
+
+    path.write_text(yaml.safe_dump(settings_mapping(settings)))
+    return str(path)
 
 
 @pytest.fixture(scope="session")
@@ -106,17 +120,17 @@ def tiny_dataset(dataset_settings) -> Path:
 @pytest.fixture(scope="session")
 def tiny_report(dataset_settings, tiny_dataset):
     """The validation report of the tiny dataset."""
-    from pipeline import stages
+    from pipeline.stages import data
 
-    return stages.validate(dataset_settings, tiny_dataset)
+    return data.validate(dataset_settings, tiny_dataset)
 
 
 @pytest.fixture(scope="session")
 def tiny_features(dataset_settings, tiny_report) -> Path:
     """The features folder of the tiny dataset."""
-    from pipeline import stages
+    from pipeline.stages import data
 
-    return stages.preprocess(dataset_settings, tiny_report)
+    return data.preprocess(dataset_settings, tiny_report)
 
 
 @pytest.fixture

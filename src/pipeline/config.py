@@ -15,6 +15,8 @@ from typing import Any
 import yaml
 
 SOURCES = ("synthetic", "sketchrnn", "ndjson", "tfrecord")
+# the names of pipeline.models.MODEL_BUILDERS, here so that checking settings does not load Keras
+ARCHITECTURES = ("simple_rnn", "lstm", "gru", "conv_lstm", "bilstm", "wavenet", "transformer")
 TASK_RUNNERS = ("thread", "dask", "ray")
 ENV_PREFIX = "SKETCHPIPE_"
 
@@ -106,10 +108,10 @@ class Settings:
 
     def replace(self, **changes: Any) -> Settings:
         """Return a validated copy with the given fields changed."""
-        return validate(dataclasses.replace(self, **changes))
+        return check_settings(dataclasses.replace(self, **changes))
 
 
-def validate(settings: Settings) -> Settings:
+def check_settings(settings: Settings) -> Settings:
     """Return ``settings`` with derived defaults filled in, or raise :class:`ConfigError` naming the first
     wrong field.
 
@@ -117,7 +119,6 @@ def validate(settings: Settings) -> Settings:
     ``<work_dir>/raw/<format>``.
     """
     from pipeline.download import FORMATS, SOURCE_FORMATS
-    from pipeline.models import MODEL_BUILDERS  # deferred: models imports keras
 
     if settings.source not in SOURCES:
         raise ConfigError("source", f"unknown source {settings.source!r}; choose from {', '.join(SOURCES)}")
@@ -139,11 +140,11 @@ def validate(settings: Settings) -> Settings:
             settings = dataclasses.replace(settings, data_dir=str(folder))
     if settings.source != "synthetic" and not settings.data_dir:
         raise ConfigError("data_dir", f"source {settings.source!r} needs a data folder (or download: true)")
-    unknown = [a for a in settings.architectures if a not in MODEL_BUILDERS]
+    unknown = [a for a in settings.architectures if a not in ARCHITECTURES]
     if unknown or not settings.architectures:
         raise ConfigError(
             "architectures",
-            f"unknown architecture {', '.join(unknown) or '(none given)'}; choose from {', '.join(MODEL_BUILDERS)}",
+            f"unknown architecture {', '.join(unknown) or '(none given)'}; choose from {', '.join(ARCHITECTURES)}",
         )
     if settings.classes and len(set(settings.classes)) != len(settings.classes):
         raise ConfigError("classes", "a class is named twice")
@@ -251,7 +252,7 @@ def load_settings(
     for name in values:
         if name not in _FIELDS:
             raise ConfigError(name, f"unknown setting {name!r}")
-    return validate(Settings(**{name: _coerce(name, value) for name, value in values.items()}))
+    return check_settings(Settings(**{name: _coerce(name, value) for name, value in values.items()}))
 
 
 def configure_runtime(environ: dict[str, str] | None = None) -> None:

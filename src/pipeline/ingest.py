@@ -10,7 +10,6 @@ from pathlib import Path
 from pipeline import progress
 from pipeline.config import Settings
 from pipeline.dataset import SketchRecord, write_dataset
-from pipeline.download import DownloadedFile, download_classes, resolve_classes
 from pipeline.files import published_dir
 from pipeline.progress import counted
 from pipeline.quickdraw_formats import (
@@ -67,27 +66,6 @@ def synthetic_source_dir(settings: Settings, classes: list[str]) -> Path:
             write_synthetic_npz(staging, classes, dict(settings.synthetic_per_split), settings.seed)
             (staging / "params.json").write_text(key)
     return folder
-
-
-def fetch_source_files(settings: Settings) -> list[DownloadedFile]:
-    """Download the official class files the settings select that ``data_dir`` does not hold yet.
-
-    The classes are ``classes`` when named, else the first ``num_classes`` official ones, else all
-    345. Does nothing unless ``download`` is on.
-    """
-    if not settings.download:
-        return []
-    names = resolve_classes(settings.classes, settings.num_classes)
-    return download_classes(
-        names,
-        settings.resolved_download_format,
-        Path(settings.data_dir),
-        base_url=settings.download_base_url,
-        workers=settings.download_workers,
-        retries=settings.io_retries + 2,
-        backoff_seconds=settings.retry_backoff_seconds,
-        show_progress=progress.enabled(settings.progress),
-    )
 
 
 def ingest(settings: Settings) -> Path:

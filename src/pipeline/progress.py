@@ -8,13 +8,13 @@ their own line.
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import sys
 import threading
 from collections.abc import Iterable, Iterator
 from typing import IO, TypeVar
 
-import keras
 from tqdm import tqdm
 
 T = TypeVar("T")
@@ -45,39 +45,51 @@ def counted(items: Iterable[T], description: str, unit: str, show: bool, total: 
             bar.update(1)
 
 
-class TrainingProgress(keras.callbacks.Callback):
-    """One bar per training job: batches of all epochs, the epoch, and the last epoch's metrics."""
+def training_progress(name: str):
+    """Return a Keras callback with one bar per training job: batches of all epochs, the epoch, and the
+    last epoch's metrics."""
+    return _training_progress_class()(name)
 
-    async_safe = True  # the batch hook only advances a counter: Keras may run it off the training loop
 
-    def __init__(self, name: str):
-        super().__init__()
-        self.name = name
-        self._bar = None
-        self._position = None
+@functools.cache
+def _training_progress_class() -> type:
+    import keras  # here, not at import: ingest and validation show bars too and need no TensorFlow
 
-    def on_train_begin(self, logs=None):
-        epochs, steps = self.params.get("epochs") or 0, self.params.get("steps") or 0
-        self._position = _acquire()
-        self._bar = tqdm(total=epochs * steps or None, desc=self.name, unit="batch", position=self._position)
+    class TrainingProgress(keras.callbacks.Callback):
+        """One bar per training job: batches of all epochs, the epoch, and the last epoch's metrics."""
 
-    def on_epoch_begin(self, epoch, logs=None):
-        epochs, steps = self.params.get("epochs") or 0, self.params.get("steps") or 0
-        if steps:  # a resumed run starts past its completed epochs
-            self._bar.n = epoch * steps
-        self._bar.set_description(f"{self.name} epoch {epoch + 1}/{epochs}")
+        async_safe = True  # the batch hook only advances a counter: Keras may run it off the training loop
 
-    def on_train_batch_end(self, batch, logs=None):
-        self._bar.update(1)
+        def __init__(self, name: str):
+            super().__init__()
+            self.name = name
+            self._bar = None
+            self._position = None
 
-    def on_epoch_end(self, epoch, logs=None):
-        shown = ("loss", "accuracy", "val_loss", "val_accuracy")
-        self._bar.set_postfix({k: f"{logs[k]:.3f}" for k in shown if logs and k in logs}, refresh=True)
+        def on_train_begin(self, logs=None):
+            epochs, steps = self.params.get("epochs") or 0, self.params.get("steps") or 0
+            self._position = _acquire()
+            self._bar = tqdm(total=epochs * steps or None, desc=self.name, unit="batch", position=self._position)
 
-    def on_train_end(self, logs=None):
-        if self._bar is not None:
-            self._bar.close()
-            _release(self._position)
+        def on_epoch_begin(self, epoch, logs=None):
+            epochs, steps = self.params.get("epochs") or 0, self.params.get("steps") or 0
+            if steps:  # a resumed run starts past its completed epochs
+                self._bar.n = epoch * steps
+            self._bar.set_description(f"{self.name} epoch {epoch + 1}/{epochs}")
+
+        def on_train_batch_end(self, batch, logs=None):
+            self._bar.update(1)
+
+        def on_epoch_end(self, epoch, logs=None):
+            shown = ("loss", "accuracy", "val_loss", "val_accuracy")
+            self._bar.set_postfix({k: f"{logs[k]:.3f}" for k in shown if logs and k in logs}, refresh=True)
+
+        def on_train_end(self, logs=None):
+            if self._bar is not None:
+                self._bar.close()
+                _release(self._position)
+
+    return TrainingProgress
 
 
 def _acquire() -> int:

@@ -1,13 +1,18 @@
 """The promotion gate: does a candidate beat the champion on the same test set?
 
-Pure functions over paired per-sketch correctness, so the rule is testable without a registry.
+Pure functions over paired per-sketch correctness and plain values, so the rule is testable without
+a registry; :func:`pipeline.registry.apply_promotion` carries a decision out.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping, Sequence
 
 import numpy as np
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,83 +87,74 @@ class PromotionDecision:
     reason: str
     test_set: str
 
+    @property
+    def moves_champion(self) -> bool:
+        """Return whether applying the decision points ``champion`` at a new version."""
+        return self.alias == CHAMPION and self.champion_version != self.candidate_version
 
-def promote_best(
-    settings,
-    candidates: list,
-    sketches: list[np.ndarray],
-    truth: list[str],
-    test_set: str,
-    predictions: dict[str, list[str]] | None = None,
-) -> PromotionDecision:
-    """Compare the best candidate with the current champion on one test set and move the aliases.
+    def version_tags(self) -> dict[str, str]:
+        """Return the decision as tags for the candidate version."""
+        return {
+            "promotion_verdict": self.alias,
+            "promotion_reason": self.reason,
+            "promotion_test_set": self.test_set,
+            "promotion_compared_to": self.champion_version or "none",
+            "promotion_p_value": "n/a" if self.p_value is None else f"{self.p_value:.4g}",
+        }
 
-    Both models are judged on the same raw sketches and compared by class name. The champion is
-    loaded and scored the way serving uses it (with its own logged preprocessing), so a champion
-    trained on another dataset or class list is re-evaluated on this test set rather than trusted
-    by its old score; a candidate whose ``predictions`` on these sketches are known is not scored again.
 
-    Args:
-        settings: the pipeline settings (registered model name, margin, alpha, tracking store).
-        candidates: this run's registered versions (``tracking.RegisteredVersion``).
-        sketches: the test set's raw stroke-3 sketches.
-        truth: their class names.
-        test_set: a name for the test set, recorded with the decision.
-        predictions: version -> its predicted class names on these sketches, where already known
-            (this run's candidates, from their evaluation); other versions are loaded and scored.
+def best_candidate(candidates: Sequence):
+    """Return the candidate with the best test accuracy (the earlier version on a tie).
+
+    Raises:
+        ValueError: there are no candidates.
     """
-    from pipeline import tracking
-    from pipeline.serving import load_classifier
-
     if not candidates:
         raise ValueError("no candidate versions to promote")
-    name = settings.registered_model_name
-    best = max(candidates, key=lambda c: (c.test_accuracy, -int(c.version)))
-    champion = tracking.alias_version(name, tracking.CHAMPION)
+    return max(candidates, key=lambda c: (c.test_accuracy, -int(c.version)))
+
+
+def decide_promotion(
+    candidate_version: str,
+    candidate_accuracy: float,
+    champion_version: str | None,
+    correct: Mapping[str, np.ndarray] | None,
+    margin: float,
+    alpha: float,
+    test_set: str,
+) -> PromotionDecision:
+    """Decide which alias the best new version gets: ``champion`` or ``challenger``.
+
+    Args:
+        candidate_version: the best new version.
+        candidate_accuracy: its test accuracy, reported when there is nothing to compare with.
+        champion_version: the version holding ``champion`` now, or ``None``.
+        correct: version -> per test sketch, whether its top class was right, for the candidate and
+            the champion on the same sketches; needed only when they differ.
+        margin: the least accuracy gain that counts; alpha: McNemar's significance level.
+        test_set: a name for the test set, recorded with the decision.
+
+    Returns:
+        ``champion`` with no champion yet or when the candidate already is it; otherwise
+        ``champion`` only if :func:`compare_on_same_test_set` says so, else ``challenger``.
+    """
     gate = None
-    if champion is None:
-        alias, reason = tracking.CHAMPION, "no champion yet"
-    elif champion == best.version:
-        alias, reason = tracking.CHAMPION, "already the champion"
+    if champion_version is None:
+        alias, reason = CHAMPION, "no champion yet"
+    elif champion_version == candidate_version:
+        alias, reason = CHAMPION, "already the champion"
     else:
-        truth_array = np.asarray(truth)
-        known = predictions or {}
-        correct = {
-            version: np.asarray(
-                known[version]
-                if version in known
-                else load_classifier(settings, f"models:/{name}/{version}").top_classes(sketches)
-            )
-            == truth_array
-            for version in (best.version, champion)
-        }
-        gate = compare_on_same_test_set(
-            correct[best.version], correct[champion], settings.promotion_margin, settings.promotion_alpha
-        )
-        alias, reason = (tracking.CHAMPION if gate.promote else tracking.CHALLENGER), gate.reason
-    if alias == tracking.CHAMPION and champion != best.version:
-        tracking.set_champion(name, best.version)
-    elif alias == tracking.CHALLENGER:
-        tracking.set_alias(name, tracking.CHALLENGER, best.version)
-    decision = PromotionDecision(
-        candidate_version=best.version,
-        candidate_accuracy=gate.candidate_accuracy if gate else best.test_accuracy,
-        champion_version=champion,
+        if not correct or candidate_version not in correct or champion_version not in correct:
+            raise ValueError("comparing with a champion needs both models' correctness on the test set")
+        gate = compare_on_same_test_set(correct[candidate_version], correct[champion_version], margin, alpha)
+        alias, reason = (CHAMPION if gate.promote else CHALLENGER), gate.reason
+    return PromotionDecision(
+        candidate_version=candidate_version,
+        candidate_accuracy=gate.candidate_accuracy if gate else candidate_accuracy,
+        champion_version=champion_version,
         champion_accuracy=gate.champion_accuracy if gate else None,
         p_value=gate.p_value if gate else None,
         alias=alias,
         reason=reason,
         test_set=test_set,
     )
-    tracking.record_decision(
-        name,
-        best.version,
-        {
-            "promotion_verdict": alias,
-            "promotion_reason": reason,
-            "promotion_test_set": test_set,
-            "promotion_compared_to": champion or "none",
-            "promotion_p_value": "n/a" if gate is None else f"{gate.p_value:.4g}",
-        },
-    )
-    return decision

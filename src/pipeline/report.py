@@ -1,10 +1,16 @@
-"""What a pipeline run returns and how it is printed."""
+"""What a pipeline run returns and how it is printed: the results table, the winner note, the
+validation summary."""
 
 from __future__ import annotations
 
 import csv
 import dataclasses
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # annotations only: printing results needs neither GX nor SciPy
+    from pipeline.promotion import PromotionDecision
+    from pipeline.validation import ValidationReport
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,7 +89,7 @@ def write_comparison_csv(rows: list[ArchitectureResult], path: Path) -> Path:
     return path
 
 
-def winner_markdown(rows: list[ArchitectureResult], decision, model_name: str) -> str:
+def winner_markdown(rows: list[ArchitectureResult], decision: PromotionDecision, model_name: str) -> str:
     """Return a short markdown note: which architecture won this run, and what the promotion gate did."""
     best = max(rows, key=lambda r: (r.test_accuracy, -int(r.model_version)))
     others = sorted((r for r in rows if r is not best), key=lambda r: -r.test_accuracy)
@@ -108,4 +114,21 @@ def winner_markdown(rows: list[ArchitectureResult], decision, model_name: str) -
             f"Compared with champion version {decision.champion_version} on test set {decision.test_set}: "
             f"{decision.candidate_accuracy:.4f} vs {decision.champion_accuracy:.4f}, McNemar p={decision.p_value:.3g}."
         )
+    return "\n".join(lines) + "\n"
+
+
+def validation_markdown(report: ValidationReport) -> str:
+    """Return the validation summary as a short markdown report."""
+    lines = [
+        f"# Validation of `{Path(report.dataset_dir).name}`",
+        "",
+        f"{report.records_in} records in: {report.accepted} accepted, {report.quarantined} quarantined "
+        f"({report.invalid_fraction:.2%}); quarantine: `{report.quarantine_path}`.",
+    ]
+    if report.skipped:
+        lines.append("Skipped on purpose: " + ", ".join(f"{reason}: {n}" for reason, n in report.skipped.items()) + ".")
+    if report.failures:
+        lines += ["", "| reason | records |", "| --- | --- |"]
+        lines += [f"| {reason} | {count} |" for reason, count in sorted(report.failures.items())]
+    lines += ["", "Training sketches per class: " + ", ".join(f"{c} {n}" for c, n in report.class_counts.items())]
     return "\n".join(lines) + "\n"

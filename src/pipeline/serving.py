@@ -9,10 +9,10 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import tracking
+from pipeline import registry, tracking
 from pipeline.config import Settings
 from pipeline.evaluation import compiled_inference
-from pipeline.features import pad_batch
+from pipeline.features import normalising_layer, pad_batch
 from pipeline.strokes import StrokeFormatError, load_sketchrnn_npz
 
 
@@ -53,26 +53,39 @@ class Classifier:
         return [[(self.classes[i], float(row[i])) for i in top] for row, top in zip(probabilities, order, strict=True)]
 
 
+def export_model(trained, scale: float):
+    """Return the serving model: preprocessing's normalisation followed by the trained network.
+
+    It takes raw stroke-3 ``(batch, time, 3)`` float32 with zero-padding, so whoever serves it needs
+    no knowledge of the training set's scale.
+    """
+    import keras
+
+    inputs = keras.Input(shape=(None, 3), dtype="float32", name="strokes")
+    return keras.Model(inputs, trained(normalising_layer(scale)(inputs)), name=f"{trained.name}_serving")
+
+
 def champion_uri(settings: Settings) -> str:
     """Return the URI of the registered model's champion."""
-    return f"models:/{settings.registered_model_name}@{tracking.CHAMPION}"
+    return f"models:/{settings.registered_model_name}@{registry.CHAMPION}"
 
 
 def load_classifier(settings: Settings, model_uri: str | None = None) -> Classifier:
-    """Load a logged model (the champion by default) and the preprocessing metadata logged with it."""
-    import mlflow
-    import mlflow.keras
+    """Load a logged model (the champion by default) of the settings' store, with the preprocessing
+    metadata logged with it."""
+    import tempfile
 
-    tracking.use_store(settings.resolved_tracking_uri)
+    import mlflow.keras
+    from mlflow.models import Model
+
     uri = model_uri or champion_uri(settings)
-    metadata = mlflow.models.get_model_info(uri).metadata or {}
-    if "classes" not in metadata:
-        raise ValueError(f"{uri} was not logged by sketchpipe (no class metadata)")
-    return Classifier(
-        model=mlflow.keras.load_model(uri),
-        classes=list(metadata["classes"]),
-        max_len=int(metadata["max_len"]),
-    )
+    with tempfile.TemporaryDirectory() as tmp:
+        local = registry.download_model(tracking.client_for(settings.resolved_tracking_uri), uri, Path(tmp))
+        metadata = Model.load(str(local / "MLmodel")).metadata or {}
+        if "classes" not in metadata:
+            raise ValueError(f"{uri} was not logged by sketchpipe (no class metadata)")
+        model = mlflow.keras.load_model(str(local))
+    return Classifier(model=model, classes=list(metadata["classes"]), max_len=int(metadata["max_len"]))
 
 
 def _parse_json_sketches(text: str, source: str) -> list[np.ndarray]:

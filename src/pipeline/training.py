@@ -112,21 +112,23 @@ def train_model(
     train = make_dataset(features_dir, "train", config.batch_size, shuffle=True, seed=config.seed)
     valid = make_dataset(features_dir, "valid", config.batch_size)
     model_path = out_dir / "model.keras"
+    backup = keras.callbacks.BackupAndRestore(str(out_dir / "backup"))
+    checkpoint = keras.callbacks.ModelCheckpoint(str(out_dir / "best.keras"), monitor="val_loss", save_best_only=True)
+    for callback in (backup, checkpoint):
+        # Their batch hooks act only with an integer save_freq (not used here). Declaring them safe
+        # lets Keras run batch hooks off the training loop instead of syncing every batch's metrics
+        # to Python, which cost ~8% of fit time on CPU.
+        callback.async_safe = True
     standard = [
-        keras.callbacks.BackupAndRestore(str(out_dir / "backup")),
+        backup,
         keras.callbacks.EarlyStopping(
             monitor="val_loss", patience=config.early_stopping_patience, restore_best_weights=True
         ),
         keras.callbacks.ReduceLROnPlateau(
             monitor="val_loss", factor=0.5, patience=max(1, config.early_stopping_patience - 1)
         ),
-        keras.callbacks.ModelCheckpoint(str(out_dir / "best.keras"), monitor="val_loss", save_best_only=True),
+        checkpoint,
     ]
-    for callback in (standard[0], standard[3]):
-        # Their batch hooks act only with an integer save_freq (not used here). Declaring them safe
-        # lets Keras run batch hooks off the training loop instead of syncing every batch's metrics
-        # to Python, which cost ~8% of fit time on CPU.
-        callback.async_safe = True
     started = time.perf_counter()
     history = model.fit(
         train,

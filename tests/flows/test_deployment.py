@@ -1,23 +1,20 @@
 """The scheduled deployment exists with its cron schedule, and a run of it completes."""
 
 import asyncio
-import dataclasses
 import shutil
 
-import yaml
 from prefect import get_client
 from prefect.deployments import run_deployment
 from prefect.runner import Runner
 
 from flows.deployment import DEPLOYMENT_NAME, scheduled_deployment
-from tests.conftest import tiny_settings
+from tests.conftest import tiny_settings, write_settings_file
 
 
 def test_deployment_has_its_cron_schedule_and_a_run_completes(tmp_path, mlflow_template):
     shutil.copy(mlflow_template, tmp_path / "mlflow.db")
     settings = tiny_settings(tmp_path / "work", tmp_path / "mlflow.db")
-    config = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(settings).items()}
-    (tmp_path / "settings.yaml").write_text(yaml.safe_dump(config))
+    write_settings_file(settings, tmp_path / "settings.yaml")
 
     runner = Runner(query_seconds=1)
     deployment_id = runner.add_deployment(scheduled_deployment("0 3 * * *", str(tmp_path / "settings.yaml")))

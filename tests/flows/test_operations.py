@@ -1,24 +1,19 @@
 """Operations: data stages cached across runs, retries on a transient failure."""
 
-import dataclasses
 import shutil
 
-import yaml
 from prefect import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
-import tasks.data
+from pipeline.stages import data
 from flows.training_pipeline import training_pipeline
-from tests.conftest import tiny_settings
+from tests.conftest import tiny_settings, write_settings_file
 
 
 def _config_file(tmp_path, mlflow_template, **changes) -> str:
     shutil.copy(mlflow_template, tmp_path / "mlflow.db")
     settings = tiny_settings(tmp_path / "work", tmp_path / "mlflow.db", **changes)
-    config = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(settings).items()}
-    path = tmp_path / "settings.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return str(path)
+    return write_settings_file(settings, tmp_path / "settings.yaml")
 
 
 def _task_states(state) -> dict[str, str]:
@@ -52,7 +47,7 @@ def test_unchanged_data_skips_the_data_stages_and_changes_recompute(tmp_path, ml
 
 def test_a_transient_ingest_failure_is_retried(tmp_path, mlflow_template, monkeypatch):
     calls = []
-    real_ingest = tasks.data.ingest
+    real_ingest = data.ingest
 
     def flaky_ingest(settings):
         calls.append(settings.work_dir)
@@ -60,7 +55,7 @@ def test_a_transient_ingest_failure_is_retried(tmp_path, mlflow_template, monkey
             raise OSError("transient: the data volume is not mounted yet")
         return real_ingest(settings)
 
-    monkeypatch.setattr(tasks.data, "ingest", flaky_ingest)
+    monkeypatch.setattr(data, "ingest", flaky_ingest)
     config = _config_file(tmp_path, mlflow_template, io_retries=2, retry_backoff_seconds=0.1)
     state = training_pipeline(config_file=config, return_state=True)
     assert state.is_completed()
@@ -71,12 +66,12 @@ def test_a_transient_ingest_failure_is_retried(tmp_path, mlflow_template, monkey
 def test_bad_data_is_not_retried_and_leaves_no_tracking_run(tmp_path, mlflow_template):
     import mlflow
 
-    data = tmp_path / "ndjson"
-    data.mkdir()
-    (data / "cat.ndjson").write_text("")  # a class file with no drawing: nothing to train on
+    folder = tmp_path / "ndjson"
+    folder.mkdir()
+    (folder / "cat.ndjson").write_text("")  # a class file with no drawing: nothing to train on
     config = _config_file(tmp_path, mlflow_template, io_retries=2, retry_backoff_seconds=0.1)
     state = training_pipeline(
-        config_file=config, overrides={"source": "ndjson", "data_dir": str(data)}, return_state=True
+        config_file=config, overrides={"source": "ndjson", "data_dir": str(folder)}, return_state=True
     )
     assert state.is_failed()
     with get_client(sync_client=True) as client:

@@ -1,18 +1,15 @@
 """The whole training flow on a real Prefect server and a real MLflow store."""
 
-import dataclasses
 import shutil
 
-import mlflow
 import numpy as np
 import pytest
-import yaml
 
+from flows.cli import main
 from flows.training_pipeline import pipeline_with_task_runner, training_pipeline
-from pipeline import tracking
-from pipeline.cli import main
+from pipeline import registry, tracking
 from pipeline.serving import load_classifier
-from tests.conftest import tiny_settings
+from tests.conftest import tiny_settings, write_settings_file
 
 
 @pytest.fixture(scope="module")
@@ -20,10 +17,7 @@ def pipeline_setup(tmp_path_factory, mlflow_template):
     root = tmp_path_factory.mktemp("flow")
     shutil.copy(mlflow_template, root / "mlflow.db")
     settings = tiny_settings(root / "work", root / "mlflow.db", architectures=("lstm", "conv_lstm"))
-    config = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(settings).items()}
-    config_file = root / "settings.yaml"
-    config_file.write_text(yaml.safe_dump(config))
-    return settings, config_file
+    return settings, write_settings_file(settings, root / "settings.yaml")
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +28,7 @@ def first_result(pipeline_setup):
 
 def test_one_run_per_architecture_nested_under_the_flow_run(first_result, pipeline_setup):
     settings, _ = pipeline_setup
-    client = mlflow.MlflowClient(settings.resolved_tracking_uri)
+    client = tracking.client_for(settings.resolved_tracking_uri)
     experiment = client.get_experiment_by_name(settings.experiment_name)
     children = client.search_runs(
         [experiment.experiment_id], f"tags.mlflow.parentRunId = '{first_result.parent_run_id}'"
@@ -50,12 +44,12 @@ def test_one_run_per_architecture_nested_under_the_flow_run(first_result, pipeli
 
 def test_versions_registered_and_champion_loads_and_predicts(first_result, pipeline_setup):
     settings, _ = pipeline_setup
-    tracking.use_store(settings.resolved_tracking_uri)
-    versions = mlflow.MlflowClient().search_model_versions(f"name = '{settings.registered_model_name}'")
+    client = tracking.client_for(settings.resolved_tracking_uri)
+    versions = client.search_model_versions(f"name = '{settings.registered_model_name}'")
     assert sorted(str(v.version) for v in versions) == ["1", "2"]
     best = max(first_result.rows, key=lambda r: (r.test_accuracy, -int(r.model_version)))
     assert first_result.promoted_alias == "champion"
-    assert tracking.alias_version(settings.registered_model_name, "champion") == best.model_version
+    assert registry.alias_version(client, settings.registered_model_name, "champion") == best.model_version
 
     classifier = load_classifier(settings)
     assert classifier.classes == ["circle", "square", "triangle", "star"]
@@ -67,20 +61,23 @@ def test_versions_registered_and_champion_loads_and_predicts(first_result, pipel
 
 def test_cli_run_prints_the_table_and_a_second_run_lands_in_the_same_experiment(first_result, pipeline_setup, capsys):
     settings, config_file = pipeline_setup
+    client = tracking.client_for(settings.resolved_tracking_uri)
+    experiment = client.get_experiment_by_name(settings.experiment_name)
+    parents_before = client.search_runs([experiment.experiment_id], "tags.pipeline = 'training_pipeline'")
+    versions_before = client.search_model_versions(f"name = '{settings.registered_model_name}'")
     main(["run", "--config", str(config_file), "--architectures", "lstm", "--epochs", "1"])
     out, err = capsys.readouterr()
     assert "Downloading artifacts" not in err  # MLflow's bars stay off (the gate reads artifacts)
     header = next(line for line in out.splitlines() if line.startswith("architecture"))
     assert header.split()[:3] == ["architecture", "test", "acc"]
     assert any(line.startswith("lstm ") for line in out.splitlines())
-    assert "promoted: test-sketch-classifier version 3 -> @" in out
+    new_version = str(max(int(v.version) for v in versions_before) + 1)
+    assert f"promoted: test-sketch-classifier version {new_version} -> @" in out
 
-    client = mlflow.MlflowClient(settings.resolved_tracking_uri)
-    experiment = client.get_experiment_by_name(settings.experiment_name)
     parents = client.search_runs([experiment.experiment_id], "tags.pipeline = 'training_pipeline'")
-    assert len(parents) == 2
-    tracking.use_store(settings.resolved_tracking_uri)
-    assert tracking.alias_version(settings.registered_model_name, "champion") in {"1", "2", "3"}
+    assert len(parents) == len(parents_before) + 1
+    versions = {str(v.version) for v in client.search_model_versions(f"name = '{settings.registered_model_name}'")}
+    assert registry.alias_version(client, settings.registered_model_name, "champion") in versions
 
 
 @pytest.mark.parametrize("runner", ["dask", "ray"])
@@ -89,16 +86,15 @@ def test_distributed_task_runners_on_a_local_cluster(tmp_path, mlflow_template, 
     settings = tiny_settings(
         tmp_path / "work", tmp_path / "mlflow.db", architectures=("lstm", "gru"), task_runner=runner
     )
-    config = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(settings).items()}
-    (tmp_path / "settings.yaml").write_text(yaml.safe_dump(config))
-    result = pipeline_with_task_runner(settings)(config_file=str(tmp_path / "settings.yaml"))
+    config_file = write_settings_file(settings, tmp_path / "settings.yaml")
+    result = pipeline_with_task_runner(settings)(config_file=config_file)
     assert sorted(r.architecture for r in result.rows) == ["gru", "lstm"]
     assert sorted(r.model_version for r in result.rows) == ["1", "2"]
 
 
 def test_resuming_a_finished_run_trains_and_registers_nothing_new(first_result, pipeline_setup):
     settings, config_file = pipeline_setup
-    client = mlflow.MlflowClient(settings.resolved_tracking_uri)
+    client = tracking.client_for(settings.resolved_tracking_uri)
     before = len(client.search_model_versions(f"name = '{settings.registered_model_name}'"))
     again = training_pipeline(config_file=str(config_file), resume_run_id=first_result.parent_run_id)
     assert {(r.architecture, r.model_version, r.run_id) for r in again.rows} == {
@@ -124,9 +120,8 @@ def test_cli_trains_on_ndjson_simplified_and_raw_alike(pipeline_setup, tmp_path,
     assert "dataset: " in out and "(350 sketches, 0 quarantined)" in out
     promoted = next(line for line in out.splitlines() if line.startswith("promoted:"))
     version = promoted.split(" version ")[1].split()[0]
-    tracking.use_store(settings.resolved_tracking_uri)
-    registered = mlflow.MlflowClient().get_model_version(settings.registered_model_name, version)
+    client = tracking.client_for(settings.resolved_tracking_uri)
+    registered = client.get_model_version(settings.registered_model_name, version)
     assert registered.tags["architecture"] == "lstm"
-    assert mlflow.models.get_model_info(f"models:/{settings.registered_model_name}/{version}").metadata[
-        "classes"
-    ] == sorted(list(SHAPES)[:5])
+    classifier = load_classifier(settings, f"models:/{settings.registered_model_name}/{version}")
+    assert classifier.classes == sorted(list(SHAPES)[:5])

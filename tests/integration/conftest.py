@@ -1,6 +1,5 @@
 """Fixtures for integration tests: a registered champion in a fresh store, free loopback ports."""
 
-import dataclasses
 import shutil
 import socket
 import subprocess
@@ -12,21 +11,18 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-import yaml
 
-from pipeline import stages, tracking
+from pipeline import registry, tracking
 from pipeline.features import read_spec
 from pipeline.models import build_model
-from tests.conftest import tiny_settings
+from pipeline.serving import export_model
+from tests.conftest import tiny_settings, write_settings_file
 
 
 def write_config(tmp_path: Path, **changes) -> str:
     """Write tiny settings (work folder under ``tmp_path``) as a YAML config file; return its path."""
     settings = tiny_settings(tmp_path / "work", tmp_path / "unused.db", **changes)
-    config = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(settings).items()}
-    path = tmp_path / "settings.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return str(path)
+    return write_settings_file(settings, tmp_path / "settings.yaml")
 
 
 def free_port() -> int:
@@ -55,13 +51,15 @@ def champion_store(tmp_path_factory, mlflow_template, tiny_features):
     root = tmp_path_factory.mktemp("serving")
     shutil.copy(mlflow_template, root / "mlflow.db")
     settings = tiny_settings(root / "work", root / "mlflow.db")
-    tracking.use_store(settings.resolved_tracking_uri)
-    experiment_id = tracking.ensure_experiment(settings.experiment_name, settings.artifact_location)
-    run_id = tracking.start_child_run(experiment_id, tracking.start_parent_run(experiment_id, "p", {}, {}), "gru", {})
+    client = tracking.client_for(settings.resolved_tracking_uri)
+    experiment_id = tracking.ensure_experiment(client, settings.experiment_name, settings.artifact_location)
+    parent = tracking.start_parent_run(client, experiment_id, "p", {}, {})
+    run_id = tracking.start_child_run(client, experiment_id, parent, "gru", {})
     spec = read_spec(tiny_features)
     keras.utils.set_random_seed(0)
-    model = stages.export_model(build_model("gru", 4, {"units": 6, "num_layers": 1}), spec.scale)
-    version = tracking.log_and_register_model(
+    model = export_model(build_model("gru", 4, {"units": 6, "num_layers": 1}), spec.scale)
+    version = registry.log_and_register_model(
+        client,
         run_id,
         model,
         settings.registered_model_name,
@@ -69,7 +67,7 @@ def champion_store(tmp_path_factory, mlflow_template, tiny_features):
         metadata={"classes": spec.classes, "scale": spec.scale, "max_len": spec.max_len},
         tags={"architecture": "gru", "test_accuracy": "0.5"},
     )
-    tracking.set_champion(settings.registered_model_name, version.version)
+    registry.set_champion(client, settings.registered_model_name, version.version)
     return settings, model
 
 

@@ -12,7 +12,7 @@ from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName, Tas
 from prefect.concurrency.sync import concurrency
 from prefect.settings import PREFECT_API_URL
 
-from pipeline import tracking
+from pipeline import registry, tracking
 from tasks.registry import promote_task, registry_lock
 from tests.integration.conftest import write_config
 
@@ -29,7 +29,7 @@ def test_two_runs_at_once_complete_and_leave_the_registry_consistent(tmp_path, t
     runs = {}
     for name, architectures in (("a", "lstm,gru"), ("b", "simple_rnn,wavenet")):
         log = open(tmp_path / f"{name}.log", "w")  # noqa: SIM115 - closed below
-        command = [sys.executable, "-m", "pipeline.cli", "run", "--config", config, "--architectures", architectures]
+        command = [sys.executable, "-m", "flows.cli", "run", "--config", config, "--architectures", architectures]
         runs[name] = (subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path, env=env), log)
     for name, (process, log) in runs.items():
         process.wait(timeout=600)
@@ -56,13 +56,12 @@ def test_two_runs_at_once_complete_and_leave_the_registry_consistent(tmp_path, t
     assert all(v.tags.get("architecture") and v.tags.get("dataset_fingerprint") for v in versions)
 
     # one champion; the runs promoted one after the other, so exactly one found no champion
-    tracking.use_store(f"sqlite:///{tracking_db}")
-    champion = tracking.alias_version(MODEL, tracking.CHAMPION)
+    champion = registry.alias_version(tracking.client_for(f"sqlite:///{tracking_db}"), MODEL, registry.CHAMPION)
     assert champion in {str(v.version) for v in versions}
     verdicts = [v for v in versions if "promotion_verdict" in v.tags]
     assert len(verdicts) == 2
     assert sorted(v.tags["promotion_compared_to"] == "none" for v in verdicts) == [False, True]
-    history = client.get_registered_model(MODEL).tags[tracking.HISTORY_TAG].split(",")
+    history = client.get_registered_model(MODEL).tags[registry.HISTORY_TAG].split(",")
     assert history[-1] == champion and len(history) == len(set(history))
 
     # the data stages ran once: the run that came second waited on the cache lock and read the result
@@ -82,7 +81,7 @@ def test_promotion_waits_while_another_run_holds_the_registry(champion_store, ti
     settings, _ = champion_store
     client = mlflow.MlflowClient(settings.resolved_tracking_uri, registry_uri=settings.resolved_tracking_uri)
     registered = client.get_model_version(settings.registered_model_name, "1")
-    candidate = tracking.RegisteredVersion(settings.registered_model_name, "1", "gru", registered.run_id, 0.5)
+    candidate = registry.RegisteredVersion(settings.registered_model_name, "1", "gru", registered.run_id, 0.5)
 
     @flow
     def promote_only():
@@ -100,5 +99,5 @@ def test_promotion_waits_while_another_run_holds_the_registry(champion_store, ti
         assert promoting.is_alive(), "the gate ran while another run held the registry"
         assert "promotion_verdict" not in client.get_model_version(settings.registered_model_name, "1").tags
     promoting.join(timeout=120)
-    assert outcome["decision"].alias == tracking.CHAMPION
+    assert outcome["decision"].alias == registry.CHAMPION
     assert client.get_model_version(settings.registered_model_name, "1").tags["promotion_verdict"] == "champion"

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from pipeline.cli import main
+from flows.cli import main
 from pipeline.features import pad_batch
 
 

@@ -26,7 +26,7 @@ REAL_DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "quickdraw
 # process and is not counted).
 _MEASURED_CLI = """
 import resource, sys
-from pipeline.cli import main
+from flows.cli import main
 code = 0
 try:
     main(sys.argv[1:])

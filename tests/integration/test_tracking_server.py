@@ -8,8 +8,8 @@ import sys
 import mlflow
 import pytest
 
-from pipeline import tracking
-from pipeline.cli import main
+from flows.cli import main
+from pipeline import registry, tracking
 from tests.integration.conftest import free_port, wait_until_answering, write_config
 
 
@@ -18,7 +18,7 @@ def tracking_server(tmp_path, mlflow_template):
     """An ``mlflow server`` over a fresh SQLite store and artifact folder; yields its URL, then stops it."""
     shutil.copy(mlflow_template, tmp_path / "server.db")
     port = free_port()
-    command = [sys.executable, "-m", "pipeline.cli", "ui", "--port", str(port),
+    command = [sys.executable, "-m", "flows.cli", "ui", "--port", str(port),
                "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
                "--artifacts-destination", (tmp_path / "server-artifacts").as_uri()]  # fmt: skip
     with open(tmp_path / "server.log", "w") as log:
@@ -36,16 +36,16 @@ def test_pipeline_over_http_registers_and_promotes(tracking_server, tmp_path, ca
     config = write_config(tmp_path, tracking_uri=tracking_server, architectures=("lstm", "gru"))
     main(["run", "--config", config])
     assert "promoted: test-sketch-classifier version" in capsys.readouterr().out
-    client = mlflow.MlflowClient(tracking_server)
+    client = tracking.client_for(tracking_server)
     experiment = client.get_experiment_by_name("tests")
     runs = client.search_runs([experiment.experiment_id])
     assert sorted(r.data.tags.get("architecture", "parent") for r in runs) == ["gru", "lstm", "parent"]
     versions = client.search_model_versions("name = 'test-sketch-classifier'")
     assert sorted(str(v.version) for v in versions) == ["1", "2"]
-    tracking.use_store(tracking_server)
-    champion = tracking.alias_version("test-sketch-classifier", "champion")
+    champion = registry.alias_version(client, "test-sketch-classifier", "champion")
     assert champion in {"1", "2"}
-    assert mlflow.models.get_model_info("models:/test-sketch-classifier@champion").metadata["classes"]
+    local = registry.download_model(client, "models:/test-sketch-classifier@champion", tmp_path / "champion")
+    assert mlflow.models.Model.load(str(local / "MLmodel")).metadata["classes"]
     assert (tmp_path / "server-artifacts").is_dir()  # artifacts went through the server's proxy
 
 

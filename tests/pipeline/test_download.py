@@ -130,9 +130,9 @@ def test_complete_files_are_never_fetched_twice(bucket, tmp_path):
 
 
 def test_ingest_downloads_the_missing_class_files_first(bucket, tmp_path):
-    from pipeline.config import Settings, validate
+    from pipeline.config import Settings, check_settings
     from pipeline.dataset import read_info
-    from pipeline.ingest import fetch_source_files, ingest
+    from pipeline.stages.data import download, ingest
     from pipeline.synthetic import draw_sketch
 
     rng = np.random.default_rng(0)
@@ -142,12 +142,12 @@ def test_ingest_downloads_the_missing_class_files_first(bucket, tmp_path):
             npz, {s: [draw_sketch(shape, rng) for _ in range(n)] for s, n in (("train", 6), ("valid", 2), ("test", 2))}
         )
         bucket.put(f"sketchrnn/{name}.npz", npz.read_bytes())
-    settings = validate(
+    settings = check_settings(
         Settings(source="sketchrnn", download=True, download_base_url=bucket.url, work_dir=str(tmp_path / "work"),
                  classes=("cat", "The Eiffel Tower"), retry_backoff_seconds=0.01)
     )  # fmt: skip
     assert settings.data_dir == str(tmp_path / "work" / "raw" / "sketchrnn")
-    assert [f.name for f in fetch_source_files(settings)] == ["cat", "The Eiffel Tower"]
+    assert [f.name for f in download(settings)] == ["cat", "The Eiffel Tower"]
     info = read_info(ingest(settings))
     assert info.classes == ["cat", "The Eiffel Tower"]
     assert info.num_sketches == 20

@@ -35,7 +35,7 @@ def test_evaluate_model_scores_the_given_sketches_in_order_and_reports_speed_and
     from pipeline.evaluation import compiled_inference, evaluate_model
     from pipeline.features import normalising_layer, pad_batch, read_spec, split_sketches
     from pipeline.models import build_model
-    from pipeline.stages import export_model
+    from pipeline.serving import export_model
 
     spec = read_spec(tiny_features)
     trained = build_model("gru", 4, {"units": 4, "num_layers": 1})

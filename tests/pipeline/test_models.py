@@ -60,3 +60,10 @@ def test_models_survive_a_save_and_load(tmp_path):
 def test_unknown_architecture():
     with pytest.raises(KeyError, match="unknown architecture 'resnet'"):
         build_model("resnet", 3)
+
+
+def test_the_settings_know_every_architecture_without_loading_keras():
+    from pipeline.config import ARCHITECTURES
+    from pipeline.models import MODEL_BUILDERS
+
+    assert tuple(MODEL_BUILDERS) == ARCHITECTURES

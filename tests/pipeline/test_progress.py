@@ -40,7 +40,7 @@ def test_ingest_counts_every_record_it_reads(tmp_path, mlflow_template, capsys):
 def test_training_bar_shows_epochs_and_validation_metrics(tiny_features, tmp_path, capsys):
     keras.utils.set_random_seed(0)
     config = TrainingConfig("gru", epochs=2, batch_size=32, model_params=TINY_MODELS["gru"])
-    train_model(config, tiny_features, tmp_path / "model", callbacks=[progress.TrainingProgress("gru")])
+    train_model(config, tiny_features, tmp_path / "model", callbacks=[progress.training_progress("gru")])
     err = capsys.readouterr().err
     assert "gru epoch 2/2" in err and "val_loss=" in err and "val_accuracy=" in err
     assert progress._taken == set()  # the bar's terminal line was given back

@@ -59,5 +59,50 @@ def test_champion_never_moves_to_a_worse_version(data, n, candidates, margin, al
         result = compare_on_same_test_set(candidate, champion, margin=margin, alpha=alpha)
         if result.promote:
             assert candidate.mean() > champion.mean() + margin - 1e-12
+            assert result.p_value < alpha  # and only on a significant difference
             champion = candidate
-        assert result.p_value <= 1.0
+
+
+def test_the_decision_without_a_champion_or_for_the_champion_itself_needs_no_comparison():
+    from pipeline.promotion import decide_promotion
+
+    first = decide_promotion("1", 0.4, None, None, 0.0, 0.05, "t")
+    assert (first.alias, first.reason, first.moves_champion, first.candidate_accuracy) == (
+        "champion",
+        "no champion yet",
+        True,
+        0.4,
+    )
+    again = decide_promotion("1", 0.4, "1", None, 0.0, 0.05, "t")
+    assert (again.alias, again.moves_champion) == ("champion", False)
+    with pytest.raises(ValueError, match="needs both models' correctness"):
+        decide_promotion("2", 0.9, "1", None, 0.0, 0.05, "t")
+
+
+def test_the_decision_follows_the_paired_comparison_and_records_it_as_tags():
+    from pipeline.promotion import decide_promotion
+
+    right = np.ones(40, bool)
+    half = np.arange(40) % 2 == 0
+    win = decide_promotion("2", 0.1, "1", {"2": right, "1": half}, 0.0, 0.05, "ds/test")
+    assert (win.alias, win.candidate_accuracy, win.champion_accuracy) == ("champion", 1.0, 0.5)
+    assert win.moves_champion and win.p_value < 0.05
+    lose = decide_promotion("3", 0.99, "1", {"3": half, "1": right}, 0.0, 0.05, "ds/test")
+    assert (lose.alias, lose.moves_champion) == ("challenger", False)
+    assert lose.version_tags() == {
+        "promotion_verdict": "challenger",
+        "promotion_reason": lose.reason,
+        "promotion_test_set": "ds/test",
+        "promotion_compared_to": "1",
+        "promotion_p_value": f"{lose.p_value:.4g}",
+    }
+
+
+def test_the_best_candidate_is_the_most_accurate_and_the_earlier_on_a_tie():
+    from pipeline.promotion import best_candidate
+    from pipeline.registry import RegisteredVersion
+
+    versions = [RegisteredVersion("m", v, "x", "r", a) for v, a in (("3", 0.5), ("4", 0.7), ("5", 0.7))]
+    assert best_candidate(versions).version == "4"
+    with pytest.raises(ValueError, match="no candidate"):
+        best_candidate([])

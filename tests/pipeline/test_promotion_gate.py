@@ -6,11 +6,13 @@ import keras
 import numpy as np
 import pytest
 
-from pipeline import stages, tracking
+from pipeline import registry, tracking
 from pipeline.dataset import open_split
 from pipeline.features import read_spec, record_indices
 from pipeline.models import build_model
-from pipeline.promotion import promote_best
+from pipeline.serving import export_model
+from pipeline.stages.registry import promote
+from pipeline.stages.training import TEST_PROBABILITIES, training_config
 from pipeline.training import train_model
 from tests.conftest import tiny_settings
 
@@ -19,7 +21,7 @@ from tests.conftest import tiny_settings
 def trained_model(tiny_features, dataset_settings, tmp_path_factory):
     # big enough to learn the tiny set (about 0.45 test accuracy on 4 classes; untrained: about 0.25)
     config = dataclasses.replace(
-        stages.training_config(dataset_settings.replace(epochs=8, early_stopping_patience=20), "conv_lstm"),
+        training_config(dataset_settings.replace(epochs=8, early_stopping_patience=20), "conv_lstm"),
         model_params={"filters": [16], "kernel_size": 3, "units": 16, "num_layers": 1},
     )
     trained = train_model(config, tiny_features, tmp_path_factory.mktemp("trained"))
@@ -29,30 +31,36 @@ def trained_model(tiny_features, dataset_settings, tmp_path_factory):
 @pytest.fixture
 def gate(tiny_features, tmp_path, tracking_db):
     settings = tiny_settings(tmp_path / "work", tracking_db)
-    tracking.use_store(settings.resolved_tracking_uri)
-    experiment_id = tracking.ensure_experiment(settings.experiment_name, settings.artifact_location)
-    parent = tracking.start_parent_run(experiment_id, "gate", {}, {})
+    client = tracking.client_for(settings.resolved_tracking_uri)
+    experiment_id = tracking.ensure_experiment(client, settings.experiment_name, settings.artifact_location)
+    parent = tracking.start_parent_run(client, experiment_id, "gate", {}, {})
     spec = read_spec(tiny_features)
     test = open_split(spec.dataset_dir, "test")
-    indices = record_indices(tiny_features, "test")
-    sketches = [test.sketch(int(i)) for i in indices]
-    truth = [spec.classes[int(label)] for label in np.asarray(test.labels)[indices]]
+    labels = np.asarray(test.labels)[record_indices(tiny_features, "test")]
 
-    def register(model, accuracy: float) -> tracking.RegisteredVersion:
-        run_id = tracking.start_child_run(experiment_id, parent, "m", {})
-        return tracking.log_and_register_model(
+    def register(model, accuracy: float) -> registry.RegisteredVersion:
+        run_id = tracking.start_child_run(client, experiment_id, parent, "m", {})
+        return registry.log_and_register_model(
+            client,
             run_id,
-            stages.export_model(model, spec.scale),
+            export_model(model, spec.scale),
             settings.registered_model_name,
             input_example=np.zeros((1, 3, 3), np.float32),
             metadata={"classes": spec.classes, "scale": spec.scale, "max_len": spec.max_len},
             tags={"architecture": "x", "test_accuracy": str(accuracy)},
         )
 
-    def promote(candidates, predictions=None):
-        return promote_best(settings, candidates, sketches, truth, "tiny/test", predictions=predictions)
+    def gate_promote(candidates):
+        return promote(settings, candidates, tiny_features)
 
-    return settings, register, promote, truth
+    def log_perfect_evaluation(version: registry.RegisteredVersion) -> None:
+        """Log test probabilities that get every sketch right, as a perfect model's evaluation would."""
+        folder = tmp_path / f"evaluation-{version.version}"
+        folder.mkdir()
+        np.save(folder / TEST_PROBABILITIES, np.eye(len(spec.classes), dtype=np.float32)[labels])
+        tracking.log_artifacts(client, version.run_id, folder, "evaluation")
+
+    return settings, client, register, gate_promote, log_perfect_evaluation
 
 
 def _untrained(seed: int) -> keras.Model:
@@ -61,7 +69,7 @@ def _untrained(seed: int) -> keras.Model:
 
 
 def test_champion_moves_only_to_a_significantly_better_version(gate, trained_model):
-    settings, register, promote, _ = gate
+    settings, client, register, promote, _ = gate
     name = settings.registered_model_name
     weak = register(_untrained(1), 0.25)
     first = promote([weak])
@@ -72,35 +80,32 @@ def test_champion_moves_only_to_a_significantly_better_version(gate, trained_mod
     assert decision.alias == "champion", decision.reason
     assert decision.champion_version == weak.version and decision.p_value < 0.05
     assert decision.candidate_accuracy > decision.champion_accuracy
-    assert tracking.alias_version(name, "champion") == strong.version
+    assert registry.alias_version(client, name, "champion") == strong.version
 
     # a version whose own logged score claims more, but is worse on this test set, is only a challenger
     pretender = register(_untrained(2), 0.99)
     decision = promote([pretender])
     assert decision.alias == "challenger"
     assert decision.candidate_accuracy < decision.champion_accuracy
-    assert tracking.alias_version(name, "champion") == strong.version
-    assert tracking.alias_version(name, "challenger") == pretender.version
-
-    import mlflow
-
-    tags = mlflow.MlflowClient().get_model_version(name, pretender.version).tags
+    assert registry.alias_version(client, name, "champion") == strong.version
+    assert registry.alias_version(client, name, "challenger") == pretender.version
+    tags = client.get_model_version(name, pretender.version).tags
     assert tags["promotion_verdict"] == "challenger"
     assert tags["promotion_compared_to"] == strong.version
     assert float(tags["promotion_p_value"]) < 0.05
 
 
 def test_the_champion_again_changes_nothing(gate):
-    settings, register, promote, _ = gate
+    settings, client, register, promote, _ = gate
     version = register(_untrained(3), 0.5)
     promote([version])
     decision = promote([version])
     assert (decision.alias, decision.reason) == ("champion", "already the champion")
-    assert tracking.alias_version(settings.registered_model_name, "challenger") is None
+    assert registry.alias_version(client, settings.registered_model_name, "challenger") is None
 
 
-def test_a_candidate_is_judged_by_its_known_predictions_and_only_the_champion_is_scored(gate):
-    settings, register, promote, truth = gate
+def test_a_candidate_is_judged_by_its_logged_predictions_and_only_the_champion_is_scored(gate):
+    settings, client, register, promote, log_perfect_evaluation = gate
     name = settings.registered_model_name
     champion = register(_untrained(4), 0.25)
     promote([champion])
@@ -109,9 +114,10 @@ def test_a_candidate_is_judged_by_its_known_predictions_and_only_the_champion_is
     scored = promote([candidate])
     assert scored.alias == "challenger"
     assert scored.candidate_accuracy < 0.6
-    # told that the candidate got every sketch right (as its evaluation would say of a perfect model),
-    # the gate judges it by that and scores only the champion
-    told = promote([candidate], {candidate.version: truth})
+    # once its run holds an evaluation that got every sketch right, the gate judges it by that
+    # (rather than scoring the served model again) and scores only the champion
+    log_perfect_evaluation(candidate)
+    told = promote([candidate])
     assert (told.alias, told.candidate_accuracy) == ("champion", 1.0)
     assert told.champion_accuracy == pytest.approx(scored.champion_accuracy)
-    assert tracking.alias_version(name, "champion") == candidate.version
+    assert registry.alias_version(client, name, "champion") == candidate.version

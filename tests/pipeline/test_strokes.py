@@ -54,23 +54,24 @@ def test_npz_round_trip(tmp_path):
 
 
 class _Exploit:
+    """Unpickled, it would create the file at ``marker``."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
     def __reduce__(self):
-        return (open, ("/tmp/sketchpipe-pwned", "w"))
+        return (open, (self.marker, "w"))
 
 
 def test_npz_with_a_foreign_pickle_is_refused_and_nothing_runs(tmp_path):
     target = tmp_path / "evil.npz"
+    marker = tmp_path / "pwned"
     column = np.empty(2, dtype=object)
-    column[:] = [np.zeros((2, 3), np.int16), _Exploit()]
+    column[:] = [np.zeros((2, 3), np.int16), _Exploit(str(marker))]
     np.savez(target, train=column)
-    marker = "/tmp/sketchpipe-pwned"
-    import os
-
-    if os.path.exists(marker):
-        os.remove(marker)
     with pytest.raises(StrokeFormatError, match=r"evil\.npz.*refused to load global .*open"):
         load_sketchrnn_npz(target)
-    assert not os.path.exists(marker)
+    assert not marker.exists()
 
 
 def test_truncated_npz_names_the_file(tmp_path):

@@ -5,15 +5,14 @@ import subprocess
 import sys
 import textwrap
 
-import mlflow
-
-from pipeline import stages, tracking
+from pipeline import tracking
+from pipeline.stages.training import train, training_config
 from pipeline.training import train_model
-from tests.conftest import tiny_settings
+from tests.conftest import settings_mapping, tiny_settings
 
 
 def test_same_seed_gives_the_same_metrics(tiny_features, dataset_settings, tmp_path):
-    config = stages.training_config(dataset_settings.replace(epochs=2), "conv_lstm")
+    config = training_config(dataset_settings.replace(epochs=2), "conv_lstm")
     first = train_model(config, tiny_features, tmp_path / "a")
     second = train_model(config, tiny_features, tmp_path / "b")
     assert first.history == second.history
@@ -29,7 +28,7 @@ def test_architectures_built_at_the_same_time_in_threads_get_the_same_weights_as
 
     from pipeline.training import seeded_model
 
-    configs = [stages.training_config(dataset_settings, name) for name in ("lstm", "transformer")]
+    configs = [training_config(dataset_settings, name) for name in ("lstm", "transformer")]
     alone = [[w.copy() for w in seeded_model(config, 4).get_weights()] for config in configs]
     for _ in range(3):
         built: dict[int, list] = {}
@@ -54,7 +53,7 @@ _KILLED_RUN = textwrap.dedent(
     import keras
     from pipeline.config import Settings, configure_runtime
     configure_runtime()
-    from pipeline import stages
+    from pipeline.stages.training import train
 
     class KillAfterFirstEpoch(keras.callbacks.Callback):
         def on_epoch_begin(self, epoch, logs=None):
@@ -62,31 +61,30 @@ _KILLED_RUN = textwrap.dedent(
                 os.kill(os.getpid(), signal.SIGKILL)  # no cleanup, like a lost machine
 
     settings = Settings(**json.loads(sys.argv[1]))
-    stages.train(settings, "lstm", sys.argv[2], sys.argv[3], callbacks=[KillAfterFirstEpoch()])
+    train(settings, "lstm", sys.argv[2], sys.argv[3], callbacks=[KillAfterFirstEpoch()])
     """
 )
 
 
 def test_a_killed_run_resumes_from_its_last_completed_epoch(tiny_features, tmp_path, tracking_db):
     settings = tiny_settings(tmp_path / "work", tracking_db, epochs=3, early_stopping_patience=10)
-    tracking.use_store(settings.resolved_tracking_uri)
-    experiment_id = tracking.ensure_experiment(settings.experiment_name, settings.artifact_location)
-    parent = tracking.start_parent_run(experiment_id, "resume-test", {}, {})
-    as_json = json.dumps({k: list(v) if isinstance(v, tuple) else v for k, v in vars(settings).items()})
+    client = tracking.client_for(settings.resolved_tracking_uri)
+    experiment_id = tracking.ensure_experiment(client, settings.experiment_name, settings.artifact_location)
+    parent = tracking.start_parent_run(client, experiment_id, "resume-test", {}, {})
+    as_json = json.dumps(settings_mapping(settings))
 
     killed = subprocess.run(
         [sys.executable, "-c", _KILLED_RUN, as_json, str(tiny_features), parent], capture_output=True, text=True
     )
     assert killed.returncode == -9, killed.stderr[-2000:]
-    client = mlflow.MlflowClient()
-    run_id = tracking.find_child_run(parent, "lstm")
+    run_id = tracking.find_child_run(client, parent, "lstm")
     assert [m.step for m in client.get_metric_history(run_id, "loss")] == [0]
 
-    resumed = stages.train(settings, "lstm", tiny_features, parent)
+    resumed = train(settings, "lstm", tiny_features, parent)
     assert resumed.run_id == run_id
     assert resumed.epochs_run == 3
     assert sorted(m.step for m in client.get_metric_history(run_id, "loss")) == [0, 1, 2]
 
-    again = stages.train(settings, "lstm", tiny_features, parent)  # finished: not trained again
+    again = train(settings, "lstm", tiny_features, parent)  # finished: not trained again
     assert again == resumed
     assert len(client.get_metric_history(run_id, "loss")) == 3

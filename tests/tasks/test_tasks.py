@@ -4,13 +4,12 @@ import json
 import shutil
 from pathlib import Path
 
-import mlflow
 import pytest
 
-from pipeline import tracking
+from pipeline import registry, tracking
 from tasks.data import ingest_task, preprocess_task, validate_task
-from tasks.registry import finish_run_task, promote_task, register_task, start_run_task
-from tasks.training import evaluate_task, figures_task, train_task
+from tasks.registry import finish_tracking_run_task, promote_task, register_task, start_tracking_run_task
+from tasks.training import evaluate_task, plot_evaluation_task, train_task
 from tests.conftest import tiny_settings
 
 
@@ -27,13 +26,13 @@ def chain(settings):
     out = {"dataset": ingest_task.fn(settings)}
     out["report"] = validate_task.fn(settings, out["dataset"])
     out["features"] = preprocess_task.fn(settings, out["report"])
-    out["parent"] = start_run_task.fn(settings, out["report"], out["features"], "test-flow-run")
+    out["parent"] = start_tracking_run_task.fn(settings, out["report"], out["features"], "test-flow-run")
     out["run"] = train_task.fn(settings, "lstm", out["features"], out["parent"])
     out["evaluation"] = evaluate_task.fn(settings, out["run"], out["features"])
-    out["figures"] = figures_task.fn(settings, out["run"], out["evaluation"], out["features"])
+    out["figures"] = plot_evaluation_task.fn(settings, out["run"], out["evaluation"], out["features"])
     out["version"] = register_task.fn(settings, out["run"], out["evaluation"], out["features"])
     out["decision"] = promote_task.fn(settings, [out["version"]], out["features"])
-    finish_run_task.fn(settings, out["parent"], out["decision"], ok=True)
+    finish_tracking_run_task.fn(settings, out["parent"], out["decision"], ok=True)
     return out
 
 
@@ -62,7 +61,7 @@ def test_preprocess_writes_one_record_file_per_split(chain):
 
 
 def test_train_logs_a_nested_run_with_per_epoch_metrics(chain, settings):
-    client = mlflow.MlflowClient(settings.resolved_tracking_uri)
+    client = tracking.client_for(settings.resolved_tracking_uri)
     run = client.get_run(chain["run"].run_id)
     assert run.data.tags["mlflow.parentRunId"] == chain["parent"]
     assert run.data.tags["architecture"] == "lstm"
@@ -75,7 +74,7 @@ def test_evaluate_logs_test_metrics(chain, settings):
     evaluation = chain["evaluation"]
     assert 0.0 <= evaluation.accuracy <= evaluation.top3_accuracy <= 1.0
     assert evaluation.num_examples == 80
-    metrics = mlflow.MlflowClient(settings.resolved_tracking_uri).get_run(chain["run"].run_id).data.metrics
+    metrics = tracking.client_for(settings.resolved_tracking_uri).get_run(chain["run"].run_id).data.metrics
     assert metrics["test_accuracy"] == pytest.approx(evaluation.accuracy)
 
 
@@ -85,7 +84,7 @@ def test_evaluation_artifacts_hold_the_probabilities_scores_and_figures(chain, s
     from pipeline.dataset import open_split
     from pipeline.features import read_spec, record_indices
 
-    client = mlflow.MlflowClient(settings.resolved_tracking_uri)
+    client = tracking.client_for(settings.resolved_tracking_uri)
     run_id = chain["run"].run_id
     logged = {Path(a.path).name for a in client.list_artifacts(run_id, "evaluation")}
     figures = {"confusion_matrix.png", "confused_pairs.png", "training_curves.png", "misclassified.png"}
@@ -97,12 +96,12 @@ def test_evaluation_artifacts_hold_the_probabilities_scores_and_figures(chain, s
         *figures,
     } <= logged
     assert {p.name for p in Path(chain["figures"]).glob("*.png")} == figures
-    probabilities = tracking.load_array_artifact(run_id, "evaluation/test_probabilities.npy")
+    probabilities = tracking.load_array_artifact(client, run_id, "evaluation/test_probabilities.npy")
     spec = read_spec(chain["features"])
     labels = np.asarray(open_split(spec.dataset_dir, "test").labels)[record_indices(chain["features"], "test")]
     assert probabilities.shape == (80, 4)
     assert (probabilities.argmax(axis=1) == labels).mean() == pytest.approx(chain["evaluation"].accuracy)
-    assert tracking.load_array_artifact(run_id, "evaluation/missing.npy") is None
+    assert tracking.load_array_artifact(client, run_id, "evaluation/missing.npy") is None
 
 
 def test_the_registered_model_is_the_one_evaluated(chain, settings):
@@ -113,17 +112,18 @@ def test_the_registered_model_is_the_one_evaluated(chain, settings):
 
     classifier = load_classifier(settings, f"models:/{settings.registered_model_name}/{chain['version'].version}")
     sketches, _ = split_sketches(chain["features"], "test")
-    evaluated = tracking.load_array_artifact(chain["run"].run_id, "evaluation/test_probabilities.npy")
+    client = tracking.client_for(settings.resolved_tracking_uri)
+    evaluated = tracking.load_array_artifact(client, chain["run"].run_id, "evaluation/test_probabilities.npy")
     np.testing.assert_allclose(classifier.probabilities(sketches), evaluated, atol=1e-5)
 
 
 def test_register_and_promote(chain, settings):
-    tracking.use_store(settings.resolved_tracking_uri)
+    client = tracking.client_for(settings.resolved_tracking_uri)
     assert chain["version"].version == "1"
     assert chain["decision"].alias == "champion"
-    assert tracking.alias_version(settings.registered_model_name, "champion") == "1"
+    assert registry.alias_version(client, settings.registered_model_name, "champion") == "1"
 
 
 def test_finish_closes_the_parent_run(chain, settings):
-    run = mlflow.MlflowClient(settings.resolved_tracking_uri).get_run(chain["parent"])
+    run = tracking.client_for(settings.resolved_tracking_uri).get_run(chain["parent"])
     assert run.info.status == "FINISHED"

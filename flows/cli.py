@@ -1,4 +1,7 @@
-"""The ``sketchpipe`` command line: run, validate, predict, promote, serve, ui.
+"""The ``sketchpipe`` command line: run, validate, download, predict, promote, serve, ui.
+
+It lives with the flows, not in the Prefect-free library: ``run``, ``promote`` and ``serve`` start
+flows, and the other commands call the library.
 
 Wrong values stop at once with one line naming the flag; nothing is started before the settings
 are known to be valid.
@@ -153,21 +156,20 @@ def _cmd_run(args: argparse.Namespace) -> None:
 
 def _cmd_validate(args: argparse.Namespace) -> None:
     settings, _ = _settings(args, _DATA_FLAGS)
-    from pipeline import stages
     from pipeline.download import DownloadError
-    from pipeline.ingest import fetch_source_files, ingest
+    from pipeline.stages import data
     from pipeline.validation import DataValidationError, read_report
 
     try:
-        fetch_source_files(settings)
+        data.download(settings)
     except DownloadError as exc:
         _fail(str(exc))
-    dataset_dir = ingest(settings)
+    dataset_dir = data.ingest(settings)
     try:
-        report = stages.validate(settings, dataset_dir)
+        report = data.validate(settings, dataset_dir)
     except DataValidationError as exc:
         print(f"FAILED: {exc}")
-        report = read_report(stages.validation_dir(settings, dataset_dir))
+        report = read_report(data.validation_dir(settings, dataset_dir))
     print(f"dataset: {dataset_dir}")
     print(f"records in: {report.records_in}  accepted: {report.accepted}  quarantined: {report.quarantined}")
     for expectation, count in sorted(report.failures.items()):

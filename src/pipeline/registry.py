@@ -1,0 +1,255 @@
+"""The MLflow model registry: logging and registering models, versions, aliases and the champion history.
+
+Like :mod:`pipeline.tracking`, every function takes the client of one store; nothing here uses
+MLflow's process-wide tracking or registry URI.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+from mlflow.exceptions import MlflowException
+
+from pipeline.promotion import CHALLENGER, CHAMPION, PromotionDecision
+
+HISTORY_TAG = "champion_history"
+
+
+@dataclasses.dataclass(frozen=True)
+class RegisteredVersion:
+    """A registered model version and the test metric it is compared on."""
+
+    name: str
+    version: str
+    architecture: str
+    run_id: str
+    test_accuracy: float
+
+
+_requirements_scan_lock = threading.Lock()
+_requirements_scan: threading.Thread | None = None
+
+
+def warm_model_logging() -> threading.Thread | None:
+    """Start MLflow's one-time scan of the installed packages in a background thread; return the thread.
+
+    Logging a model makes MLflow check its pip requirements against the environment, which first
+    maps every installed distribution to its modules: about 2 s once per process here, paid by the
+    first registration. Started while a model trains (TensorFlow runs without the GIL), the map is
+    ready when registration needs it. Once per process; ``None`` if this MLflow has no such scan.
+    """
+    global _requirements_scan
+    try:  # a private MLflow function: if it moves, registration just pays the scan itself
+        from mlflow.utils.requirements_utils import _init_modules_to_packages_map
+    except ImportError:
+        return None
+    with _requirements_scan_lock:
+        if _requirements_scan is None:
+            _requirements_scan = threading.Thread(
+                target=_init_modules_to_packages_map, name="mlflow-requirements-scan", daemon=True
+            )
+            _requirements_scan.start()
+        return _requirements_scan
+
+
+def model_signature():
+    """Return the serving signature: ``(-1, -1, 3)`` float32 strokes in, class probabilities out."""
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import Schema, TensorSpec
+
+    return ModelSignature(
+        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, -1, 3), "strokes")]),
+        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, -1), "probabilities")]),
+    )
+
+
+def log_and_register_model(
+    client: mlflow.MlflowClient,
+    run_id: str,
+    model,
+    registered_model_name: str,
+    input_example: np.ndarray,
+    metadata: dict[str, Any],
+    tags: dict[str, str],
+) -> RegisteredVersion:
+    """Log a Keras model for ``run_id`` with ``mlflow.keras`` and register it as a new version.
+
+    ``metadata`` (class names, normalising scale, crop length) travels in the MLmodel file so that
+    whoever loads the model can prepare raw strokes the way training did.
+    """
+    import keras
+    import mlflow.keras
+    import tensorflow as tf
+
+    experiment_id = client.get_run(run_id).info.experiment_id
+    scan = warm_model_logging()
+    if scan is not None:
+        scan.join()  # wait for the background scan rather than run a second one beside it
+    with tempfile.TemporaryDirectory() as tmp:
+        local = Path(tmp) / "model"
+        # mlflow.keras.log_model(input_example=...) writes the example before creating its folder
+        # (mlflow/mlflow#16183), and it logs through the process-wide store: save into a folder made
+        # here and log that folder as a LoggedModel of this client's store.
+        local.mkdir()
+        mlflow.keras.save_model(
+            model,
+            str(local),
+            signature=model_signature(),
+            input_example=input_example,
+            metadata=metadata,
+            pip_requirements=[f"tensorflow=={tf.__version__}", f"keras=={keras.__version__}"],
+        )
+        logged = client.create_logged_model(experiment_id, name="model", source_run_id=run_id, tags=dict(tags))
+        client.log_model_artifacts(logged.model_id, str(local))
+        client.finalize_logged_model(logged.model_id, "READY")
+    try:
+        client.create_registered_model(registered_model_name)
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS":  # registered by an earlier or a concurrent run
+            raise
+    tags = {k: str(v) for k, v in tags.items()}
+    # the version is created with its tags in one call: a store lost mid-way cannot leave a version
+    # that says nothing about what it is (a retried registration finds it by run id, see
+    # find_registered_version)
+    # the source is the artifact location itself: for a models:/<id> source, MLflow's SQL registry
+    # looks the logged model up through the process-wide tracking URI, which may be another store
+    version = client.create_model_version(
+        registered_model_name,
+        source=logged.artifact_location,
+        run_id=run_id,
+        tags=tags,
+        model_id=logged.model_id,
+        description=(
+            f"{tags.get('architecture', '?')} trained on dataset {tags.get('dataset_fingerprint', '?')[:12]}; "
+            f"test accuracy {float(tags.get('test_accuracy', 'nan')):.4f}"
+        ),
+    )
+    return RegisteredVersion(
+        name=registered_model_name,
+        version=str(version.version),
+        architecture=tags.get("architecture", ""),
+        run_id=run_id,
+        test_accuracy=float(tags.get("test_accuracy", "nan")),
+    )
+
+
+def find_registered_version(client: mlflow.MlflowClient, name: str, run_id: str) -> RegisteredVersion | None:
+    """Return the version of ``name`` already registered from ``run_id``, or ``None``."""
+    for version in client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'"):
+        return RegisteredVersion(
+            name=name,
+            version=str(version.version),
+            architecture=version.tags.get("architecture", ""),
+            run_id=run_id,
+            test_accuracy=float(version.tags.get("test_accuracy", "nan")),
+        )
+    return None
+
+
+def current_alias(client: mlflow.MlflowClient, name: str, alias: str):
+    """Return the model version that holds ``alias``, or ``None`` when no version does."""
+    try:
+        return client.get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None
+
+
+def alias_version(client: mlflow.MlflowClient, name: str, alias: str) -> str | None:
+    """Return the version number (as a string) that holds ``alias``, or ``None``."""
+    version = current_alias(client, name, alias)
+    return None if version is None else str(version.version)
+
+
+def record_decision(client: mlflow.MlflowClient, name: str, version: str, tags: dict[str, str]) -> None:
+    """Record a promotion decision as tags on the candidate version."""
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, key, str(value))
+
+
+def set_alias(client: mlflow.MlflowClient, name: str, alias: str, version: str) -> None:
+    """Point ``alias`` at ``version`` (use :func:`set_champion` for the champion, which keeps history)."""
+    client.set_registered_model_alias(name, alias, version)
+
+
+def apply_promotion(client: mlflow.MlflowClient, name: str, decision: PromotionDecision) -> None:
+    """Carry out a promotion decision: move ``champion`` (keeping history) or ``challenger``, and tag the
+    candidate version with the decision."""
+    if decision.moves_champion:
+        set_champion(client, name, decision.candidate_version)
+    elif decision.alias == CHALLENGER:
+        set_alias(client, name, CHALLENGER, decision.candidate_version)
+    record_decision(client, name, decision.candidate_version, decision.version_tags())
+
+
+def set_champion(client: mlflow.MlflowClient, name: str, version: str) -> None:
+    """Point ``champion`` at ``version`` and append it to the model's champion history."""
+    client.get_model_version(name, version)  # raises for an unknown version, before anything changes
+    history = champion_history(client, name)
+    # history first: if the store goes away between the two writes, the alias still names the old
+    # champion and a rollback from the longer history lands on it again; the other order would
+    # leave a champion that a rollback skips past
+    client.set_registered_model_tag(name, HISTORY_TAG, ",".join([*history, version]))
+    client.set_registered_model_alias(name, CHAMPION, version)
+
+
+def rollback_champion(client: mlflow.MlflowClient, name: str) -> str:
+    """Move ``champion`` back to the version that held it before; return that version.
+
+    Raises:
+        ValueError: there is no earlier champion to go back to (nothing is changed).
+    """
+    history = champion_history(client, name)
+    if len(history) < 2:
+        raise ValueError(f"model {name!r} has no earlier champion to roll back to")
+    client.set_registered_model_alias(name, CHAMPION, history[-2])
+    client.set_registered_model_tag(name, HISTORY_TAG, ",".join(history[:-1]))
+    return history[-2]
+
+
+def champion_history(client: mlflow.MlflowClient, name: str) -> list[str]:
+    """Return the versions that held ``champion``, oldest first (the last holds it now).
+
+    Raises:
+        ValueError: there is no registered model ``name``.
+    """
+    try:
+        model = client.get_registered_model(name)
+    except MlflowException as exc:
+        raise ValueError(f"no registered model named {name!r}") from exc
+    return [v for v in model.tags.get(HISTORY_TAG, "").split(",") if v]
+
+
+_MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<version>\d+)|@(?P<alias>[\w-]+))$")
+
+
+def download_model(client: mlflow.MlflowClient, model_uri: str, dst: Path) -> Path:
+    """Download a logged model to ``dst`` and return its local folder (the one holding ``MLmodel``).
+
+    ``models:/<name>/<version>`` and ``models:/<name>@<alias>`` are resolved in ``client``'s
+    registry; ``models:/<model id>``, ``runs:/...`` and artifact URIs are fetched from its store.
+
+    Raises:
+        MlflowException: the model, version or alias does not exist.
+    """
+    from mlflow.artifacts import download_artifacts
+
+    match = _MODEL_URI.match(model_uri)
+    if match and match["version"]:
+        version = client.get_model_version(match["name"], match["version"])
+    elif match and match["alias"]:
+        version = client.get_model_version_by_alias(match["name"], match["alias"])
+    else:
+        version = None
+    source = model_uri
+    if version is not None:
+        source = version.source
+    if source.startswith("models:/m-"):
+        source = client.get_logged_model(source.removeprefix("models:/")).artifact_location
+    return Path(download_artifacts(artifact_uri=source, dst_path=str(dst), tracking_uri=client.tracking_uri))

@@ -1,0 +1,70 @@
+"""Data stages: download -> ingest -> validate -> preprocess."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pipeline import progress
+from pipeline.config import Settings
+from pipeline.download import DownloadedFile, download_classes, resolve_classes
+from pipeline.features import write_features
+from pipeline.files import parameters_digest
+from pipeline.fingerprints import VALIDATE_FIELDS
+from pipeline.ingest import ingest
+from pipeline.strokes import SPLITS
+from pipeline.validation import ValidationReport, validate_dataset
+
+__all__ = ["download", "ingest", "preprocess", "validate", "validation_dir"]
+
+
+def download(settings: Settings) -> list[DownloadedFile]:
+    """Download the official class files the settings select that ``data_dir`` does not hold yet.
+
+    The classes are ``classes`` when named, else the first ``num_classes`` official ones, else all
+    345. Does nothing unless ``download`` is on.
+    """
+    if not settings.download:
+        return []
+    return download_classes(
+        resolve_classes(settings.classes, settings.num_classes),
+        settings.resolved_download_format,
+        Path(settings.data_dir),
+        base_url=settings.download_base_url,
+        workers=settings.download_workers,
+        retries=settings.io_retries + 2,
+        backoff_seconds=settings.retry_backoff_seconds,
+        show_progress=progress.enabled(settings.progress),
+    )
+
+
+def validation_dir(settings: Settings, dataset_dir: Path) -> Path:
+    """Return ``<work_dir>/validation/<dataset>-<hash of the validation settings>``.
+
+    Named after everything that decides which sketches are accepted, so different settings never
+    share (or overwrite) a report, and the features made from it are named after it in turn.
+    """
+    thresholds = {name: getattr(settings, name) for name in VALIDATE_FIELDS if name != "work_dir"}
+    return Path(settings.work_dir) / "validation" / f"{Path(dataset_dir).name}-v{parameters_digest(thresholds)}"
+
+
+def validate(settings: Settings, dataset_dir: Path) -> ValidationReport:
+    """Validate a dataset folder into :func:`validation_dir`; see :func:`pipeline.validation.validate_dataset`."""
+    return validate_dataset(
+        dataset_dir,
+        validation_dir(settings, dataset_dir),
+        min_points=settings.min_points,
+        max_points=settings.max_points,
+        max_abs_delta=settings.max_abs_delta,
+        max_invalid_fraction=settings.max_invalid_fraction,
+        max_class_imbalance=settings.max_class_imbalance,
+    )
+
+
+def preprocess(settings: Settings, report: ValidationReport) -> Path:
+    """Write the model-ready TFRecords of the accepted sketches; return the features folder."""
+    dataset_dir = Path(report.dataset_dir)
+    # named after the validation report (dataset + thresholds) and the crop length
+    out_dir = Path(settings.work_dir) / "features" / f"{Path(report.output_dir).name}-len{settings.max_len}"
+    accepted = {split: report.accepted_indices(split) for split in SPLITS}
+    write_features(dataset_dir, accepted, out_dir, settings.max_len)
+    return out_dir

@@ -1,0 +1,185 @@
+"""Tracking and registry stages: start-tracking-run, register, promote, compare, finish-tracking-run."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+
+from pipeline import registry, tracking
+from pipeline.config import Settings
+from pipeline.dataset import open_split, read_info
+from pipeline.evaluation import Evaluation
+from pipeline.features import pad_batch, read_spec, record_indices
+from pipeline.promotion import PromotionDecision, best_candidate, decide_promotion
+from pipeline.report import ArchitectureResult, winner_markdown, write_comparison_csv
+from pipeline.serving import load_classifier
+from pipeline.stages.training import SERVING_MODEL, TEST_PROBABILITIES, ArchitectureRun
+from pipeline.validation import ValidationReport
+
+
+def start_tracking_run(
+    settings: Settings,
+    report: ValidationReport,
+    features_dir: Path,
+    flow_run_name: str,
+    resume_run_id: str | None = None,
+) -> str:
+    """Open the parent MLflow run of one pipeline run (or reopen ``resume_run_id``) and return its id.
+
+    The run records the dataset as its input (name, content fingerprint, counts per split and class)
+    and the validation summary and quarantine as artifacts. An unreachable tracking server stops
+    the pipeline here, before anything is trained or registered.
+    """
+    tracking.check_store(settings.resolved_tracking_uri)
+    client = tracking.client_for(settings.resolved_tracking_uri)
+    if resume_run_id:
+        tracking.reopen_run(client, resume_run_id)
+        return resume_run_id
+    experiment_id = tracking.ensure_experiment(client, settings.experiment_name, settings.artifact_location)
+    spec = read_spec(features_dir)
+    run_id = tracking.start_parent_run(
+        client,
+        experiment_id,
+        run_name=flow_run_name,
+        params={
+            "source": settings.source,
+            "dataset": spec.dataset_name,
+            "dataset_fingerprint": spec.dataset_fingerprint,
+            "classes": tracking.class_list_value(spec.classes),
+            "num_classes": len(spec.classes),
+            "architectures": ",".join(settings.architectures),
+            "epochs": settings.epochs,
+            "git_commit": tracking.git_commit(),
+        },
+        tags={"pipeline": "training_pipeline", "source": settings.source},
+    )
+    info = read_info(report.dataset_dir)
+    try:
+        tracking.log_dataset_input(
+            client,
+            run_id,
+            info.name,
+            report.dataset_dir,
+            info.fingerprint,
+            profile={"counts": info.counts, "rejected": info.rejected, "skipped": info.skipped},
+            classes=info.classes,
+        )
+        tracking.log_artifacts(client, run_id, Path(report.output_dir), "validation")
+        tracking.log_metrics(client, run_id, {"records_in": report.records_in, "quarantined": report.quarantined})
+    except Exception:  # a retry opens a new run: this one must not stay RUNNING
+        tracking.end_run(client, run_id, "FAILED")
+        raise
+    return run_id
+
+
+def register(
+    settings: Settings, run: ArchitectureRun, evaluation: Evaluation, features_dir: Path
+) -> registry.RegisteredVersion:
+    """Log the model (taking raw stroke-3) to its run with ``mlflow.keras`` and register a new version."""
+    import keras
+
+    client = tracking.client_for(settings.resolved_tracking_uri)
+    existing = registry.find_registered_version(client, settings.registered_model_name, run.run_id)
+    if existing is not None:  # a resumed pipeline run registered this one before it was stopped
+        return existing
+    spec = read_spec(features_dir)
+    test = open_split(spec.dataset_dir, "test")
+    example = pad_batch([test.sketch(int(i))[: spec.max_len] for i in record_indices(features_dir, "test")[:2]])
+    return registry.log_and_register_model(
+        client,
+        run.run_id,
+        keras.saving.load_model(Path(run.model_path).parent / SERVING_MODEL),  # the model evaluate scored
+        settings.registered_model_name,
+        input_example=example,
+        metadata={"classes": spec.classes, "scale": spec.scale, "max_len": spec.max_len},
+        tags={
+            "architecture": run.architecture,
+            "dataset_fingerprint": spec.dataset_fingerprint,
+            "test_accuracy": f"{evaluation.accuracy:.6f}",
+            "test_top3_accuracy": f"{evaluation.top3_accuracy:.6f}",
+            "test_macro_f1": f"{evaluation.macro_f1:.6f}",
+            "git_commit": tracking.git_commit(),
+        },
+    )
+
+
+def promote(settings: Settings, versions: list[registry.RegisteredVersion], features_dir: Path) -> PromotionDecision:
+    """Run the promotion gate over this pipeline run's new versions, on this run's test set, and apply it.
+
+    The best candidate is judged by the predictions its evaluation made on this very test set
+    (logged with its run, made by the very serving model that was registered); only the champion is
+    loaded and scored, the way serving uses it, and compared by class name, so a champion trained on
+    another dataset or class list is re-evaluated on this test set rather than trusted by its old score.
+    """
+    client = tracking.client_for(settings.resolved_tracking_uri)
+    name = settings.registered_model_name
+    best = best_candidate(versions)
+    champion = registry.alias_version(client, name, registry.CHAMPION)
+    spec = read_spec(features_dir)
+    correct = None
+    if champion not in (None, best.version):
+        test = open_split(spec.dataset_dir, "test")
+        indices = record_indices(features_dir, "test")
+        sketches = [test.sketch(int(i)) for i in indices]
+        truth = np.asarray([spec.classes[int(label)] for label in np.asarray(test.labels)[indices]])
+        predicted = {}
+        for version in (best, registry.RegisteredVersion(name, champion, "", "", float("nan"))):
+            probabilities = None
+            if version.run_id:
+                probabilities = tracking.load_array_artifact(client, version.run_id, f"evaluation/{TEST_PROBABILITIES}")
+            if probabilities is not None and probabilities.shape == (len(indices), len(spec.classes)):
+                predicted[version.version] = [spec.classes[i] for i in probabilities.argmax(axis=1)]
+            else:
+                classifier = load_classifier(settings, f"models:/{name}/{version.version}")
+                predicted[version.version] = classifier.top_classes(sketches)
+        correct = {version: np.asarray(labels) == truth for version, labels in predicted.items()}
+    decision = decide_promotion(
+        best.version,
+        best.test_accuracy,
+        champion,
+        correct,
+        settings.promotion_margin,
+        settings.promotion_alpha,
+        test_set=f"{spec.dataset_fingerprint[:12]}/test",
+    )
+    registry.apply_promotion(client, name, decision)
+    return decision
+
+
+def result_row(run: ArchitectureRun, evaluation: Evaluation, version: registry.RegisteredVersion) -> ArchitectureResult:
+    """Return one architecture's row of the comparison, from its run, evaluation and registered version."""
+    return ArchitectureResult(
+        architecture=run.architecture,
+        test_accuracy=evaluation.accuracy,
+        top3_accuracy=evaluation.top3_accuracy,
+        macro_f1=evaluation.macro_f1,
+        train_seconds=run.train_seconds,
+        epochs_run=run.epochs_run,
+        num_params=run.num_params,
+        latency_p50_ms=evaluation.latency_p50_ms,
+        run_id=run.run_id,
+        model_version=version.version,
+    )
+
+
+def compare(
+    settings: Settings, parent_run_id: str, rows: list[ArchitectureResult], decision: PromotionDecision
+) -> tuple[Path, str]:
+    """Write the architecture comparison (CSV) and the winner note (markdown); log both to the parent run."""
+    client = tracking.client_for(settings.resolved_tracking_uri)
+    out = Path(settings.work_dir) / "reports" / parent_run_id
+    csv_path = write_comparison_csv(rows, out / "comparison.csv")
+    markdown = winner_markdown(rows, decision, settings.registered_model_name)
+    (out / "winner.md").write_text(markdown)
+    tracking.log_artifacts(client, parent_run_id, out, "comparison")
+    return csv_path, markdown
+
+
+def finish_tracking_run(settings: Settings, parent_run_id: str, decision: PromotionDecision | None, ok: bool) -> None:
+    """Record the promotion outcome on the parent run and close it."""
+    client = tracking.client_for(settings.resolved_tracking_uri)
+    if decision is not None:
+        tracking.log_dict(client, parent_run_id, dataclasses.asdict(decision), "promotion.json")
+    tracking.end_run(client, parent_run_id, "FINISHED" if ok else "FAILED")

@@ -1,0 +1,109 @@
+"""The model registry against a real (SQLite) MLflow store: versions, aliases, champion history."""
+
+import keras
+import mlflow
+import numpy as np
+import pytest
+from mlflow.models import Model
+
+from pipeline import registry, tracking
+from pipeline.models import build_model
+from pipeline.promotion import PromotionDecision
+from pipeline.training import compile_model
+
+
+@pytest.fixture
+def store(tracking_db, tmp_path):
+    client = tracking.client_for(f"sqlite:///{tracking_db}")
+    return client, tracking.ensure_experiment(client, "tests", (tmp_path / "artifacts").as_uri())
+
+
+@pytest.fixture(scope="module")
+def saved_model(tmp_path_factory):
+    path = tmp_path_factory.mktemp("model") / "model.keras"
+    compile_model(build_model("lstm", 3, {"units": 4, "num_layers": 1}), 1e-3, 1.0).save(path)
+    return path
+
+
+def _register(store, saved_model, accuracy: float, name: str = "m") -> registry.RegisteredVersion:
+    client, experiment_id = store
+    parent = tracking.start_parent_run(client, experiment_id, "p", {}, {})
+    run_id = tracking.start_child_run(client, experiment_id, parent, "lstm", {})
+    return registry.log_and_register_model(
+        client,
+        run_id,
+        keras.saving.load_model(saved_model),
+        name,
+        input_example=np.zeros((1, 4, 3), np.float32),
+        metadata={"classes": ["a", "b", "c"], "scale": 1.0, "max_len": 10},
+        tags={"architecture": "lstm", "dataset_fingerprint": "f" * 64, "test_accuracy": str(accuracy)},
+    )
+
+
+@pytest.mark.parametrize("by", ["version", "alias"])
+def test_versions_are_loadable_with_signature_and_metadata(store, saved_model, tmp_path, by):
+    client, _ = store
+    version = _register(store, saved_model, 0.6)
+    registry.set_champion(client, "m", version.version)
+    uri = f"models:/m/{version.version}" if by == "version" else "models:/m@champion"
+    local = registry.download_model(client, uri, tmp_path / "model")
+    info = Model.load(str(local / "MLmodel"))
+    assert info.metadata["classes"] == ["a", "b", "c"]
+    assert info.signature.inputs.inputs[0].shape == (-1, -1, 3)
+    model = mlflow.keras.load_model(str(local))
+    assert model.predict(np.ones((2, 5, 3), np.float32), verbose=0).shape == (2, 3)
+
+
+def test_a_retried_registration_finds_the_version_by_run_id(store, saved_model):
+    client, _ = store
+    version = _register(store, saved_model, 0.6)
+    assert registry.find_registered_version(client, "m", version.run_id) == version
+    assert registry.find_registered_version(client, "m", "no-such-run") is None
+
+
+def test_manual_promotion_and_rollback(store, saved_model):
+    client, _ = store
+    a, b = _register(store, saved_model, 0.6), _register(store, saved_model, 0.5)
+    registry.set_champion(client, "m", a.version)
+    registry.set_champion(client, "m", b.version)
+    assert registry.alias_version(client, "m", "champion") == b.version
+    assert registry.champion_history(client, "m") == [a.version, b.version]
+    assert registry.rollback_champion(client, "m") == a.version
+    assert registry.alias_version(client, "m", "champion") == a.version
+    with pytest.raises(ValueError, match="no earlier champion"):
+        registry.rollback_champion(client, "m")
+    assert registry.alias_version(client, "m", "champion") == a.version
+
+
+def test_unknown_version_changes_nothing(store, saved_model):
+    client, _ = store
+    a = _register(store, saved_model, 0.6)
+    registry.set_champion(client, "m", a.version)
+    with pytest.raises(mlflow.exceptions.MlflowException):
+        registry.set_champion(client, "m", "99")
+    assert registry.alias_version(client, "m", "champion") == a.version
+    assert registry.champion_history(client, "m") == [a.version]
+
+
+def test_applying_a_decision_moves_the_right_alias_and_tags_the_candidate(store, saved_model):
+    client, _ = store
+    a, b = _register(store, saved_model, 0.6), _register(store, saved_model, 0.7)
+    first = PromotionDecision(a.version, 0.6, None, None, None, "champion", "no champion yet", "t/test")
+    registry.apply_promotion(client, "m", first)
+    losing = PromotionDecision(b.version, 0.7, a.version, 0.6, 0.2, "challenger", "not significant", "t/test")
+    registry.apply_promotion(client, "m", losing)
+    assert registry.alias_version(client, "m", "champion") == a.version
+    assert registry.alias_version(client, "m", "challenger") == b.version
+    tags = client.get_model_version("m", b.version).tags
+    assert (tags["promotion_verdict"], tags["promotion_compared_to"], tags["promotion_p_value"]) == (
+        "challenger",
+        a.version,
+        "0.2",
+    )
+
+
+def test_the_requirement_scan_runs_once_in_the_background():
+    scan = registry.warm_model_logging()
+    assert scan is not None and scan is registry.warm_model_logging()  # once per process
+    scan.join(timeout=60)
+    assert not scan.is_alive()

@@ -5,8 +5,8 @@ import shutil
 from prefect import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
-from pipeline.stages import data
 from flows.training_pipeline import training_pipeline
+from pipeline.stages import data
 from tests.conftest import tiny_settings, write_settings_file
 
 

@@ -1,0 +1,49 @@
+"""Ingest: choosing classes and reading each source into a canonical dataset, and its failure paths."""
+
+import numpy as np
+import pytest
+
+from pipeline.dataset import read_info
+from pipeline.ingest import ingest, select_classes
+from pipeline.strokes import StrokeFormatError, write_sketchrnn_npz
+from tests.conftest import tiny_settings
+
+
+def test_named_classes_must_exist_and_be_named_once():
+    available = ["cat", "dog", "The Eiffel Tower"]
+    assert select_classes(available, ("The Eiffel Tower", "cat"), None) == ["The Eiffel Tower", "cat"]
+    with pytest.raises(ValueError, match="unknown class unicorn; available: cat, dog, The Eiffel Tower"):
+        select_classes(available, ("cat", "unicorn"), None)
+    with pytest.raises(ValueError, match="class cat named twice"):
+        select_classes(available, ("cat", "cat"), None)
+
+
+def test_a_sketchrnn_folder_is_read_with_all_its_classes_by_default(tmp_path):
+    rng = np.random.default_rng(0)
+    for name in ("ant", "bee", "cat"):
+        splits = {split: [rng.integers(-9, 9, (5, 3)).astype(np.int16) for _ in range(n)]
+                  for split, n in (("train", 4), ("valid", 1), ("test", 2))}  # fmt: skip
+        write_sketchrnn_npz(tmp_path / "raw" / f"{name}.npz", splits)
+    settings = tiny_settings(tmp_path / "work", tmp_path / "unused.db").replace(
+        source="sketchrnn", data_dir=str(tmp_path / "raw"), num_classes=None
+    )
+    info = read_info(ingest(settings))
+    assert info.classes == ["ant", "bee", "cat"]
+    assert info.counts["train"] == {"ant": 4, "bee": 4, "cat": 4} and info.num_sketches == 21
+    capped = read_info(ingest(settings.replace(max_per_class=1, classes=("cat",))))
+    assert capped.classes == ["cat"] and capped.counts == {"train": {"cat": 1}, "valid": {"cat": 1}, "test": {"cat": 1}}
+
+
+def test_the_same_settings_give_the_same_dataset_folder(tmp_path):
+    settings = tiny_settings(tmp_path / "work", tmp_path / "unused.db", num_classes=2)
+    assert ingest(settings) == ingest(settings)
+
+
+@pytest.mark.parametrize("source", ["sketchrnn", "ndjson", "tfrecord"])
+def test_a_missing_or_empty_folder_is_one_error_naming_it(tmp_path, source):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    base = tiny_settings(tmp_path / "work", tmp_path / "unused.db")
+    for folder, message in ((tmp_path / "missing", "no such folder"), (empty, "holds no")):
+        with pytest.raises(StrokeFormatError, match=f"{folder}: {message}"):
+            ingest(base.replace(source=source, data_dir=str(folder)))

@@ -49,6 +49,13 @@ def _fail(message: str) -> NoReturn:
     raise SystemExit(2)
 
 
+def _version_number(text: str) -> str:
+    """Return a model version number given on the command line, checked when the flags are parsed."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"a version is a whole number from 1 (got {text!r})")
+    return str(int(text))
+
+
 def _add_setting_flags(parser: argparse.ArgumentParser, names: list[str]) -> None:
     parser.add_argument("--config", metavar="FILE", help="YAML settings file (default: ./sketchpipe.yaml)")
     for name in names:
@@ -110,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     promote.add_argument("--config", metavar="FILE", help="YAML settings file")
     promote.add_argument("--tracking-uri", dest="tracking_uri", metavar="URI", help="MLflow tracking URI")
     which = promote.add_mutually_exclusive_group(required=True)
-    which.add_argument("--version", metavar="N", help="make version N the champion")
+    which.add_argument("--version", metavar="N", type=_version_number, help="make version N the champion")
     which.add_argument("--rollback", action="store_true", help="return champion to the previous one")
 
     serve = commands.add_parser("serve", help="serve the training flow as a scheduled deployment")
@@ -134,6 +141,7 @@ def _cmd_run(args: argparse.Namespace) -> None:
     settings, overrides = _settings(args, list(_SETTING_FLAGS))
     from flows.training_pipeline import pipeline_with_task_runner
     from pipeline.download import DownloadError
+    from pipeline.ingest import ClassSelectionError
     from pipeline.report import promotion_line, results_table
     from pipeline.strokes import StrokeFormatError
     from pipeline.tracking import TrackingStoreUnavailableError
@@ -143,7 +151,11 @@ def _cmd_run(args: argparse.Namespace) -> None:
         result = pipeline_with_task_runner(settings)(
             config_file=args.config, overrides=overrides, resume_run_id=args.resume
         )
-    except (DataValidationError, StrokeFormatError, TrackingStoreUnavailableError, DownloadError) as exc:
+    except ClassSelectionError as exc:
+        _fail(f"--{exc.field.replace('_', '-')}: {exc}")
+    except (StrokeFormatError, DownloadError) as exc:  # the message names the file or class and URL
+        _fail(str(exc))
+    except (DataValidationError, TrackingStoreUnavailableError) as exc:
         print(f"sketchpipe: error: {exc}", file=sys.stderr)  # Prefect has logged the details above
         raise SystemExit(1) from exc
     print()
@@ -157,21 +169,31 @@ def _cmd_run(args: argparse.Namespace) -> None:
 def _cmd_validate(args: argparse.Namespace) -> None:
     settings, _ = _settings(args, _DATA_FLAGS)
     from pipeline.download import DownloadError
+    from pipeline.ingest import ClassSelectionError
     from pipeline.stages import data
+    from pipeline.strokes import StrokeFormatError
     from pipeline.validation import DataValidationError, read_report
 
     try:
         data.download(settings)
-    except DownloadError as exc:
+        dataset_dir = data.ingest(settings)
+    except ClassSelectionError as exc:
+        _fail(f"--{exc.field.replace('_', '-')}: {exc}")
+    except (DownloadError, StrokeFormatError) as exc:
         _fail(str(exc))
-    dataset_dir = data.ingest(settings)
     try:
         report = data.validate(settings, dataset_dir)
     except DataValidationError as exc:
         print(f"FAILED: {exc}")
         report = read_report(data.validation_dir(settings, dataset_dir))
     print(f"dataset: {dataset_dir}")
-    print(f"records in: {report.records_in}  accepted: {report.accepted}  quarantined: {report.quarantined}")
+    skipped = sum(report.skipped.values())
+    print(
+        f"records in: {report.records_in + skipped}  accepted: {report.accepted}  "
+        f"quarantined: {report.quarantined}  skipped: {skipped}"
+    )
+    for reason, count in sorted(report.skipped.items()):
+        print(f"  skipped ({reason}): {count}")
     for expectation, count in sorted(report.failures.items()):
         print(f"  {expectation}: {count}")
     with open(report.quarantine_path) as quarantine:
@@ -228,8 +250,14 @@ def _cmd_download(args: argparse.Namespace) -> None:
 def _cmd_predict(args: argparse.Namespace) -> None:
     settings, _ = _settings(args, ["tracking_uri"])
     from pipeline.serving import load_classifier, read_sketch_files
+    from pipeline.strokes import StrokeFormatError
 
-    sketches = read_sketch_files(args.files)
+    try:
+        sketches = read_sketch_files(args.files)
+    except StrokeFormatError as exc:
+        _fail(str(exc))
+    except OSError as exc:
+        _fail(f"{exc.filename}: {exc.strerror}")
     try:
         classifier = load_classifier(settings, args.model_uri)
     except Exception as exc:  # an unknown model, alias or store: one line, not a traceback

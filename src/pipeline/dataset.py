@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.files import move_into_place, staging_dir
-from pipeline.strokes import SPLITS
+from pipeline.strokes import SPLITS, drop_noop_points
 
 _CHUNK = 1 << 20  # rows per copy when turning the append-only files into .npy arrays
 
@@ -53,6 +53,7 @@ class Rejection:
     reason: str
     value: str = ""
     skipped: bool = False  # excluded on purpose (e.g. not recognized), not broken
+    count: int = 1  # records it stands for (a cap can leave out a whole range at once)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,6 +67,7 @@ class DatasetInfo:
     fingerprint: str
     rejected: dict[str, int] = dataclasses.field(default_factory=dict)
     skipped: dict[str, int] = dataclasses.field(default_factory=dict)
+    noop_points_dropped: int = 0  # (0, 0, 0) rows removed from accepted sketches (see drop_noop_points)
 
     @property
     def num_sketches(self) -> int:
@@ -156,24 +158,34 @@ def _write_dataset(
     writers = {split: _SplitWriter(staging / split) for split in SPLITS}
     rejected: Counter[str] = Counter()
     skipped: Counter[str] = Counter()
+    noop_points = 0
     with open(staging / "ingest_quarantine.jsonl", "w") as quarantine:
         for record in records:
             if isinstance(record, Rejection):
                 line = json.dumps(dataclasses.asdict(record))
                 digest.update(line.encode())
                 if record.skipped:  # excluded on purpose: counted, not listed (there can be millions)
-                    skipped[record.reason] += 1
+                    skipped[record.reason] += record.count
                 else:
-                    rejected[record.reason] += 1
+                    rejected[record.reason] += record.count
                     quarantine.write(line + "\n")
                 continue
             strokes = np.ascontiguousarray(record.strokes, dtype=np.float32).reshape(-1, 3)
+            moving = drop_noop_points(strokes)
+            noop_points += len(strokes) - len(moving)
+            if len(moving) == 0:
+                rejection = Rejection(record.record_id.split(":")[0], record.record_id, "no movement", "")
+                rejected[rejection.reason] += 1
+                quarantine.write(json.dumps(dataclasses.asdict(rejection)) + "\n")
+                digest.update(f"no movement|{record.record_id}".encode())
+                continue
+            strokes = np.ascontiguousarray(moving)
             writers[record.split].add(record.label, record.record_id, strokes)
             digest.update(f"{record.split}|{record.label}|{record.record_id}|{strokes.shape[0]}".encode())
             digest.update(strokes.tobytes())
     counts = {split: writer.close(classes) for split, writer in writers.items()}
     fingerprint = digest.hexdigest()
-    info = DatasetInfo(name, source, classes, counts, fingerprint, dict(rejected), dict(skipped))
+    info = DatasetInfo(name, source, classes, counts, fingerprint, dict(rejected), dict(skipped), noop_points)
     (staging / "dataset.json").write_text(json.dumps(dataclasses.asdict(info), indent=2))
     final = out_root / f"{name}-{fingerprint[:12]}"
     move_into_place(staging, final, replace=False)  # named after its content: one already there is the same

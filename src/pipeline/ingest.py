@@ -9,7 +9,7 @@ from pathlib import Path
 
 from pipeline import progress
 from pipeline.config import Settings
-from pipeline.dataset import SketchRecord, write_dataset
+from pipeline.dataset import Rejection, SketchRecord, write_dataset
 from pipeline.files import published_dir
 from pipeline.progress import counted
 from pipeline.quickdraw_formats import (
@@ -25,31 +25,53 @@ from pipeline.synthetic import SHAPES, write_synthetic_npz
 SYNTHETIC_DEFAULT_CLASSES = 8  # real sources default to all their classes
 
 
+class ClassSelectionError(ValueError):
+    """``classes`` or ``num_classes`` (the ``field``) asks for classes the source does not have."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(message)
+        self.field = field
+
+
 def select_classes(available: list[str], classes: tuple[str, ...] | None, num_classes: int | None) -> list[str]:
     """Return the classes to use: the named ones (all must exist), else the first ``num_classes``,
     else all of them."""
     if classes:
         repeated = sorted({c for c in classes if classes.count(c) > 1})
         if repeated:
-            raise ValueError(f"class {', '.join(repeated)} named twice")
+            raise ClassSelectionError("classes", f"class {', '.join(repeated)} named twice")
         missing = [c for c in classes if c not in available]
         if missing:
-            raise ValueError(f"unknown class {', '.join(missing)}; available: {', '.join(available)}")
+            shown = ", ".join(available[:10]) + (f" and {len(available) - 10} more" if len(available) > 10 else "")
+            raise ClassSelectionError("classes", f"unknown class {', '.join(missing)}; available: {shown}")
         return list(classes)
     if num_classes is None:
         return list(available)
     if num_classes > len(available):
-        raise ValueError(f"asked for {num_classes} classes but the source has {len(available)}")
+        raise ClassSelectionError("num_classes", f"asked for {num_classes} classes but the source has {len(available)}")
     return available[:num_classes]
 
 
-def iter_sketchrnn_records(files: dict[str, Path], max_per_class: int | None = None) -> Iterator[SketchRecord]:
-    """Yield every sketch of sketch-rnn class files (class name -> path), capped per class and split."""
+def iter_sketchrnn_records(
+    files: dict[str, Path], max_per_class: int | None = None
+) -> Iterator[SketchRecord | Rejection]:
+    """Yield every sketch of sketch-rnn class files (class name -> path), capped per class and split;
+    the sketches over the cap are counted as skipped."""
     for label, path in enumerate(files.values()):
         splits = load_sketchrnn_npz(path)
         for split in SPLITS:
-            for index, sketch in enumerate(splits.get(split, [])[:max_per_class]):
+            sketches = splits.get(split, [])
+            for index, sketch in enumerate(sketches[:max_per_class]):
                 yield SketchRecord(split, label, f"{path.name}:{split}[{index}]", sketch)
+            if max_per_class is not None and len(sketches) > max_per_class:
+                left_out = len(sketches) - max_per_class
+                yield Rejection(
+                    path.name,
+                    f"{split}[{max_per_class}:]",
+                    f"over max_per_class in {split}",
+                    skipped=True,
+                    count=left_out,
+                )
 
 
 def sketchrnn_class_files(data_dir: Path) -> dict[str, Path]:
@@ -72,6 +94,7 @@ def ingest(settings: Settings) -> Path:
     """Read the configured source into a dataset folder under ``<work_dir>/datasets``; return it.
 
     Raises:
+        ClassSelectionError: ``classes`` or ``num_classes`` asks for classes the source lacks.
         StrokeFormatError: the source folder is missing or empty, a class is named twice, or a
             sketch-rnn file is corrupt or carries a foreign pickle (naming the file and record).
             Bad records in ndjson and TFRecord files are quarantined instead (see ``dataset.json``).

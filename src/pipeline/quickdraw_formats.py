@@ -84,6 +84,11 @@ def _parse_drawing(drawing) -> tuple[list[np.ndarray], bool]:
     if not isinstance(drawing, list) or not drawing:
         raise ValueError("empty drawing")
     strokes, raw = [], False
+    if (
+        sum(len(stroke[0]) for stroke in drawing if isinstance(stroke, list) and stroke and isinstance(stroke[0], list))
+        > MAX_RAW_POINTS
+    ):
+        raise ValueError(f"more than {MAX_RAW_POINTS:,} points")
     for index, stroke in enumerate(drawing):
         if not isinstance(stroke, list) or len(stroke) not in (2, 3) or not all(isinstance(c, list) for c in stroke):
             raise ValueError(f"stroke {index} is not [xs, ys] or [xs, ys, ts]")
@@ -114,6 +119,11 @@ def _to_stroke3(strokes: list[np.ndarray], raw: bool) -> np.ndarray:
     return polylines_to_stroke3(simplify_raw_strokes(strokes) if raw else strokes)
 
 
+MAX_RECORD_BYTES = 1_000_000  # an ndjson line; real drawings, raw ones included, are under 100 KB
+MAX_KEY_ID_CHARS = 64  # real key_ids have 16 digits
+MAX_RAW_POINTS = 50_000  # points of one drawing before simplification (resampling costs memory per point)
+
+
 def iter_ndjson_records(
     files: dict[str, Path],
     classes: list[str],
@@ -125,44 +135,83 @@ def iter_ndjson_records(
     """Yield the sketches of Quick, Draw! ndjson files (simplified or raw), one class per file.
 
     The class comes from each line's ``word``; the split from a hash of its ``key_id`` (``valid_share``
-    and ``test_share`` of the keys go to valid and test). Raw drawings
-    are simplified as the published data was (see :func:`simplify_raw_strokes`).
+    and ``test_share`` of the keys go to valid and test). Raw drawings are simplified as the
+    published data was (see :func:`simplify_raw_strokes`).
+
+    Every non-blank line comes out as a sketch or a :class:`Rejection`: broken ones (not UTF-8, not
+    JSON, over :data:`MAX_RECORD_BYTES`, a ``key_id`` seen before in the file, a field of the wrong
+    type, a coordinate out of range) with their reason, and those left out on purpose (not
+    recognized, over ``max_per_class``) marked skipped. Limits are checked before the work they guard.
     """
     label_of = {name: i for i, name in enumerate(classes)}
     taken: Counter[tuple[str, str]] = Counter()
     for path in files.values():
-        with open(path, encoding="utf-8") as lines:
-            for number, line in enumerate(lines, start=1):
-                if not line.strip():
+        seen_keys: set[str] = set()  # per file: a class file is where a drawing is repeated
+        with open(path, "rb") as lines:
+            for number, raw_line in enumerate(lines, start=1):
+                if not raw_line.strip():
                     continue
-                record = f"line {number}"
-                try:
-                    item = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    yield Rejection(path.name, record, "not JSON", f"{exc.msg}: {line[:80]!r}")
+                outcome = _ndjson_record(path.name, number, raw_line, label_of, recognized_only, seen_keys)
+                if isinstance(outcome, Rejection):
+                    yield outcome
                     continue
-                if not isinstance(item, dict) or "drawing" not in item or "word" not in item:
-                    missing = "drawing" if not isinstance(item, dict) or "drawing" not in item else "word"
-                    yield Rejection(path.name, record, f"no {missing!r} field")
-                    continue
-                word = item["word"]
-                if word not in label_of:
-                    yield Rejection(path.name, record, "unknown class", str(word)[:80])
-                    continue
-                if recognized_only and item.get("recognized") is False:
-                    yield Rejection(path.name, record, "not recognized", word, skipped=True)
-                    continue
-                try:
-                    strokes, raw = _parse_drawing(item["drawing"])
-                except ValueError as exc:
-                    yield Rejection(path.name, record, str(exc))
-                    continue
-                key_id = str(item.get("key_id") or f"{path.name}:{number}")
+                word, key_id, strokes, raw = outcome
                 split = split_of(key_id, valid_share, test_share)
                 if max_per_class is not None and taken[word, split] >= max_per_class:
+                    yield Rejection(path.name, f"line {number}", f"over max_per_class in {split}", skipped=True)
+                    continue
+                try:
+                    sketch = _to_stroke3(strokes, raw)
+                except (ValueError, OverflowError, MemoryError) as exc:
+                    yield Rejection(path.name, f"line {number}", "cannot simplify the drawing", str(exc)[:80])
                     continue
                 taken[word, split] += 1
-                yield SketchRecord(split, label_of[word], f"{path.name}:{number}:{key_id}", _to_stroke3(strokes, raw))
+                yield SketchRecord(split, label_of[word], f"{path.name}:{number}:{key_id}", sketch)
+
+
+def _ndjson_record(
+    source: str, number: int, raw_line: bytes, label_of: dict[str, int], recognized_only: bool, seen_keys: set[str]
+) -> tuple[str, str, list[np.ndarray], bool] | Rejection:
+    """Return ``(word, key_id, strokes, raw)`` of one ndjson line, or the :class:`Rejection` saying why not."""
+    record = f"line {number}"
+    if len(raw_line) > MAX_RECORD_BYTES:
+        return Rejection(source, record, "record too long", f"{len(raw_line):,} bytes > {MAX_RECORD_BYTES:,}")
+    try:
+        line = raw_line.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return Rejection(source, record, "not UTF-8", f"byte {exc.start}: {raw_line[exc.start : exc.start + 4]!r}")
+    try:
+        item = json.loads(line)
+    except json.JSONDecodeError as exc:
+        return Rejection(source, record, "not JSON", f"{exc.msg}: {line[:80]!r}")
+    except ValueError as exc:  # e.g. an integer longer than Python's digit limit
+        return Rejection(source, record, "not JSON", str(exc)[:80])
+    if not isinstance(item, dict) or "drawing" not in item or "word" not in item:
+        missing = "drawing" if not isinstance(item, dict) or "drawing" not in item else "word"
+        return Rejection(source, record, f"no {missing!r} field")
+    word = item["word"]
+    if not isinstance(word, str) or word not in label_of:
+        return Rejection(source, record, "unknown class", repr(word)[:80])
+    if recognized_only and item.get("recognized") is False:
+        return Rejection(source, record, "not recognized", word, skipped=True)
+    key_id = item.get("key_id")
+    if key_id is None or key_id == "":
+        key_id = f"{source}:{number}"
+    elif not isinstance(key_id, str | int) or isinstance(key_id, bool):
+        return Rejection(source, record, "key_id is not a string or number", repr(key_id)[:80])
+    key_id = str(key_id)
+    if len(key_id) > MAX_KEY_ID_CHARS:
+        return Rejection(source, record, "key_id too long", f"{len(key_id):,} characters > {MAX_KEY_ID_CHARS}")
+    if key_id in seen_keys:
+        return Rejection(source, record, "duplicate key_id", key_id)
+    seen_keys.add(key_id)
+    try:
+        strokes, raw = _parse_drawing(item["drawing"])
+    except OverflowError:
+        return Rejection(source, record, "coordinate out of range")
+    except ValueError as exc:
+        return Rejection(source, record, str(exc))
+    return word, key_id, strokes, raw
 
 
 def write_ndjson(path: Path, word: str, sketches: Sequence[np.ndarray], raw: bool = False, first_key: int = 1) -> Path:
@@ -226,8 +275,11 @@ def iter_tfrecord_records(
     label_of = {name: i for i, name in enumerate(classes)}
     taken: Counter[tuple[str, str]] = Counter()
     for path in shards:
-        for index, raw_record in enumerate(tf.data.TFRecordDataset(str(path)).as_numpy_iterator()):
+        for index, raw_record in enumerate(_readable_records(path)):
             record = f"record {index}"
+            if isinstance(raw_record, Rejection):
+                yield raw_record
+                break
             try:
                 features = tf.train.Example.FromString(raw_record).features.feature
                 ink = np.asarray(features["ink"].float_list.value, dtype=np.float32)
@@ -250,9 +302,34 @@ def iter_tfrecord_records(
                 "test" if path.name.startswith("eval") else split_of(f"{path.name}:{index}", valid_share, test_share)
             )
             if max_per_class is not None and taken[name, split] >= max_per_class:
+                yield Rejection(path.name, record, f"over max_per_class in {split}", skipped=True)
                 continue
             taken[name, split] += 1
             yield SketchRecord(split, label_of[name], f"{path.name}:{index}", ink.reshape(shape))
+
+
+def _readable_records(path: Path) -> Iterator[bytes | Rejection]:
+    """Yield a shard's serialized records; where it is truncated or corrupt, one :class:`Rejection` and stop.
+
+    The records before the damage are kept: a shard cut short loses its tail, not its whole content.
+    """
+    import tensorflow as tf
+
+    records = tf.data.TFRecordDataset(str(path)).as_numpy_iterator()
+    index = 0
+    while True:
+        try:
+            record = next(records)
+        except StopIteration:
+            return
+        except tf.errors.DataLossError as exc:
+            detail = str(exc).splitlines()[0][:120] if str(exc) else "DataLossError"
+            yield Rejection(
+                path.name, f"record {index}", "truncated or corrupt shard; later records unreadable", detail
+            )
+            return
+        index += 1
+        yield record
 
 
 def write_tfrecord(path: Path, sketches: Sequence[np.ndarray], class_indices: Sequence[int]) -> Path:

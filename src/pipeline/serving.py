@@ -13,7 +13,7 @@ from pipeline import registry, tracking
 from pipeline.config import Settings
 from pipeline.evaluation import compiled_inference
 from pipeline.features import normalising_layer, pad_batch
-from pipeline.strokes import StrokeFormatError, load_sketchrnn_npz
+from pipeline.strokes import StrokeFormatError, drop_noop_points, load_sketchrnn_npz
 
 
 @dataclasses.dataclass
@@ -37,7 +37,10 @@ class Classifier:
         out = []
         for start in range(0, len(sketches), batch_size):
             batch = pad_batch(
-                [np.asarray(s, dtype=np.float32)[: self.max_len] for s in sketches[start : start + batch_size]]
+                [
+                    drop_noop_points(np.asarray(s, dtype=np.float32))[: self.max_len]
+                    for s in sketches[start : start + batch_size]
+                ]
             )
             out.append(self._infer(batch).numpy())
         return np.concatenate(out) if out else np.zeros((0, len(self.classes)), np.float32)
@@ -94,10 +97,15 @@ def _parse_json_sketches(text: str, source: str) -> list[np.ndarray]:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise StrokeFormatError(f"{source}: not JSON ({exc})") from exc
-    items = data if data and isinstance(data[0], list) and data[0] and isinstance(data[0][0], list) else [data]
+    if not isinstance(data, list) or not data:
+        raise StrokeFormatError(f"{source}: expected a stroke-3 list of [dx, dy, pen] rows, or a list of them")
+    items = data if isinstance(data[0], list) and data[0] and isinstance(data[0][0], list) else [data]
     sketches = []
     for index, item in enumerate(items):
-        sketch = np.asarray(item, dtype=np.float32)
+        try:
+            sketch = np.asarray(item, dtype=np.float32)
+        except (TypeError, ValueError) as exc:
+            raise StrokeFormatError(f"{source}: sketch {index} is not a list of [dx, dy, pen] rows") from exc
         if sketch.ndim != 2 or sketch.shape[1] != 3 or len(sketch) == 0:
             raise StrokeFormatError(f"{source}: sketch {index} is not a non-empty list of [dx, dy, pen] rows")
         sketches.append(sketch)

@@ -47,6 +47,17 @@ def polylines_to_stroke3(strokes: Sequence[np.ndarray]) -> np.ndarray:
     return np.column_stack([deltas, np.concatenate(pen)])
 
 
+def drop_noop_points(sketch: np.ndarray) -> np.ndarray:
+    """Return a stroke-3 sketch without its ``(0, 0, 0)`` rows: pen-down points that do not move.
+
+    They carry no geometry (removing one moves no other point), but the models take an all-zero row
+    for padding: masked in the middle of a sequence, it breaks cuDNN's right-padded mask on a GPU.
+    """
+    sketch = np.asarray(sketch)
+    keep = np.any(sketch != 0, axis=1)
+    return sketch if keep.all() else sketch[keep]
+
+
 def stroke3_to_polylines(sketch: np.ndarray) -> list[np.ndarray]:
     """Return the absolute-coordinate polylines (one ``(k, 2)`` array per stroke) of a stroke-3 sketch."""
     sketch = np.asarray(sketch, dtype=np.float64)

@@ -19,6 +19,13 @@ from flows.cli import main
         (["download", "--format", "sketchrnn", "--classes", "cat,unicorn"], "--classes"),
         (["download", "--format", "raw"], "--classes"),
         (["validate", "--source", "tfrecord", "--data-dir", "x", "--download"], "--download"),
+        (["promote", "--version", "abc"], "--version"),
+        (["promote", "--version", "0"], "--version"),
+        (["validate", "--classes", "circle,unicorn"], "--classes: unknown class unicorn"),
+        (["validate", "--num-classes", "13"], "--num-classes: the synthetic set has 12 classes, not 13"),
+        (["validate", "--source", "ndjson", "--data-dir", "missing"], "missing: no such folder"),
+        (["validate", "--source", "sketchrnn", "--data-dir", "."], ": holds no *.npz files"),
+        (["predict", "nope.json"], "nope.json: No such file or directory"),
     ],
 )
 def test_wrong_values_fail_fast_naming_the_flag(in_tmp_cwd, capsys, argv, flag):
@@ -58,3 +65,34 @@ def test_download_of_a_missing_file_is_one_line_naming_class_and_url(in_tmp_cwd,
     err = capsys.readouterr().err.strip()
     assert err == f"sketchpipe: error: cat: not found (HTTP 404) at {bucket.url}/sketchrnn/cat.npz"
     assert not (in_tmp_cwd / "data" / "raw" / "sketchrnn" / "cat.npz").exists()
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ('{"dx": 1}', "expected a stroke-3 list of [dx, dy, pen] rows, or a list of them"),
+        ("[[1, 2]]", "sketch 0 is not a non-empty list of [dx, dy, pen] rows"),
+        ('[[[1, 2, 0], [3, "a", 1]]]', "sketch 0 is not a list of [dx, dy, pen] rows"),
+        ("not json", "not JSON"),
+    ],
+)
+def test_predict_on_a_bad_sketch_file_is_one_line_naming_it(in_tmp_cwd, capsys, content, message):
+    (in_tmp_cwd / "s.json").write_text(content)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["predict", "s.json"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("sketchpipe: error: s.json: ") and message in err
+    assert not (in_tmp_cwd / "mlflow").exists()  # refused before any store is opened
+
+
+def test_asking_a_real_source_for_more_classes_than_it_has_names_the_flag(in_tmp_cwd, capsys):
+    import numpy as np
+
+    from pipeline.strokes import write_sketchrnn_npz
+
+    write_sketchrnn_npz(in_tmp_cwd / "raw" / "cat.npz", {"train": [np.ones((3, 3), np.int16)]})
+    with pytest.raises(SystemExit) as exit_info:
+        main(["validate", "--source", "sketchrnn", "--data-dir", "raw", "--num-classes", "2"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == "sketchpipe: error: --num-classes: asked for 2 classes but the source has 1\n"

@@ -92,14 +92,14 @@ def test_bad_ndjson_lines_are_quarantined_with_file_line_and_reason(tmp_path):
     good_lines = good.read_text().splitlines()
     bad_lines = [
         "{not json",
-        json.dumps({"word": "cat", "key_id": "1"}),
-        json.dumps({"drawing": [[[1, 2], [3, 4]]], "key_id": "2"}),
-        json.dumps({"word": "cat", "drawing": [], "key_id": "3"}),
-        json.dumps({"word": "cat", "drawing": [[[1, 2, 3], [4, 5]]], "key_id": "4"}),
-        '{"word": "cat", "drawing": [[[1, NaN], [4, 5]]], "key_id": "5"}',
-        json.dumps({"word": "dog", "drawing": [[[1, 2], [4, 5]]], "key_id": "6"}),
-        json.dumps({"word": "cat", "drawing": [[[1, 2], [4, 5]]], "key_id": "7", "recognized": False}),
-        json.dumps({"word": "cat", "drawing": [[[0, 90000], [0, 5]]], "key_id": "8"}),
+        json.dumps({"word": "cat", "key_id": "bad-1"}),
+        json.dumps({"drawing": [[[1, 2], [3, 4]]], "key_id": "bad-2"}),
+        json.dumps({"word": "cat", "drawing": [], "key_id": "bad-3"}),
+        json.dumps({"word": "cat", "drawing": [[[1, 2, 3], [4, 5]]], "key_id": "bad-4"}),
+        '{"word": "cat", "drawing": [[[1, NaN], [4, 5]]], "key_id": "bad-5"}',
+        json.dumps({"word": "dog", "drawing": [[[1, 2], [4, 5]]], "key_id": "bad-6"}),
+        json.dumps({"word": "cat", "drawing": [[[1, 2], [4, 5]]], "key_id": "bad-7", "recognized": False}),
+        json.dumps({"word": "cat", "drawing": [[[0, 90000], [0, 5]]], "key_id": "bad-8"}),
     ]
     good.write_text("\n".join(good_lines + bad_lines) + "\n")
     records, rejections = _records(iter_ndjson_records({"cat": good}, ["cat"]))

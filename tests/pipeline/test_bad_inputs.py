@@ -1,0 +1,200 @@
+"""A corpus of bad inputs and faults, in every format: each ends in quarantine with its reason, in a
+count of records skipped on purpose, or in one error line naming the file, record or flag.
+
+Every case checks that nothing is lost: records in = accepted + quarantined + skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+
+import numpy as np
+import pytest
+
+from pipeline.dataset import read_info
+from pipeline.ingest import ingest
+from pipeline.quickdraw_formats import MAX_RAW_POINTS, MAX_RECORD_BYTES, write_tfrecord
+from pipeline.strokes import write_sketchrnn_npz
+from tests.conftest import tiny_settings
+
+GOOD = {"word": "cat", "countrycode": "GB", "recognized": True, "drawing": [[[0, 10, 20], [0, 5, 0]]]}
+
+
+def _line(**changes) -> bytes:
+    return json.dumps({**GOOD, **changes}).encode()
+
+
+def _raw_line(key_id: str, first_x: str) -> bytes:
+    """A line whose first x coordinate is the JSON number ``first_x`` as written (json.dumps cannot)."""
+    return b'{"word": "cat", "key_id": "%s", "drawing": [[[%s, 2], [1, 2]]]}' % (key_id.encode(), first_x.encode())
+
+
+_POINTS = MAX_RAW_POINTS + 1
+
+
+# name -> (the bad line, the reason it must be quarantined with)
+NDJSON_CASES = {
+    "word is a list": (_line(word=["cat"], key_id="1"), "unknown class"),
+    "word is another class": (_line(word="dog", key_id="2"), "unknown class"),
+    "coordinate of 400 digits": (_raw_line("3", "1" + "0" * 400), "coordinate out of range"),
+    "coordinate of 5000 digits": (_raw_line("4", "1" + "0" * 5000), "not JSON"),
+    "invalid UTF-8": (_line(key_id="5").replace(b"GB", b"G\xff"), "not UTF-8"),
+    "not JSON": (b'{"word": "cat", "drawing": [[[1, 2], [1, 2]]', "not JSON"),
+    "a JSON list": (b"[1, 2, 3]", "no 'drawing' field"),
+    "no word": (json.dumps({"drawing": GOOD["drawing"], "key_id": "8"}).encode(), "no 'word' field"),
+    "empty drawing": (_line(drawing=[], key_id="9"), "empty drawing"),
+    "xs and ys differ": (_line(drawing=[[[0, 1, 2], [0, 1]]], key_id="10"), "stroke 0 has 3/2 xs/ys/ts values"),
+    "a text coordinate": (_line(drawing=[[["a", 1], [0, 1]]], key_id="11"), "stroke 0 has a non-numeric coordinate"),
+    "an infinite coordinate": (_raw_line("12", "1e400"), "non-finite coordinate"),
+    "a stroke that is a number": (_line(drawing=[5], key_id="13"), "stroke 0 is not [xs, ys] or [xs, ys, ts]"),
+    "key_id of 100 characters": (_line(key_id="k" * 100), "key_id too long"),
+    "key_id that is an object": (_line(key_id={"a": 1}), "key_id is not a string or number"),
+    "duplicate key_id": (_line(key_id="good-1"), "duplicate key_id"),
+    "a record over the size limit": (_line(key_id="15", pad="x" * MAX_RECORD_BYTES), "record too long"),
+    "too many raw points": (
+        _line(key_id="16", drawing=[[[0] * _POINTS, [0] * _POINTS, list(range(_POINTS))]]),
+        f"more than {MAX_RAW_POINTS:,} points",
+    ),
+    "only a point that does not move": (_line(key_id="17", drawing=[[[0, 0], [0, 0]]]), None),  # kept: a pen lift
+}  # fmt: skip
+
+
+def _settings(tmp_path, source: str, **changes):
+    return tiny_settings(tmp_path / "work", tmp_path / "unused.db").replace(
+        source=source, data_dir=str(tmp_path / "data"), num_classes=None, **changes
+    )
+
+
+def _accounted(info, lines: int) -> None:
+    assert info.num_sketches + info.num_rejected + sum(info.skipped.values()) == lines
+
+
+def _quarantine(dataset_dir) -> list[dict]:
+    return [json.loads(line) for line in (dataset_dir / "ingest_quarantine.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("case", [c for c in NDJSON_CASES if NDJSON_CASES[c][1]])
+def test_a_bad_ndjson_record_is_quarantined_with_its_reason_and_the_rest_kept(tmp_path, case):
+    bad, reason = NDJSON_CASES[case]
+    (tmp_path / "data").mkdir()
+    good = [_line(key_id=f"good-{i}") for i in range(3)]
+    (tmp_path / "data" / "cat.ndjson").write_bytes(b"\n".join([good[0], good[1], bad, b"", good[2]]) + b"\n")
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    dataset = ingest(_settings(tmp_path, "ndjson"))
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 500_000  # KB: no record costs gigabytes
+    info = read_info(dataset)
+    assert info.num_sketches == 3
+    [quarantined] = _quarantine(dataset)
+    assert (quarantined["source"], quarantined["record"]) == ("cat.ndjson", "line 3")
+    assert quarantined["reason"] == reason
+    assert len(quarantined["value"]) <= 120  # a short excerpt at most, never the raw record
+    _accounted(info, lines=4)
+
+
+def test_points_that_do_not_move_are_dropped_and_a_sketch_of_nothing_is_quarantined(tmp_path):
+    (tmp_path / "data").mkdir()
+    lines = [
+        _line(key_id="a", drawing=[[[1, 1, 5], [1, 1, 5]]]),  # a repeated point in the middle of a stroke
+        NDJSON_CASES["only a point that does not move"][0],
+        _line(key_id="b"),
+    ]
+    (tmp_path / "data" / "cat.ndjson").write_bytes(b"\n".join(lines) + b"\n")
+    dataset = ingest(_settings(tmp_path, "ndjson"))
+    info = read_info(dataset)
+    # the repeated point, and the first point of each drawing that starts at the origin (its offset is 0)
+    assert info.noop_points_dropped == 3
+    from pipeline.dataset import open_split
+
+    sketches = [
+        s.sketch(i) for s in (open_split(dataset, split) for split in ("train", "valid", "test")) for i in range(len(s))
+    ]
+    assert all(np.any(sketch != 0, axis=1).all() for sketch in sketches)  # no row looks like padding
+    assert sorted(len(s) for s in sketches) == [1, 2, 2]
+    _accounted(info, lines=3)
+
+
+def test_a_sketch_of_only_padding_like_rows_is_quarantined(tmp_path):
+    splits = {"train": [np.zeros((4, 3), np.int16), np.array([[3, 4, 0], [0, 0, 0], [1, 1, 1]], np.int16)]}
+    write_sketchrnn_npz(tmp_path / "data" / "cat.npz", splits)
+    dataset = ingest(_settings(tmp_path, "sketchrnn"))
+    info = read_info(dataset)
+    assert info.num_sketches == 1 and info.noop_points_dropped == 5
+    [quarantined] = _quarantine(dataset)
+    assert (quarantined["record"], quarantined["reason"]) == ("cat.npz:train[0]", "no movement")
+    _accounted(info, lines=2)
+
+
+def test_records_over_max_per_class_and_unrecognised_ones_are_counted_as_skipped(tmp_path):
+    (tmp_path / "data").mkdir()
+    lines = [_line(key_id=str(i)) for i in range(40)] + [_line(key_id="x", recognized=False)]
+    (tmp_path / "data" / "cat.ndjson").write_bytes(b"\n".join(lines) + b"\n")
+    info = read_info(ingest(_settings(tmp_path, "ndjson", max_per_class=5)))
+    assert info.skipped["not recognized"] == 1
+    assert sum(n for reason, n in info.skipped.items() if reason.startswith("over max_per_class")) > 0
+    _accounted(info, lines=41)
+
+
+def test_a_truncated_tfrecord_shard_keeps_its_readable_records(tmp_path):
+    rng = np.random.default_rng(0)
+    shard = write_tfrecord(
+        tmp_path / "data" / "train.tfrecord-00000", [rng.integers(-9, 9, (6, 3)) for _ in range(20)], [0, 1] * 10
+    )
+    (tmp_path / "data" / "training.tfrecord.classes").write_text("cat\ndog\n")
+    shard.write_bytes(shard.read_bytes()[: int(shard.stat().st_size * 0.6) + 50])  # cut inside a record
+    dataset = ingest(_settings(tmp_path, "tfrecord"))
+    info = read_info(dataset)
+    assert 5 <= info.num_sketches < 20
+    [quarantined] = _quarantine(dataset)
+    assert quarantined["reason"] == "truncated or corrupt shard; later records unreadable"
+    assert quarantined["record"] == f"record {info.num_sketches}"
+
+
+@pytest.mark.parametrize(
+    ("ink", "shape", "class_index", "reason"),
+    [
+        (np.zeros(9, np.float32), [4, 3], 0, "ink does not match its shape"),
+        (np.ones(9, np.float32), [3, 3], 7, "unknown class"),
+    ],
+)
+def test_a_bad_tfrecord_example_is_quarantined(tmp_path, ink, shape, class_index, reason):
+    import tensorflow as tf
+
+    rng = np.random.default_rng(1)
+    path = write_tfrecord(
+        tmp_path / "data" / "train.tfrecord", [rng.integers(1, 9, (5, 3)) for _ in range(3)], [0, 1, 0]
+    )
+    (tmp_path / "data" / "train.tfrecord.classes").write_text("cat\ndog\n")
+    good = list(tf.data.TFRecordDataset(str(path)).as_numpy_iterator())
+    feature = {
+        "ink": tf.train.Feature(float_list=tf.train.FloatList(value=ink)),
+        "shape": tf.train.Feature(int64_list=tf.train.Int64List(value=shape)),
+        "class_index": tf.train.Feature(int64_list=tf.train.Int64List(value=[class_index])),
+    }
+    bad = tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        for record in [good[0], bad, b"not a protobuf at all", *good[1:]]:
+            writer.write(record)
+    dataset = ingest(_settings(tmp_path, "tfrecord"))
+    info = read_info(dataset)
+    assert info.num_sketches == 3
+    reasons = {q["record"]: q["reason"] for q in _quarantine(dataset)}
+    assert reasons == {"record 1": reason, "record 2": "not a quickdraw example"}
+    _accounted(info, lines=5)
+
+
+def test_sketchrnn_sketches_over_max_per_class_are_counted_as_skipped(tmp_path):
+    rng = np.random.default_rng(2)
+    splits = {
+        s: [rng.integers(1, 9, (4, 3)).astype(np.int16) for _ in range(n)]
+        for s, n in (("train", 9), ("valid", 3), ("test", 3))
+    }
+    write_sketchrnn_npz(tmp_path / "data" / "cat.npz", splits)
+    info = read_info(ingest(_settings(tmp_path, "sketchrnn", max_per_class=2)))
+    assert info.num_sketches == 6
+    assert info.skipped == {
+        "over max_per_class in train": 7,
+        "over max_per_class in valid": 1,
+        "over max_per_class in test": 1,
+    }
+    _accounted(info, lines=15)

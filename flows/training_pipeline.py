@@ -13,6 +13,7 @@ from prefect.tasks import exponential_backoff
 from pipeline.config import Settings, load_settings
 from pipeline.download import DownloadError
 from pipeline.report import PipelineResult
+from pipeline.stages.data import outputs_present
 from pipeline.stages.registry import result_row
 from pipeline.validation import DataValidationError
 from tasks.data import download_task, ingest_task, preprocess_task, serialized, validate_task
@@ -41,9 +42,9 @@ def training_pipeline(
     settings: Settings = load_settings(config_file, overrides)
     if settings.download:
         download_task(settings)
-    dataset_dir = _with_retries(serialized(ingest_task), settings)(settings)
-    report = _with_retries(serialized(validate_task), settings)(settings, dataset_dir)
-    features_dir = _with_retries(serialized(preprocess_task), settings)(settings, report)
+    dataset_dir = _cached_while_present(ingest_task, settings, outputs_present, settings)
+    report = _cached_while_present(validate_task, settings, outputs_present, settings, dataset_dir)
+    features_dir = _cached_while_present(preprocess_task, settings, outputs_present, settings, report)
     run_name = flow_run.get_name() or "training_pipeline"
     start_tracking_run = _with_retries(start_tracking_run_task, settings)
     parent_run_id = start_tracking_run(settings, report, features_dir, run_name, resume_run_id)
@@ -88,6 +89,16 @@ def _worth_retrying(task: Task, task_run, state) -> bool:
     """Return whether a failed I/O task may pass on a retry (connection, timeout, lock, busy store)."""
     error = state.data
     return not isinstance(error, _LASTING_ERRORS) and getattr(error, "error_code", None) not in _LASTING_MLFLOW_CODES
+
+
+def _cached_while_present(task: Task, settings: Settings, present, *args):
+    """Run a cached data task; if its cached result names outputs that are gone (a deleted work
+    folder, say), run it again past the cache instead of handing on paths that do not exist."""
+    cached = _with_retries(serialized(task), settings)
+    result = cached(*args)
+    if not present(result):
+        result = cached.with_options(refresh_cache=True)(*args)
+    return result
 
 
 def _with_retries(task: Task, settings: Settings) -> Task:

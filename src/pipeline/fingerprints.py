@@ -50,14 +50,22 @@ def code_version() -> str:
 
 
 def source_fingerprint(settings: Settings) -> str:
-    """Return a fingerprint of the source files (names, sizes, modification times); the synthetic
-    source is fingerprinted by its settings alone, since the generator is part of the code."""
+    """Return a fingerprint of the source files; the synthetic source is fingerprinted by its settings
+    alone, since the generator is part of the code.
+
+    Per file: name, size, modification time, and the inode's change time and number. Hashing the
+    content of a 25 GB source on every run would cost minutes; the change time moves on every write
+    and cannot be set back (``touch -m`` or a copy that keeps mtime and size still changes it), so a
+    file rewritten in place with the same size and mtime is still noticed.
+    """
     digest = hashlib.sha256(settings.source.encode())
     if settings.source != "synthetic" and settings.data_dir:
         root = Path(settings.data_dir)
         for path in sorted(p for p in root.rglob("*") if p.is_file()):
             stat = path.stat()
-            digest.update(f"{path.relative_to(root)}|{stat.st_size}|{stat.st_mtime_ns}".encode())
+            digest.update(
+                f"{path.relative_to(root)}|{stat.st_size}|{stat.st_mtime_ns}|{stat.st_ctime_ns}|{stat.st_ino}".encode()
+            )
     return digest.hexdigest()[:16]
 
 

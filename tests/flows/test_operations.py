@@ -82,3 +82,14 @@ def test_bad_data_is_not_retried_and_leaves_no_tracking_run(tmp_path, mlflow_tem
     assert len(failed) == 1 and failed[0].run_count == 1  # one attempt: the same data would fail again
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     assert client.search_runs([e.experiment_id for e in client.search_experiments()]) == []
+
+
+def test_a_deleted_work_folder_is_rebuilt_not_served_stale_from_the_cache(tmp_path, mlflow_template):
+    config = _config_file(tmp_path, mlflow_template)
+    first = training_pipeline(config_file=config, return_state=True)
+    assert first.is_completed()
+    shutil.rmtree(tmp_path / "work")  # the cache (Prefect's results) is kept; its paths are gone
+    again = training_pipeline(config_file=config, return_state=True)
+    assert again.is_completed()
+    assert again.result().features_dir == first.result().features_dir  # the same content, made anew
+    assert (tmp_path / "work" / "features").is_dir()

@@ -1,5 +1,7 @@
 """Cache keys: the same inputs give the same key, and any change that matters gives another."""
 
+import os
+
 from pipeline.fingerprints import INGEST_FIELDS, VALIDATE_FIELDS, code_version, source_fingerprint, stage_key
 from tests.conftest import tiny_settings
 
@@ -39,3 +41,16 @@ def test_stage_keys_change_with_the_fields_a_stage_reads_and_only_those(tmp_path
     ingest_key = stage_key("ingest", settings, INGEST_FIELDS)
     assert ingest_key != stage_key("ingest", settings.replace(test_share=0.2), INGEST_FIELDS)
     assert len(code_version()) == 16
+
+
+def test_a_file_rewritten_with_the_same_size_and_mtime_is_noticed(tmp_path):
+    path = tmp_path / "raw" / "cat.ndjson"
+    path.parent.mkdir()
+    path.write_text("old\n")
+    settings = tiny_settings(tmp_path / "work", tmp_path / "db").replace(source="ndjson", data_dir=str(path.parent))
+    before = source_fingerprint(settings)
+    stat = path.stat()
+    path.write_text("new\n")  # same size
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # and the old modification time
+    assert path.stat().st_size == stat.st_size and path.stat().st_mtime_ns == stat.st_mtime_ns
+    assert source_fingerprint(settings) != before

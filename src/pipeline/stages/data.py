@@ -14,7 +14,7 @@ from pipeline.ingest import ingest
 from pipeline.strokes import SPLITS
 from pipeline.validation import ValidationReport, validate_dataset
 
-__all__ = ["download", "ingest", "preprocess", "validate", "validation_dir"]
+__all__ = ["download", "ingest", "outputs_present", "preprocess", "validate", "validation_dir"]
 
 
 def download(settings: Settings) -> list[DownloadedFile]:
@@ -68,3 +68,15 @@ def preprocess(settings: Settings, report: ValidationReport) -> Path:
     accepted = {split: report.accepted_indices(split) for split in SPLITS}
     write_features(dataset_dir, accepted, out_dir, settings.max_len)
     return out_dir
+
+
+def outputs_present(result: Path | ValidationReport) -> bool:
+    """Return whether the files a data stage's result points at are all still there.
+
+    A cached result outlives its files when the work folder is deleted; the flow checks it with this
+    before handing it on, and recomputes the stage when it fails.
+    """
+    if isinstance(result, ValidationReport):
+        summary = Path(result.output_dir) / "summary.json"
+        return summary.is_file() and (Path(result.dataset_dir) / "dataset.json").is_file()
+    return any((Path(result) / name).is_file() for name in ("dataset.json", "spec.json"))

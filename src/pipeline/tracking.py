@@ -56,15 +56,29 @@ def client_for(tracking_uri: str) -> mlflow.MlflowClient:
     return mlflow.MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
 
 
+# MLflow 3's UI opens an experiment without this tag in its GenAI view (traces, an assistant); with
+# it, in the runs table that compares trained models
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+MODEL_TRAINING_KIND = "custom_model_development"
+
+
 def ensure_experiment(client: mlflow.MlflowClient, name: str, artifact_location: str | None = None) -> str:
-    """Return the id of the experiment ``name``, creating it (with its artifact location) if needed."""
+    """Return the id of the experiment ``name``, creating it (with its artifact location) if needed.
+
+    The experiment is marked as a model-training one, so the MLflow UI opens on its runs; an
+    experiment already marked otherwise keeps its mark.
+    """
     experiment = client.get_experiment_by_name(name)
-    if experiment is not None:
-        return experiment.experiment_id
-    try:
-        return client.create_experiment(name, artifact_location=artifact_location)
-    except mlflow.exceptions.MlflowException:  # created meanwhile by a concurrent run
-        return client.get_experiment_by_name(name).experiment_id
+    if experiment is None:
+        try:
+            return client.create_experiment(
+                name, artifact_location=artifact_location, tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING_KIND}
+            )
+        except mlflow.exceptions.MlflowException:  # created meanwhile by a concurrent run
+            experiment = client.get_experiment_by_name(name)
+    if EXPERIMENT_KIND_TAG not in experiment.tags:
+        client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND)
+    return experiment.experiment_id
 
 
 def git_commit() -> str:

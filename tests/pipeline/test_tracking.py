@@ -32,6 +32,17 @@ def test_two_stores_in_one_process_keep_their_runs_apart(tmp_path, mlflow_templa
     assert mlflow.active_run() is None
 
 
+def test_the_experiment_opens_as_a_model_training_one_in_the_ui(store, tmp_path):
+    client, experiment_id = store
+    assert client.get_experiment(experiment_id).tags[tracking.EXPERIMENT_KIND_TAG] == "custom_model_development"
+    older = client.create_experiment("made-before", artifact_location=(tmp_path / "older").as_uri())
+    assert tracking.ensure_experiment(client, "made-before") == older
+    assert client.get_experiment(older).tags[tracking.EXPERIMENT_KIND_TAG] == "custom_model_development"
+    client.set_experiment_tag(older, tracking.EXPERIMENT_KIND_TAG, "genai_development")
+    tracking.ensure_experiment(client, "made-before")
+    assert client.get_experiment(older).tags[tracking.EXPERIMENT_KIND_TAG] == "genai_development"  # a choice kept
+
+
 def test_child_runs_are_found_by_name_and_logged_to_by_id(store):
     client, experiment_id = store
     parent = tracking.start_parent_run(client, experiment_id, "p", {"epochs": 3}, {"pipeline": "t"})

@@ -169,6 +169,19 @@ def iter_ndjson_records(
                 yield SketchRecord(split, label_of[word], f"{path.name}:{number}:{key_id}", sketch)
 
 
+EXCERPT_CHARS = 32
+
+
+def _excerpt(value) -> str:
+    """Return a short, escaped excerpt of a value from a source file, for the quarantine and the output.
+
+    Never more: a class file may be anything (a link to a system file, say), and what the pipeline
+    echoes of it must not reproduce it.
+    """
+    text = value if isinstance(value, str) else repr(value)
+    return repr(text[:EXCERPT_CHARS]) + ("..." if len(text) > EXCERPT_CHARS else "")
+
+
 def _ndjson_record(
     source: str, number: int, raw_line: bytes, label_of: dict[str, int], recognized_only: bool, seen_keys: set[str]
 ) -> tuple[str, str, list[np.ndarray], bool] | Rejection:
@@ -183,7 +196,7 @@ def _ndjson_record(
     try:
         item = json.loads(line)
     except json.JSONDecodeError as exc:
-        return Rejection(source, record, "not JSON", f"{exc.msg}: {line[:80]!r}")
+        return Rejection(source, record, "not JSON", f"{exc.msg}: {_excerpt(line)}")
     except ValueError as exc:  # e.g. an integer longer than Python's digit limit
         return Rejection(source, record, "not JSON", str(exc)[:80])
     if not isinstance(item, dict) or "drawing" not in item or "word" not in item:
@@ -191,14 +204,14 @@ def _ndjson_record(
         return Rejection(source, record, f"no {missing!r} field")
     word = item["word"]
     if not isinstance(word, str) or word not in label_of:
-        return Rejection(source, record, "unknown class", repr(word)[:80])
+        return Rejection(source, record, "unknown class", _excerpt(word))
     if recognized_only and item.get("recognized") is False:
         return Rejection(source, record, "not recognized", word, skipped=True)
     key_id = item.get("key_id")
     if key_id is None or key_id == "":
         key_id = f"{source}:{number}"
     elif not isinstance(key_id, str | int) or isinstance(key_id, bool):
-        return Rejection(source, record, "key_id is not a string or number", repr(key_id)[:80])
+        return Rejection(source, record, "key_id is not a string or number", _excerpt(key_id))
     key_id = str(key_id)
     if len(key_id) > MAX_KEY_ID_CHARS:
         return Rejection(source, record, "key_id too long", f"{len(key_id):,} characters > {MAX_KEY_ID_CHARS}")

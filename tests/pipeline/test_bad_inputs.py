@@ -198,3 +198,19 @@ def test_sketchrnn_sketches_over_max_per_class_are_counted_as_skipped(tmp_path):
         "over max_per_class in test": 1,
     }
     _accounted(info, lines=15)
+
+
+def test_a_class_file_that_is_not_a_drawing_file_is_never_echoed_beyond_a_short_excerpt(tmp_path):
+    secret = tmp_path / "outside" / "passwd"
+    secret.parent.mkdir()
+    lines = [f"user{i}:x:{1000 + i}:{1000 + i}:A Person,,,:/home/user{i}:/bin/bash" for i in range(5)]
+    secret.write_text("\n".join(lines) + "\n")
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "cat.ndjson").symlink_to(secret)  # followed: data folders often link to other disks
+    dataset = ingest(_settings(tmp_path, "ndjson"))
+    quarantined = _quarantine(dataset)
+    assert [q["reason"] for q in quarantined] == ["not JSON"] * 5
+    text = (dataset / "ingest_quarantine.jsonl").read_text()
+    assert not any(line[:40] in text for line in lines)  # at most the first 32 characters of a line
+    assert all(len(q["value"]) < 80 for q in quarantined)
+    _accounted(read_info(dataset), lines=5)

@@ -123,6 +123,21 @@ def _read_npy_member(data: bytes) -> np.ndarray:
     return np.load(stream, allow_pickle=False)
 
 
+# A zip member is read into memory whole: its size, from the zip header, is checked first. Stroke data
+# compresses about 3:1, so a member that claims far more than that is a decompression bomb. (The
+# header bounds the read too: zipfile stops at the declared size.)
+MAX_NPZ_EXPANSION = 50
+NPZ_EXPANSION_CHECKED_FROM = 16 << 20  # bytes unpacked; smaller members are cheap whatever they hold
+
+
+def _check_member_size(path: Path, info: zipfile.ZipInfo) -> None:
+    if info.file_size > NPZ_EXPANSION_CHECKED_FROM and info.file_size > MAX_NPZ_EXPANSION * max(info.compress_size, 1):
+        raise StrokeFormatError(
+            f"{path}: member {info.filename} would unpack {info.compress_size:,} bytes to {info.file_size:,} "
+            f"(over {MAX_NPZ_EXPANSION}x): refused unread"
+        )
+
+
 def load_sketchrnn_npz(path: Path) -> dict[str, list[np.ndarray]]:
     """Read a sketch-rnn class file without trusting its pickles.
 
@@ -134,7 +149,8 @@ def load_sketchrnn_npz(path: Path) -> dict[str, list[np.ndarray]]:
 
     Raises:
         StrokeFormatError: the file is not a readable npz, carries a pickled object other than a
-            numpy array (nothing from it is executed), or a record is not an ``(n, 3)`` array.
+            numpy array (nothing from it is executed), has a member that would unpack to over
+            :data:`MAX_NPZ_EXPANSION` times its packed size, or a record is not an ``(n, 3)`` array.
     """
     path = Path(path)
     result: dict[str, list[np.ndarray]] = {}
@@ -143,6 +159,7 @@ def load_sketchrnn_npz(path: Path) -> dict[str, list[np.ndarray]]:
             members = {Path(n).stem: n for n in archive.namelist() if n.endswith(".npy")}
             for split in SPLITS:
                 if split in members:
+                    _check_member_size(path, archive.getinfo(members[split]))
                     result[split] = _records_of(path, split, _read_npy_member(archive.read(members[split])))
     except (zipfile.BadZipFile, EOFError, OSError, ValueError, pickle.UnpicklingError) as exc:
         if isinstance(exc, StrokeFormatError):

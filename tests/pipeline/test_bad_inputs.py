@@ -15,7 +15,7 @@ import pytest
 from pipeline.dataset import read_info
 from pipeline.ingest import ingest
 from pipeline.quickdraw_formats import MAX_RAW_POINTS, MAX_RECORD_BYTES, write_tfrecord
-from pipeline.strokes import write_sketchrnn_npz
+from pipeline.strokes import StrokeFormatError, write_sketchrnn_npz
 from tests.conftest import tiny_settings
 
 GOOD = {"word": "cat", "countrycode": "GB", "recognized": True, "drawing": [[[0, 10, 20], [0, 5, 0]]]}
@@ -214,3 +214,15 @@ def test_a_class_file_that_is_not_a_drawing_file_is_never_echoed_beyond_a_short_
     assert not any(line[:40] in text for line in lines)  # at most the first 32 characters of a line
     assert all(len(q["value"]) < 80 for q in quarantined)
     _accounted(read_info(dataset), lines=5)
+
+
+def test_an_npz_bomb_is_refused_from_its_zip_header_before_it_is_unpacked(tmp_path):
+    import zipfile
+
+    bomb = tmp_path / "data" / "cat.npz"
+    bomb.parent.mkdir()
+    with zipfile.ZipFile(bomb, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("train.npy", bytes(200 << 20))  # 200 MiB of zeros, about 200 KB packed
+    assert bomb.stat().st_size < 1 << 20
+    with pytest.raises(StrokeFormatError, match=r"cat\.npz: member train\.npy would unpack .* to 209,715,200"):
+        ingest(_settings(tmp_path, "sketchrnn"))  # refused from the header: the member is never read

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Any, NoReturn
 
 from pipeline.config import ConfigError, Settings, configure_runtime, load_settings
@@ -216,8 +217,6 @@ def _cmd_download(args: argparse.Namespace) -> None:
     except ConfigError as exc:
         flag = {"download_format": "--format", "download_base_url": "--base-url", "download_workers": "--workers"}
         _fail(f"{flag.get(exc.field, '--' + exc.field.replace('_', '-'))}: {exc}")
-    from pathlib import Path
-
     from pipeline import progress
     from pipeline.download import DownloadError, download_classes, resolve_classes
 
@@ -258,6 +257,8 @@ def _cmd_predict(args: argparse.Namespace) -> None:
         _fail(str(exc))
     except OSError as exc:
         _fail(f"{exc.filename}: {exc.strerror}")
+    if not args.model_uri:
+        _require_store(settings)
     try:
         classifier = load_classifier(settings, args.model_uri)
     except Exception as exc:  # an unknown model, alias or store: one line, not a traceback
@@ -266,12 +267,28 @@ def _cmd_predict(args: argparse.Namespace) -> None:
         print(f"{name}: " + ", ".join(f"{label} {p:.3f}" for label, p in top))
 
 
+def _require_store(settings: Settings) -> None:
+    """Stop with one line if the settings name a SQLite store that does not exist (rather than create one)."""
+    uri = settings.resolved_tracking_uri
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        _fail(
+            f"--tracking-uri: no tracking store at {uri.removeprefix('sqlite:///')} (train with `sketchpipe run` first)"
+        )
+
+
 def _cmd_promote(args: argparse.Namespace) -> None:
     settings, _ = _settings(args, ["tracking_uri"])
+    _require_store(settings)
+    from prefect.settings import PREFECT_API_URL
+
     from flows.promotion import promote_model
 
+    # Moving an alias needs no orchestration: without a configured Prefect server, run the flow's
+    # function directly rather than start a temporary server for it (~20 s); with one, run the flow
+    # there, so that it shows in the Prefect UI.
+    promote = promote_model if PREFECT_API_URL.value() else promote_model.fn
     try:
-        version = promote_model(
+        version = promote(
             version=args.version, rollback=args.rollback, tracking_uri=settings.tracking_uri, config_file=args.config
         )
     except ValueError as exc:

@@ -96,3 +96,17 @@ def test_asking_a_real_source_for_more_classes_than_it_has_names_the_flag(in_tmp
         main(["validate", "--source", "sketchrnn", "--data-dir", "raw", "--num-classes", "2"])
     assert exit_info.value.code == 2
     assert capsys.readouterr().err == "sketchpipe: error: --num-classes: asked for 2 classes but the source has 1\n"
+
+
+@pytest.mark.parametrize("argv", [["predict", "s.json"], ["promote", "--version", "1"], ["promote", "--rollback"]])
+def test_commands_that_need_a_store_do_not_create_an_empty_one(in_tmp_cwd, capsys, argv):
+    (in_tmp_cwd / "s.json").write_text("[[1, 2, 0], [3, 4, 1]]")
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err == (
+        f"sketchpipe: error: --tracking-uri: no tracking store at {in_tmp_cwd / 'mlflow' / 'mlflow.db'} "
+        "(train with `sketchpipe run` first)\n"
+    )
+    assert not (in_tmp_cwd / "mlflow").exists()

@@ -192,6 +192,9 @@ def set_champion(client: mlflow.MlflowClient, name: str, version: str) -> None:
     """Point ``champion`` at ``version`` and append it to the model's champion history."""
     client.get_model_version(name, version)  # raises for an unknown version, before anything changes
     history = champion_history(client, name)
+    if history and history[-1] == version:  # already the champion: a rollback must not land on it again
+        client.set_registered_model_alias(name, CHAMPION, version)
+        return
     # history first: if the store goes away between the two writes, the alias still names the old
     # champion and a rollback from the longer history lands on it again; the other order would
     # leave a champion that a rollback skips past

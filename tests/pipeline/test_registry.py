@@ -66,6 +66,7 @@ def test_manual_promotion_and_rollback(store, saved_model):
     a, b = _register(store, saved_model, 0.6), _register(store, saved_model, 0.5)
     registry.set_champion(client, "m", a.version)
     registry.set_champion(client, "m", b.version)
+    registry.set_champion(client, "m", b.version)  # again: no second entry to roll back onto
     assert registry.alias_version(client, "m", "champion") == b.version
     assert registry.champion_history(client, "m") == [a.version, b.version]
     assert registry.rollback_champion(client, "m") == a.version

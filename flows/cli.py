@@ -135,11 +135,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--artifacts-destination", metavar="URI", help="e.g. s3://bucket/mlflow (default: mlflow/artifacts)"
     )
     ui.add_argument("--port", type=int, default=5000, help="port (default 5000)")
+    for command in commands.choices.values():
+        command.add_argument("--verbose", action="store_true", help="show the libraries' own start-up lines")
     return parser
 
 
 def _cmd_run(args: argparse.Namespace) -> None:
     settings, overrides = _settings(args, list(_SETTING_FLAGS))
+    _import_tensorflow_quietly(settings, args)
     from flows.training_pipeline import pipeline_with_task_runner
     from pipeline.download import DownloadError
     from pipeline.ingest import ClassSelectionError
@@ -259,6 +262,7 @@ def _cmd_predict(args: argparse.Namespace) -> None:
         _fail(f"{exc.filename}: {exc.strerror}")
     if not args.model_uri:
         _require_store(settings)
+    _import_tensorflow_quietly(settings, args)
     try:
         classifier = load_classifier(settings, args.model_uri)
     except Exception as exc:  # an unknown model, alias or store: one line, not a traceback
@@ -297,7 +301,8 @@ def _cmd_promote(args: argparse.Namespace) -> None:
 
 
 def _cmd_serve(args: argparse.Namespace) -> None:
-    _, overrides = _settings(args, list(_SETTING_FLAGS))
+    settings, overrides = _settings(args, list(_SETTING_FLAGS))
+    _import_tensorflow_quietly(settings, args)
     from prefect import serve
 
     from flows.deployment import scheduled_deployment
@@ -321,6 +326,30 @@ def _cmd_ui(args: argparse.Namespace) -> None:
     os.environ["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
     print(f"MLflow UI and tracking server on http://127.0.0.1:{args.port} over {backend}", flush=True)
     os.execv(sys.executable, command)
+
+
+def _import_tensorflow_quietly(settings: Settings, args: argparse.Namespace) -> None:
+    """Import TensorFlow now, its native runtime's start-up lines (absl, oneDNN, CUDA probes) going to
+    ``<work_dir>/logs/tensorflow.log`` instead of the terminal; with ``--verbose``, leave them shown.
+
+    No environment variable silences them (TF_CPP_MIN_LOG_LEVEL does not reach absl's early logging),
+    so file descriptor 2 itself points at the log while the import runs.
+    """
+    if args.verbose or "tensorflow" in sys.modules:
+        return
+    import os
+
+    log = Path(settings.work_dir) / "logs" / "tensorflow.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    sys.stderr.flush()
+    terminal = os.dup(2)
+    try:
+        with open(log, "ab") as sink:
+            os.dup2(sink.fileno(), 2)
+            import tensorflow  # noqa: F401
+    finally:
+        os.dup2(terminal, 2)
+        os.close(terminal)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,8 +1,10 @@
 """Fixtures for integration tests: a registered champion in a fresh store, free loopback ports."""
 
+import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -23,6 +25,15 @@ def write_config(tmp_path: Path, **changes) -> str:
     """Write tiny settings (work folder under ``tmp_path``) as a YAML config file; return its path."""
     settings = tiny_settings(tmp_path / "work", tmp_path / "unused.db", **changes)
     return write_settings_file(settings, tmp_path / "settings.yaml")
+
+
+def run_sketchpipe(argv: list[str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run ``sketchpipe ARGV`` in its own process from ``cwd``, as a user would: no Prefect server
+    configured, no SKETCHPIPE_* overrides; return the finished process (output captured as text)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "SKETCHPIPE_"))}
+    return subprocess.run(
+        [sys.executable, "-m", "flows.cli", *argv], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def free_port() -> int:

@@ -7,6 +7,7 @@ import pytest
 
 from flows.cli import main
 from pipeline.features import pad_batch
+from tests.integration.conftest import run_sketchpipe
 
 
 def test_predict_prints_top3_per_sketch(champion_store, tmp_path, capsys):
@@ -61,24 +62,12 @@ def _config(settings, tmp_path) -> str:
 
 @pytest.mark.parametrize("verbose", [False, True])
 def test_predict_prints_its_answer_and_no_native_start_up_lines(champion_store, tmp_path, verbose):
-    import os
-    import subprocess
-    import sys
-
     settings, _ = champion_store
     (tmp_path / "s.json").write_text(json.dumps([[12, 3, 0], [5, -8, 0], [-7, 2, 1]]))
     config = tmp_path / "c.yaml"
     config.write_text(f"registered_model_name: {settings.registered_model_name}\nwork_dir: {tmp_path / 'work'}\n")
     argv = ["predict", "--config", str(config), "--tracking-uri", settings.resolved_tracking_uri, "s.json"]
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "SKETCHPIPE_"))}
-    done = subprocess.run(
-        [sys.executable, "-m", "flows.cli", *argv, *(["--verbose"] if verbose else [])],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    done = run_sketchpipe([*argv, *(["--verbose"] if verbose else [])], cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     assert len(done.stdout.splitlines()) == 1 and done.stdout.startswith("s.json[0]: ")
     native = ("absl::InitializeLog", "oneDNN", "cudart_stub")

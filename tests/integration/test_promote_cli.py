@@ -4,6 +4,7 @@ import pytest
 
 from flows.cli import main
 from pipeline import registry, tracking
+from tests.integration.conftest import run_sketchpipe
 
 
 def _args(settings, tmp_path, *extra):
@@ -34,20 +35,8 @@ def test_promote_by_hand_prints_the_new_champion(champion_store, tmp_path, capsy
 
 
 def test_without_a_prefect_server_promote_moves_the_alias_without_starting_one(champion_store, tmp_path):
-    import os
-    import subprocess
-    import sys
-
     settings, _ = champion_store
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "SKETCHPIPE_"))}
-    done = subprocess.run(
-        [sys.executable, "-m", "flows.cli", *_args(settings, tmp_path, "--version", "1")],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    done = run_sketchpipe(_args(settings, tmp_path, "--version", "1"), cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == f"{settings.registered_model_name} @champion -> version 1"
     assert "temporary server" not in done.stderr + done.stdout  # Prefect started no server for it

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.files import move_into_place, staging_dir
-from pipeline.strokes import SPLITS, drop_noop_points
+from pipeline.strokes import SPLITS
 
 _CHUNK = 1 << 20  # rows per copy when turning the append-only files into .npy arrays
 
@@ -146,6 +146,9 @@ def write_dataset(
         raise
 
 
+_BATCH = 4096  # sketches of one split checked and written at once, vectorised
+
+
 def _write_dataset(
     staging: Path,
     out_root: Path,
@@ -156,10 +159,17 @@ def _write_dataset(
 ) -> Path:
     digest = hashlib.sha256(json.dumps(classes).encode())
     writers = {split: _SplitWriter(staging / split) for split in SPLITS}
+    pending: dict[str, list[SketchRecord]] = {split: [] for split in SPLITS}
     rejected: Counter[str] = Counter()
     skipped: Counter[str] = Counter()
     noop_points = 0
     with open(staging / "ingest_quarantine.jsonl", "w") as quarantine:
+
+        def flush(split: str) -> None:
+            nonlocal noop_points
+            noop_points += _write_batch(writers[split], pending[split], digest, quarantine, rejected)
+            pending[split] = []
+
         for record in records:
             if isinstance(record, Rejection):
                 line = json.dumps(dataclasses.asdict(record))
@@ -170,19 +180,11 @@ def _write_dataset(
                     rejected[record.reason] += record.count
                     quarantine.write(line + "\n")
                 continue
-            strokes = np.ascontiguousarray(record.strokes, dtype=np.float32).reshape(-1, 3)
-            moving = drop_noop_points(strokes)
-            noop_points += len(strokes) - len(moving)
-            if len(moving) == 0:
-                rejection = Rejection(record.record_id.split(":")[0], record.record_id, "no movement", "")
-                rejected[rejection.reason] += 1
-                quarantine.write(json.dumps(dataclasses.asdict(rejection)) + "\n")
-                digest.update(f"no movement|{record.record_id}".encode())
-                continue
-            strokes = np.ascontiguousarray(moving)
-            writers[record.split].add(record.label, record.record_id, strokes)
-            digest.update(f"{record.split}|{record.label}|{record.record_id}|{strokes.shape[0]}".encode())
-            digest.update(strokes.tobytes())
+            pending[record.split].append(record)
+            if len(pending[record.split]) >= _BATCH:
+                flush(record.split)
+        for split in SPLITS:
+            flush(split)
     counts = {split: writer.close(classes) for split, writer in writers.items()}
     fingerprint = digest.hexdigest()
     info = DatasetInfo(name, source, classes, counts, fingerprint, dict(rejected), dict(skipped), noop_points)
@@ -190,6 +192,44 @@ def _write_dataset(
     final = out_root / f"{name}-{fingerprint[:12]}"
     move_into_place(staging, final, replace=False)  # named after its content: one already there is the same
     return final
+
+
+def _write_batch(writer: _SplitWriter, batch: list[SketchRecord], digest, quarantine, rejected: Counter) -> int:
+    """Write a batch of one split's sketches without their ``(0, 0, 0)`` rows; return how many rows were dropped.
+
+    See :func:`~pipeline.strokes.drop_noop_points`; a sketch left with no row is quarantined as "no
+    movement". One vectorised pass over the batch's rows, not a numpy call per sketch.
+    """
+    if not batch:
+        return 0
+    parts = [np.asarray(r.strokes, dtype=np.float32).reshape(-1, 3) for r in batch]
+    lengths = np.fromiter((len(p) for p in parts), dtype=np.int64, count=len(parts))
+    flat = np.concatenate(parts)
+    moving = flat.any(axis=1)
+    if moving.all():
+        kept = lengths
+    else:
+        flat = flat[moving]
+        ends = np.cumsum(lengths)
+        moved = np.concatenate([[0], np.cumsum(moving, dtype=np.int64)])
+        kept = moved[ends] - moved[ends - lengths]
+    dropped = int(lengths.sum() - kept.sum())
+    if not kept.all():
+        for index in np.flatnonzero(kept == 0):
+            record_id = batch[int(index)].record_id
+            rejection = Rejection(record_id.split(":")[0], record_id, "no movement", "")
+            rejected[rejection.reason] += 1
+            quarantine.write(json.dumps(dataclasses.asdict(rejection)) + "\n")
+            digest.update(f"no movement|{record_id}".encode())
+        keep = kept > 0
+        batch = [record for record, ok in zip(batch, keep, strict=True) if ok]
+        kept = kept[keep]
+    labels = np.fromiter((r.label for r in batch), dtype=np.int32, count=len(batch))
+    ids = [r.record_id.replace("\n", " ") for r in batch]
+    writer.add_batch(labels, ids, flat, kept)
+    digest.update("\n".join(f"{r.split}|{r.label}|{i}|{n}" for r, i, n in zip(batch, ids, kept, strict=True)).encode())
+    digest.update(flat.tobytes())
+    return dropped
 
 
 class _SplitWriter:
@@ -206,14 +246,15 @@ class _SplitWriter:
         self.id_width = 1
         self.per_label: Counter[int] = Counter()
 
-    def add(self, label: int, record_id: str, strokes: np.ndarray) -> None:
-        self.strokes.write(strokes.tobytes())
-        self.lengths.write(np.int64(len(strokes)).tobytes())
-        self.labels.write(np.int32(label).tobytes())
-        self.ids.write(record_id.replace("\n", " ") + "\n")
-        self.id_width = max(self.id_width, len(record_id))
-        self.per_label[label] += 1
-        self.count += 1
+    def add_batch(self, labels: np.ndarray, ids: list[str], strokes: np.ndarray, lengths: np.ndarray) -> None:
+        """Append sketches: their labels, ids (one line each), concatenated rows and row counts."""
+        self.strokes.write(np.ascontiguousarray(strokes, dtype=np.float32).tobytes())
+        self.lengths.write(np.asarray(lengths, dtype=np.int64).tobytes())
+        self.labels.write(labels.tobytes())
+        self.ids.write("".join(f"{record_id}\n" for record_id in ids))
+        self.id_width = max(self.id_width, max(map(len, ids)))
+        self.per_label.update(labels.tolist())
+        self.count += len(labels)
 
     def close(self, classes: list[str]) -> dict[str, int]:
         for handle in (self.strokes, self.lengths, self.labels, self.ids):

@@ -136,7 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ui.add_argument("--port", type=int, default=5000, help="port (default 5000)")
     for command in commands.choices.values():
-        command.add_argument("--verbose", action="store_true", help="show the libraries' own start-up lines")
+        command.add_argument(
+            "--verbose", action="store_true", help="show the libraries' logs live (Prefect's INFO lines, TensorFlow's)"
+        )
     return parser
 
 
@@ -356,6 +358,13 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``sketchpipe`` console script."""
     args = build_parser().parse_args(argv)
     configure_runtime()
+    if not args.verbose:
+        import os
+
+        # Prefect's INFO lines (every task's start and end, GX's temporary folders) buried the results;
+        # the console shows warnings and errors, while the Prefect server keeps every run's full log
+        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # e.g. a new store's migration notes
     {
         "run": _cmd_run,
         "validate": _cmd_validate,

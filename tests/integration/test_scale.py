@@ -81,6 +81,9 @@ def test_the_whole_flow_at_345_classes_registers_promotes_and_stays_within_memor
     )
     version = _promoted_version(process.stdout)
     assert f"({345 * 8} sketches, 0 quarantined)" in process.stdout
+    # quiet by default: the result on stdout; no Prefect INFO line nor TensorFlow start-up line on stderr
+    noise = [line for line in process.stderr.splitlines() if any(m in line for m in ("INFO", "absl", "oneDNN"))]
+    assert noise == [], noise[:5]
     # TensorFlow, Prefect's client, MLflow and GX take about 1.2 GB here (1,230 MB measured at 345 classes)
     assert peak_mb < 2000, f"peak RSS {peak_mb:.0f} MB"
 

@@ -61,7 +61,7 @@ def test_two_runs_at_once_complete_and_leave_the_registry_consistent(tmp_path, t
     verdicts = [v for v in versions if "promotion_verdict" in v.tags]
     assert len(verdicts) == 2
     assert sorted(v.tags["promotion_compared_to"] == "none" for v in verdicts) == [False, True]
-    history = client.get_registered_model(MODEL).tags[registry.HISTORY_TAG].split(",")
+    history = registry.champion_history(client, MODEL)
     assert history[-1] == champion and len(history) == len(set(history))
 
     # the data stages ran once: the run that came second waited on the cache lock and read the result

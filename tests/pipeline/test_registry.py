@@ -103,6 +103,30 @@ def test_applying_a_decision_moves_the_right_alias_and_tags_the_candidate(store,
     )
 
 
+def test_promotions_at_the_same_time_lose_no_history_entry(store):
+    import threading
+
+    client, _ = store
+    client.create_registered_model("h")
+    versions = [client.create_model_version("h", source=f"file:///nowhere/{i}").version for i in range(50)]
+    halves = [versions[:25], versions[25:]]
+    start = threading.Barrier(2)
+
+    def promote(own: list) -> None:
+        start.wait()
+        for version in own:  # never its own previous version twice in a row: each call adds an entry
+            registry.set_champion(client, "h", str(version))
+
+    threads = [threading.Thread(target=promote, args=(half,)) for half in halves]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    history = registry.champion_history(client, "h")
+    assert sorted(history, key=int) == [str(v) for v in versions]  # all 50, none overwritten
+    assert [v for v in history if int(v) <= 25] == [str(v) for v in versions[:25]]  # each thread's in order
+
+
 def test_the_requirement_scan_runs_once_in_the_background():
     scan = registry.warm_model_logging()
     assert scan is not None and scan is registry.warm_model_logging()  # once per process

@@ -11,8 +11,10 @@ Layout of a dataset folder::
     <split>/ids.npy             str (n,) "file:split[index]", "file:line" or key_id: the source record
 
 No pickles: every array loads with ``allow_pickle=False``. Readers stream (positioned reads of one
-sketch at a time), and so does the writer: rows are appended to files as they come and copied into
-``.npy`` files in chunks, so memory does not grow with the number of sketches.
+sketch, or of a contiguous range of sketches, at a time), and so does the writer: it takes batches of
+sketches as flat arrays (:class:`SketchBatch`; single records are batched), checks and appends each
+batch with a few numpy calls, and writes the ``.npy`` headers once the counts are known, so memory
+does not grow with the number of sketches and no Python runs per sketch on the sketch-rnn path.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ import numpy as np
 from pipeline.files import move_into_place, staging_dir
 from pipeline.strokes import SPLITS
 
-_CHUNK = 1 << 20  # rows per copy when turning the append-only files into .npy arrays
+_CHUNK = 1 << 20  # bytes / 16 of ids read at once when turning ids.txt into ids.npy
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +44,23 @@ class SketchRecord:
     label: int
     record_id: str
     strokes: np.ndarray
+
+
+@dataclasses.dataclass(frozen=True)
+class SketchBatch:
+    """Many sketches of one split on their way into a dataset, as flat arrays (no object per sketch).
+
+    Sketch ``i`` is ``strokes[sum(lengths[:i]) : sum(lengths[:i + 1])]``.
+    """
+
+    split: str
+    labels: np.ndarray  # int32 (n,)
+    record_ids: list[str]
+    strokes: np.ndarray  # (total_points, 3)
+    lengths: np.ndarray  # int64 (n,)
+
+    def __len__(self) -> int:
+        return len(self.labels)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,6 +113,7 @@ class SplitArrays:
         self.labels = np.load(folder / "labels.npy")
         self.ids = np.load(folder / "ids.npy", mmap_mode="r")
         self._path = folder / "strokes.npy"
+        self._ids_path = folder / "ids.npy"
         self._data_start = self.strokes.offset
         self._file = None
 
@@ -116,6 +136,34 @@ class SplitArrays:
     def lengths(self) -> np.ndarray:
         """Return the point count of every sketch."""
         return np.diff(self.offsets)
+
+    def rows(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        """Return the rows of sketches ``start:stop`` and their offsets into those rows (from 0).
+
+        One positioned read of a contiguous range: a whole-split scan in chunks keeps only a chunk
+        resident, where slicing the memory map would keep every page it touched.
+        """
+        first, last = int(self.offsets[start]), int(self.offsets[stop])
+        rows = _read_range(self._path, self._data_start, np.dtype((np.float32, (3,))), first, last)
+        return rows, self.offsets[start : stop + 1] - first
+
+    def id_range(self, start: int, stop: int) -> np.ndarray:
+        """Return the record ids of sketches ``start:stop``, read from the file (nothing stays mapped)."""
+        return _read_range(self._ids_path, self.ids.offset, self.ids.dtype, start, stop)
+
+
+def _read_range(path: Path, data_start: int, dtype: np.dtype, start: int, stop: int) -> np.ndarray:
+    """Return elements ``start:stop`` of a ``.npy`` file's array, with positioned reads into a new array."""
+    out = np.empty(max(stop - start, 0), dtype=dtype)
+    view = memoryview(out.view(np.uint8).reshape(-1))
+    with open(path, "rb") as handle:
+        done = 0
+        while done < len(view):  # a read may return less than asked for
+            got = os.preadv(handle.fileno(), [view[done:]], data_start + start * dtype.itemsize + done)
+            if got == 0:
+                raise OSError(f"{path}: ends before element {stop}")
+            done += got
+    return out
 
 
 def read_info(dataset_dir: Path) -> DatasetInfo:
@@ -180,6 +228,10 @@ def _write_dataset(
                     rejected[record.reason] += record.count
                     quarantine.write(line + "\n")
                 continue
+            if isinstance(record, SketchBatch):
+                flush(record.split)  # keep the order records came in
+                noop_points += _write_rows(writers[record.split], record, digest, quarantine, rejected)
+                continue
             pending[record.split].append(record)
             if len(pending[record.split]) >= _BATCH:
                 flush(record.split)
@@ -195,17 +247,33 @@ def _write_dataset(
 
 
 def _write_batch(writer: _SplitWriter, batch: list[SketchRecord], digest, quarantine, rejected: Counter) -> int:
-    """Write a batch of one split's sketches without their ``(0, 0, 0)`` rows; return how many rows were dropped.
-
-    See :func:`~pipeline.strokes.drop_noop_points`; a sketch left with no row is quarantined as "no
-    movement". One vectorised pass over the batch's rows, not a numpy call per sketch.
-    """
+    """Write a list of one split's sketches (see :func:`_write_rows`); return how many rows were dropped."""
     if not batch:
         return 0
     parts = [np.asarray(r.strokes, dtype=np.float32).reshape(-1, 3) for r in batch]
-    lengths = np.fromiter((len(p) for p in parts), dtype=np.int64, count=len(parts))
-    flat = np.concatenate(parts)
-    moving = flat.any(axis=1)
+    rows = SketchBatch(
+        batch[0].split,
+        np.fromiter((r.label for r in batch), dtype=np.int32, count=len(batch)),
+        [r.record_id for r in batch],
+        np.concatenate(parts),
+        np.fromiter((len(p) for p in parts), dtype=np.int64, count=len(parts)),
+    )
+    return _write_rows(writer, rows, digest, quarantine, rejected)
+
+
+def _write_rows(writer: _SplitWriter, batch: SketchBatch, digest, quarantine, rejected: Counter) -> int:
+    """Write a batch of one split's sketches without their ``(0, 0, 0)`` rows; return how many rows were dropped.
+
+    See :func:`~pipeline.strokes.drop_noop_points`; a sketch left with no row is quarantined as "no
+    movement". Vectorised over the batch's rows: no numpy call per sketch.
+    """
+    if not len(batch):
+        return 0
+    lengths = np.asarray(batch.lengths, dtype=np.int64)
+    flat = np.ascontiguousarray(np.asarray(batch.strokes, dtype=np.float32).reshape(-1, 3))
+    labels = np.asarray(batch.labels, dtype=np.int32)
+    ids = batch.record_ids
+    moving = (flat[:, 0] != 0) | (flat[:, 1] != 0) | (flat[:, 2] != 0)  # 5x faster than any(axis=1)
     if moving.all():
         kept = lengths
     else:
@@ -216,19 +284,25 @@ def _write_batch(writer: _SplitWriter, batch: list[SketchRecord], digest, quaran
     dropped = int(lengths.sum() - kept.sum())
     if not kept.all():
         for index in np.flatnonzero(kept == 0):
-            record_id = batch[int(index)].record_id
+            record_id = ids[int(index)]
             rejection = Rejection(record_id.split(":")[0], record_id, "no movement", "")
             rejected[rejection.reason] += 1
             quarantine.write(json.dumps(dataclasses.asdict(rejection)) + "\n")
             digest.update(f"no movement|{record_id}".encode())
         keep = kept > 0
-        batch = [record for record, ok in zip(batch, keep, strict=True) if ok]
+        ids = [record_id for record_id, ok in zip(ids, keep.tolist(), strict=True) if ok]
+        labels = labels[keep]
         kept = kept[keep]
-    labels = np.fromiter((r.label for r in batch), dtype=np.int32, count=len(batch))
-    ids = [r.record_id.replace("\n", " ") for r in batch]
-    writer.add_batch(labels, ids, flat, kept)
-    digest.update("\n".join(f"{r.split}|{r.label}|{i}|{n}" for r, i, n in zip(batch, ids, kept, strict=True)).encode())
-    digest.update(flat.tobytes())
+    joined = "\n".join(ids)
+    if joined.count("\n") != len(ids) - 1:  # an id holds a line break: one id per line in ids.txt
+        ids = [record_id.replace("\n", " ") for record_id in ids]
+        joined = "\n".join(ids)
+    writer.add_batch(labels, joined, max(map(len, ids)), flat, kept)
+    digest.update(batch.split.encode())
+    digest.update(labels.tobytes())
+    digest.update(kept.tobytes())
+    digest.update(joined.encode())
+    digest.update(flat.data)
     return dropped
 
 
@@ -238,7 +312,9 @@ class _SplitWriter:
     def __init__(self, folder: Path):
         folder.mkdir(parents=True, exist_ok=True)
         self.folder = folder
-        self.strokes = open(folder / "strokes.raw", "wb")  # noqa: SIM115 - closed in close()
+        self.strokes = open(folder / "strokes.npy", "wb")  # noqa: SIM115 - closed in close()
+        self.strokes.write(_npy_header(np.float32, (0, 3)))  # rewritten with the row count in close()
+        self.rows = 0
         self.lengths = open(folder / "lengths.raw", "wb")  # noqa: SIM115
         self.labels = open(folder / "labels.raw", "wb")  # noqa: SIM115
         self.ids = open(folder / "ids.txt", "w")  # noqa: SIM115
@@ -246,34 +322,38 @@ class _SplitWriter:
         self.id_width = 1
         self.per_label: Counter[int] = Counter()
 
-    def add_batch(self, labels: np.ndarray, ids: list[str], strokes: np.ndarray, lengths: np.ndarray) -> None:
-        """Append sketches: their labels, ids (one line each), concatenated rows and row counts."""
-        self.strokes.write(np.ascontiguousarray(strokes, dtype=np.float32).tobytes())
+    def add_batch(self, labels: np.ndarray, ids: str, id_width: int, strokes: np.ndarray, lengths: np.ndarray) -> None:
+        """Append sketches: labels, ids (joined by line breaks; ``id_width`` the longest), rows, row counts."""
+        strokes = np.ascontiguousarray(strokes, dtype=np.float32)
+        self.strokes.write(strokes.data)
+        self.rows += len(strokes)
         self.lengths.write(np.asarray(lengths, dtype=np.int64).tobytes())
         self.labels.write(labels.tobytes())
-        self.ids.write("".join(f"{record_id}\n" for record_id in ids))
-        self.id_width = max(self.id_width, max(map(len, ids)))
-        self.per_label.update(labels.tolist())
+        self.ids.write(ids + "\n")
+        self.id_width = max(self.id_width, id_width)
+        self.per_label.update(dict(enumerate(np.bincount(labels[labels >= 0]).tolist())))
+        self.per_label.update(labels[labels < 0].tolist())
         self.count += len(labels)
 
     def close(self, classes: list[str]) -> dict[str, int]:
+        self.strokes.seek(0)
+        self.strokes.write(_npy_header(np.float32, (self.rows, 3)))
         for handle in (self.strokes, self.lengths, self.labels, self.ids):
             handle.close()
         raw = self.folder
-        _raw_to_npy(raw / "strokes.raw", raw / "strokes.npy", np.float32, (3,))
         lengths = np.fromfile(raw / "lengths.raw", np.int64)
         np.save(raw / "offsets.npy", np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64))
         np.save(raw / "labels.npy", np.fromfile(raw / "labels.raw", np.int32))
         if self.count:
-            ids = np.lib.format.open_memmap(raw / "ids.npy", "w+", np.dtype(f"<U{self.id_width}"), (self.count,))
-            with open(raw / "ids.txt") as lines:
-                for index, line in enumerate(lines):
-                    ids[index] = line.rstrip("\n")
-            ids.flush()
-            del ids
+            dtype = np.dtype(f"<U{self.id_width}")
+            header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": (self.count,)}
+            with open(raw / "ids.txt") as lines, open(raw / "ids.npy", "wb") as sink:
+                np.lib.format.write_array_header_1_0(sink, header)
+                while chunk := lines.readlines(_CHUNK * 16):  # about half a million ids at a time
+                    sink.write(np.array([line[:-1] for line in chunk], dtype=dtype).tobytes())
         else:
             np.save(raw / "ids.npy", np.zeros(0, dtype="<U1"))
-        for name in ("strokes.raw", "lengths.raw", "labels.raw", "ids.txt"):
+        for name in ("lengths.raw", "labels.raw", "ids.txt"):
             (raw / name).unlink()
         counts = {name: self.per_label.get(i, 0) for i, name in enumerate(classes)}
         unknown = self.count - sum(counts.values())
@@ -282,16 +362,34 @@ class _SplitWriter:
         return counts
 
 
-def _raw_to_npy(raw: Path, path: Path, dtype: np.dtype, row_shape: tuple[int, ...]) -> None:
-    """Turn an append-only file of rows into a ``.npy`` file, copying in chunks with plain reads and writes."""
-    row_bytes = int(np.prod(row_shape, dtype=np.int64)) * np.dtype(dtype).itemsize
-    rows = raw.stat().st_size // row_bytes
-    header = {
-        "descr": np.lib.format.dtype_to_descr(np.dtype(dtype)),
-        "fortran_order": False,
-        "shape": (rows, *row_shape),
-    }
-    with open(raw, "rb") as source, open(path, "wb") as sink:
-        np.lib.format.write_array_header_1_0(sink, header)
-        while chunk := source.read(_CHUNK * row_bytes):
-            sink.write(chunk)
+_HEADER_BYTES = 128  # a fixed-size .npy header, so that it can be rewritten once the row count is known
+
+
+def _npy_header(dtype, shape: tuple[int, ...]) -> bytes:
+    """Return a version 1.0 ``.npy`` header of exactly :data:`_HEADER_BYTES` bytes (padded with spaces)."""
+    description = repr(
+        {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False, "shape": tuple(shape)}
+    )
+    prefix = np.lib.format.magic(1, 0)
+    length = _HEADER_BYTES - len(prefix) - 2
+    return prefix + length.to_bytes(2, "little") + description.ljust(length - 1).encode("latin1") + b"\n"
+
+
+def write_npy_from_chunks(
+    path: Path, chunks: Iterable[np.ndarray], dtype: np.dtype, row_shape: tuple[int, ...], rows: int
+) -> None:
+    """Write a ``.npy`` array of ``rows`` rows from chunks of rows, with plain writes (nothing mapped or
+    held beyond one chunk).
+
+    Raises:
+        ValueError: the chunks do not hold ``rows`` rows.
+    """
+    written = 0
+    with open(path, "wb") as sink:
+        sink.write(_npy_header(dtype, (rows, *row_shape)))
+        for chunk in chunks:
+            chunk = np.ascontiguousarray(chunk, dtype=dtype)
+            sink.write(chunk.tobytes())
+            written += len(chunk)
+    if written != rows:
+        raise ValueError(f"{path}: wrote {written} rows, expected {rows}")

@@ -1,19 +1,29 @@
-"""Preprocessing: stroke-3 sketches -> normalised float32 sequences in TFRecord files, and the tf.data
+"""Preprocessing: stroke-3 sketches -> normalised float32 sequences stored in blocks, and the tf.data
 input pipeline that batches them as padded ``(batch, time, 3)`` tensors.
 
-Padding rows are all zeros; models mask time steps whose three features are all zero.
+A features folder holds, per split, flat arrays (no record per sketch)::
+
+    spec.json                   scale, crop length, classes, counts, the dataset it came from
+    <split>/strokes.npy         float32 (rows, 3): the normalised, cropped sketches, concatenated
+    <split>/offsets.npy         int64 (n + 1,): sketch i is strokes[offsets[i]:offsets[i + 1]]
+    <split>/labels.npy          int32 (n,)
+    <split>/indices.npy         int64 (n,): the sketch's index in the dataset's split
+
+Both are written and read with vectorised numpy over chunks of sketches. Padding rows are all zeros,
+only at the end of a sequence (what cuDNN's masked LSTM/GRU needs); no real row is all zeros, since
+ingest drops ``(0, 0, 0)`` points and validation refuses sketches without points. Models mask time
+steps whose three features are all zero.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 
-from pipeline.dataset import open_split, read_info
+from pipeline.dataset import open_split, read_info, write_npy_from_chunks
 from pipeline.files import published_dir
 from pipeline.strokes import SPLITS
 
@@ -33,13 +43,24 @@ class FeatureSpec:
     counts: dict[str, int]
 
 
-def normalising_scale(dataset_dir: Path, train_indices: Iterable[int] | None = None) -> float:
-    """Return the standard deviation of all ``dx, dy`` offsets of the training sketches (sketch-rnn's scale)."""
+CHUNK_SKETCHES = 100_000  # sketches read and written at once by preprocessing (about 50 MB of rows)
+
+
+def normalising_scale(dataset_dir: Path, train_indices: np.ndarray | None = None) -> float:
+    """Return the standard deviation of all ``dx, dy`` offsets of the training sketches (sketch-rnn's scale).
+
+    ``train_indices`` (sorted) selects the sketches; all of them by default. Streams the split in chunks.
+    """
     arrays = open_split(dataset_dir, "train")
-    indices = np.arange(len(arrays)) if train_indices is None else np.asarray(list(train_indices))
+    selected = np.ones(len(arrays), dtype=bool)
+    if train_indices is not None:
+        selected[:] = False
+        selected[np.asarray(train_indices, dtype=np.int64)] = True
     count, total, total_sq = 0, 0.0, 0.0
-    for index in indices:
-        xy = arrays.sketch(int(index))[:, :2].astype(np.float64)
+    for start in range(0, len(arrays), CHUNK_SKETCHES):
+        stop = min(start + CHUNK_SKETCHES, len(arrays))
+        rows, offsets = arrays.rows(start, stop)
+        xy = rows[np.repeat(selected[start:stop], np.diff(offsets)), :2].astype(np.float64)
         count += xy.size
         total += xy.sum()
         total_sq += np.square(xy).sum()
@@ -57,56 +78,74 @@ def normalise_sketch(strokes: np.ndarray, scale: float, max_len: int) -> np.ndar
 
 
 def write_features(dataset_dir: Path, accepted: dict[str, np.ndarray], out_dir: Path, max_len: int) -> FeatureSpec:
-    """Write one TFRecord file per split of normalised, cropped sketches, and ``spec.json``.
+    """Write the normalised, cropped accepted sketches of every split as flat arrays, and ``spec.json``.
 
     Args:
         dataset_dir: a canonical dataset folder.
-        accepted: split -> indices of the sketches that passed validation.
+        accepted: split -> sorted indices of the sketches that passed validation.
         out_dir: the features folder to write.
         max_len: sequences are cropped to this many points.
 
     Returns:
-        The spec that was written beside the records.
-    """
-    import tensorflow as tf
+        The spec that was written beside the arrays.
 
+    Raises:
+        ValueError: an accepted sketch has no points (validation's ``min_points`` must be at least 1).
+    """
     info = read_info(dataset_dir)
-    with published_dir(Path(out_dir)) as staging:  # concurrent runs never read half-written records
+    with published_dir(Path(out_dir)) as staging:  # concurrent runs never read half-written arrays
         scale = normalising_scale(dataset_dir, accepted["train"])
         counts = {}
         for split in SPLITS:
-            arrays = open_split(dataset_dir, split)
-            np.save(staging / f"{split}_indices.npy", np.asarray(accepted[split], dtype=np.int64))
-            lengths = np.minimum(arrays.lengths()[accepted[split]], max_len)
-            np.save(staging / f"{split}_lengths.npy", lengths.astype(np.int32))
-            with tf.io.TFRecordWriter(str(staging / f"{split}.tfrecord")) as writer:
-                for index in accepted[split]:
-                    sketch = normalise_sketch(arrays.sketch(int(index)), scale, max_len)
-                    label = int(arrays.labels[index])
-                    example = tf.train.Example(
-                        features=tf.train.Features(
-                            feature={
-                                "ink": tf.train.Feature(float_list=tf.train.FloatList(value=sketch.ravel())),
-                                "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[label])),
-                            }
-                        )
-                    )
-                    writer.write(example.SerializeToString())
-            counts[split] = len(accepted[split])
+            indices = np.asarray(accepted[split], dtype=np.int64)
+            _write_split(dataset_dir, split, indices, staging / split, scale, max_len)
+            counts[split] = len(indices)
         spec = FeatureSpec(info.name, str(dataset_dir), info.fingerprint, info.classes, scale, max_len, counts)
         (staging / "spec.json").write_text(json.dumps(dataclasses.asdict(spec), indent=2))
     return spec
 
 
+def _write_split(dataset_dir: Path, split: str, indices: np.ndarray, folder: Path, scale: float, max_len: int) -> None:
+    """Write one split's features in chunks: gather the accepted sketches' first ``max_len`` rows, scale them."""
+    arrays = open_split(dataset_dir, split)
+    folder.mkdir(parents=True)
+    np.save(folder / "indices.npy", indices)
+    np.save(folder / "labels.npy", np.asarray(arrays.labels)[indices].astype(np.int32))
+    lengths = np.minimum(arrays.lengths()[indices], max_len)
+    if len(lengths) and lengths.min() < 1:
+        empty = int(indices[np.argmin(lengths)])
+        raise ValueError(f"{dataset_dir}: {split} sketch {empty} has no points; min_points must be at least 1")
+    np.save(folder / "offsets.npy", np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64))
+
+    def chunks():
+        for start in range(0, len(arrays), CHUNK_SKETCHES):
+            stop = min(start + CHUNK_SKETCHES, len(arrays))
+            lo, hi = np.searchsorted(indices, [start, stop])
+            if lo == hi:
+                continue
+            rows, offsets = arrays.rows(start, stop)
+            chosen = indices[lo:hi] - start
+            yield gather_rows(rows, offsets[chosen], lengths[lo:hi]) / np.float32([scale, scale, 1.0])
+
+    write_npy_from_chunks(folder / "strokes.npy", chunks(), np.float32, (3,), rows=int(lengths.sum()))
+
+
+def gather_rows(rows: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Return ``rows[starts[i] : starts[i] + lengths[i]]`` for every ``i``, concatenated (one fancy index)."""
+    total = int(lengths.sum())
+    before = np.cumsum(lengths) - lengths
+    return rows[np.repeat(starts - before, lengths) + np.arange(total)]
+
+
 def record_indices(features_dir: Path, split: str) -> np.ndarray:
     """Return the dataset indices of a split's sketches in the features folder, in record order."""
-    return np.load(Path(features_dir) / f"{split}_indices.npy")
+    return np.load(Path(features_dir) / split / "indices.npy")
 
 
 def split_sketches(features_dir: Path, split: str) -> tuple[list[np.ndarray], np.ndarray]:
     """Return a split's raw stroke-3 sketches (cropped to the features' length) and labels, in record order.
 
-    The same sketches as the split's TFRecords, before normalisation: what a serving model takes.
+    The same sketches as the split's features, before normalisation: what a serving model takes.
     """
     spec = read_spec(features_dir)
     arrays = open_split(spec.dataset_dir, split)
@@ -129,39 +168,113 @@ def make_dataset(
 ):
     """Return a ``tf.data.Dataset`` of ``(strokes, label)`` batches, ``strokes`` (batch, time, 3) float32.
 
-    Sketches of similar length are batched together and each batch is zero-padded to its longest
-    sketch; ``bucket_boundaries=None`` keeps the file's order instead (for paired evaluation).
-    Records stream from the TFRecord file; nothing holds the whole split in memory.
+    Sketches are grouped by length into buckets (``bucket_boundaries``) and each bucket is cut into
+    batches, zero-padded to the batch's longest sketch, as ``tf.data``'s ``bucket_by_sequence_length``
+    does; ``bucket_boundaries=None`` keeps the split's order instead (for paired evaluation). With
+    ``shuffle``, every epoch draws a new permutation of the whole split (seeded by ``seed`` and the
+    epoch) before bucketing, and the batches come out in random order.
+
+    The batches are made in blocks of :data:`BATCHES_PER_BLOCK`: numpy gathers a block's sketches from
+    the memory-mapped flat arrays in one fancy index (on a background thread, while the model trains),
+    and TensorFlow cuts the block into ragged batches and pads each one (``RaggedTensor.to_tensor``), so
+    Python runs once per block, not once per batch or sketch.
     """
     import tensorflow as tf
 
-    description = {
-        "ink": tf.io.VarLenFeature(tf.float32),
-        "label": tf.io.FixedLenFeature([1], tf.int64),
-    }
+    batches = BlockBatches(Path(features_dir), split, batch_size, shuffle, seed, bucket_boundaries)
 
-    def parse(record):
-        parsed = tf.io.parse_single_example(record, description)
-        ink = tf.reshape(tf.sparse.to_dense(parsed["ink"]), (-1, NUM_FEATURES))
-        return ink, tf.cast(parsed["label"][0], tf.int32)
+    def to_batches(rows, lengths, labels, sizes):
+        sketches = tf.RaggedTensor.from_row_lengths(rows, lengths)
+        return tf.data.Dataset.from_tensor_slices(
+            (tf.RaggedTensor.from_row_lengths(sketches, sizes), tf.RaggedTensor.from_row_lengths(labels, sizes))
+        )
 
-    dataset = tf.data.TFRecordDataset(str(Path(features_dir) / f"{split}.tfrecord"))
-    if shuffle:
-        dataset = dataset.shuffle(10_000, seed=seed, reshuffle_each_iteration=True)
-    dataset = dataset.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    if bucket_boundaries is None:
-        return dataset.padded_batch(batch_size, padded_shapes=([None, NUM_FEATURES], [])).prefetch(tf.data.AUTOTUNE)
-    dataset = dataset.bucket_by_sequence_length(
-        element_length_func=lambda ink, label: tf.shape(ink)[0],
-        bucket_boundaries=list(bucket_boundaries),
-        bucket_batch_sizes=[batch_size] * (len(bucket_boundaries) + 1),
-        padded_shapes=([None, NUM_FEATURES], []),
+    dataset = tf.data.Dataset.from_generator(
+        batches.blocks,
+        output_signature=(
+            tf.TensorSpec((None, NUM_FEATURES), tf.float32),
+            tf.TensorSpec((None,), tf.int64),
+            tf.TensorSpec((None,), tf.int32),
+            tf.TensorSpec((None,), tf.int64),
+        ),
     )
-    lengths = np.load(Path(features_dir) / f"{split}_lengths.npy")
-    dataset = dataset.apply(
-        tf.data.experimental.assert_cardinality(count_batches(lengths, batch_size, bucket_boundaries))
+    dataset = dataset.flat_map(to_batches).map(
+        lambda sketches, labels: (sketches.to_tensor(), labels), num_parallel_calls=tf.data.AUTOTUNE
     )
-    return dataset.prefetch(tf.data.AUTOTUNE)
+    return dataset.apply(tf.data.experimental.assert_cardinality(len(batches))).prefetch(tf.data.AUTOTUNE)
+
+
+BATCHES_PER_BLOCK = 64
+
+
+class BlockBatches:
+    """Padded batches of one split of a features folder, made with numpy; one epoch per :meth:`epoch` call."""
+
+    def __init__(
+        self,
+        features_dir: Path,
+        split: str,
+        batch_size: int,
+        shuffle: bool = False,
+        seed: int = 0,
+        bucket_boundaries: tuple[int, ...] | None = None,
+    ):
+        folder = Path(features_dir) / split
+        self.strokes = np.load(folder / "strokes.npy", mmap_mode="r")
+        self.offsets = np.load(folder / "offsets.npy")
+        self.labels = np.load(folder / "labels.npy")
+        self.lengths = np.diff(self.offsets)
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.seed = seed
+        self.bucket_boundaries = bucket_boundaries
+        self._epochs = 0
+
+    def __len__(self) -> int:
+        if self.bucket_boundaries is None:
+            return -(-len(self.labels) // self.batch_size)
+        return count_batches(self.lengths, self.batch_size, self.bucket_boundaries)
+
+    def batch_indices(self, epoch: int) -> list[np.ndarray]:
+        """Return the sketch indices of each batch of ``epoch``, in the order they are served."""
+        rng = np.random.default_rng([self.seed, epoch])
+        order = rng.permutation(len(self.labels)) if self.shuffle else np.arange(len(self.labels))
+        if self.bucket_boundaries is None:
+            return [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        bucket = np.searchsorted(self.bucket_boundaries, self.lengths[order], side="right")
+        order = order[np.argsort(bucket, kind="stable")]  # by bucket, the permutation's order within one
+        ends = np.cumsum(np.bincount(bucket, minlength=len(self.bucket_boundaries) + 1))
+        batches = []
+        for start, stop in zip(np.concatenate([[0], ends[:-1]]), ends, strict=True):
+            batches.extend(order[i : min(i + self.batch_size, stop)] for i in range(start, stop, self.batch_size))
+        if self.shuffle:
+            batches = [batches[i] for i in rng.permutation(len(batches))]
+        return batches
+
+    def batch(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Return the zero-padded ``(len(indices), longest, 3)`` strokes and the labels of these sketches."""
+        lengths = self.lengths[indices]
+        width = int(lengths.max())
+        steps = np.arange(width)
+        real = steps < lengths[:, None]
+        rows = np.where(real, self.offsets[indices][:, None] + steps, 0)
+        strokes = np.asarray(self.strokes[rows.ravel()]).reshape(len(indices), width, NUM_FEATURES)
+        strokes[~real] = 0.0
+        return strokes, self.labels[indices]
+
+    def blocks(self):
+        """Yield one epoch as blocks of up to :data:`BATCHES_PER_BLOCK` batches (each call is the next
+        epoch, with its own shuffle): every block is ``(rows, lengths, labels, batch_sizes)``, its
+        sketches' rows concatenated in batch order."""
+        epoch, self._epochs = self._epochs, self._epochs + 1
+        batches = self.batch_indices(epoch)
+        for first in range(0, len(batches), BATCHES_PER_BLOCK):
+            group = batches[first : first + BATCHES_PER_BLOCK]
+            order = np.concatenate(group)
+            lengths = self.lengths[order]
+            rows = gather_rows(self.strokes, self.offsets[order], lengths)
+            sizes = np.fromiter(map(len, group), dtype=np.int64, count=len(group))
+            yield rows, lengths, self.labels[order], sizes
 
 
 def count_batches(lengths: np.ndarray, batch_size: int, bucket_boundaries: tuple[int, ...]) -> int:

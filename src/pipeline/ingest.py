@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import multiprocessing
 from collections.abc import Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
+
+import numpy as np
 
 from pipeline import progress
 from pipeline.config import Settings
-from pipeline.dataset import Rejection, SketchRecord, write_dataset
+from pipeline.dataset import Rejection, SketchBatch, SketchRecord, write_dataset
 from pipeline.files import published_dir
 from pipeline.progress import counted
 from pipeline.quickdraw_formats import (
@@ -19,7 +24,7 @@ from pipeline.quickdraw_formats import (
     iter_tfrecord_records,
     tfrecord_classes,
 )
-from pipeline.strokes import SPLITS, load_sketchrnn_npz
+from pipeline.strokes import load_sketchrnn_flat
 from pipeline.synthetic import SHAPES, write_synthetic_npz
 
 SYNTHETIC_DEFAULT_CLASSES = 8  # real sources default to all their classes
@@ -52,26 +57,56 @@ def select_classes(available: list[str], classes: tuple[str, ...] | None, num_cl
     return available[:num_classes]
 
 
+READ_AHEAD_FROM_BYTES = 64 << 20  # class files smaller than this in all are read in the ingesting process
+
+
 def iter_sketchrnn_records(
     files: dict[str, Path], max_per_class: int | None = None
-) -> Iterator[SketchRecord | Rejection]:
-    """Yield every sketch of sketch-rnn class files (class name -> path), capped per class and split;
-    the sketches over the cap are counted as skipped."""
-    for label, path in enumerate(files.values()):
-        splits = load_sketchrnn_npz(path)
-        for split in SPLITS:
-            sketches = splits.get(split, [])
-            for index, sketch in enumerate(sketches[:max_per_class]):
-                yield SketchRecord(split, label, f"{path.name}:{split}[{index}]", sketch)
-            if max_per_class is not None and len(sketches) > max_per_class:
-                left_out = len(sketches) - max_per_class
-                yield Rejection(
-                    path.name,
-                    f"{split}[{max_per_class}:]",
-                    f"over max_per_class in {split}",
-                    skipped=True,
-                    count=left_out,
-                )
+) -> Iterator[SketchBatch | Rejection]:
+    """Yield the sketches of sketch-rnn class files (class name -> path) as one batch per file and
+    split, capped per class and split; the sketches over the cap are counted as skipped.
+
+    With more than :data:`READ_AHEAD_FROM_BYTES` of files, the next file is read and unpickled in a
+    helper process while this one's sketches are written: unpickling holds the GIL for the whole
+    call, so a thread would not overlap with the writer; a process does, on a second core. (Not in a
+    daemonic process, such as a Dask worker's, which may not start one.)
+    """
+    paths = list(files.values())
+    helper: contextlib.AbstractContextManager = contextlib.nullcontext(_InlineReader())
+    if sum(p.stat().st_size for p in paths) >= READ_AHEAD_FROM_BYTES and not multiprocessing.current_process().daemon:
+        helper = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+    with helper as reader:
+        pending = reader.submit(load_sketchrnn_flat, paths[0], max_per_class) if paths else None
+        for label, path in enumerate(paths):
+            loaded = pending.result()
+            if label + 1 < len(paths):  # read ahead
+                pending = reader.submit(load_sketchrnn_flat, paths[label + 1], max_per_class)
+            for split, (rows, lengths, total) in loaded.items():
+                if len(lengths):
+                    prefix = f"{path.name}:{split}"
+                    ids = [f"{prefix}[{index}]" for index in range(len(lengths))]
+                    yield SketchBatch(split, np.full(len(lengths), label, dtype=np.int32), ids, rows, lengths)
+                if total > len(lengths):
+                    yield Rejection(
+                        path.name,
+                        f"{split}[{len(lengths)}:]",
+                        f"over max_per_class in {split}",
+                        skipped=True,
+                        count=total - len(lengths),
+                    )
+            del loaded
+
+
+class _InlineReader:
+    """Runs a submitted call at once (one file: no helper process worth starting)."""
+
+    def submit(self, function, *args) -> Future:
+        future: Future = Future()
+        try:
+            future.set_result(function(*args))
+        except BaseException as exc:  # handed on, as an executor would
+            future.set_exception(exc)
+        return future
 
 
 def sketchrnn_class_files(data_dir: Path) -> dict[str, Path]:
@@ -130,5 +165,12 @@ def ingest(settings: Settings) -> Path:
         )
     else:
         raise ValueError(f"unknown source {settings.source!r}")
-    records = counted(records, f"ingest {settings.source}", "record", show=progress.enabled(settings.progress))
+    records = counted(
+        records, f"ingest {settings.source}", "record", show=progress.enabled(settings.progress), weight=_records_in
+    )
     return write_dataset(out_root, settings.source, settings.source, classes, records)
+
+
+def _records_in(item: SketchRecord | SketchBatch | Rejection) -> int:
+    """Return how many source records an item of a reader stands for (for the progress bar)."""
+    return len(item) if isinstance(item, SketchBatch) else item.count if isinstance(item, Rejection) else 1

@@ -12,7 +12,7 @@ import functools
 import itertools
 import sys
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import IO, TypeVar
 
 from tqdm import tqdm
@@ -34,15 +34,23 @@ def enabled(mode: str, stream: IO[str] | None = None) -> bool:
     return mode == "on"
 
 
-def counted(items: Iterable[T], description: str, unit: str, show: bool, total: int | None = None) -> Iterator[T]:
-    """Yield ``items`` unchanged, counting them (with the rate) on a bar when ``show``."""
+def counted(
+    items: Iterable[T],
+    description: str,
+    unit: str,
+    show: bool,
+    total: int | None = None,
+    weight: Callable[[T], int] | None = None,
+) -> Iterator[T]:
+    """Yield ``items`` unchanged, counting them (with the rate) on a bar when ``show``; an item counts
+    ``weight(item)`` units (one by default)."""
     if not show:
         yield from items
         return
     with _line() as position, tqdm(total=total, desc=description, unit=unit, position=position, leave=True) as bar:
         for item in items:
             yield item
-            bar.update(1)
+            bar.update(1 if weight is None else weight(item))
 
 
 def training_progress(name: str):

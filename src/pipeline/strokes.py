@@ -152,15 +152,49 @@ def load_sketchrnn_npz(path: Path) -> dict[str, list[np.ndarray]]:
             numpy array (nothing from it is executed), has a member that would unpack to over
             :data:`MAX_NPZ_EXPANSION` times its packed size, or a record is not an ``(n, 3)`` array.
     """
-    path = Path(path)
-    result: dict[str, list[np.ndarray]] = {}
+    return {split: _records_of(path, split, array) for split, array in _read_splits(Path(path)).items()}
+
+
+def load_sketchrnn_flat(path: Path, limit: int | None = None) -> dict[str, tuple[np.ndarray, np.ndarray, int]]:
+    """Read a sketch-rnn class file as flat arrays: split -> (rows, lengths, sketches in the file).
+
+    ``rows`` is every stroke-3 row of the split's first ``limit`` sketches, concatenated; sketch ``i``
+    has ``lengths[i]`` rows. One numpy call over the split, not one per sketch (the records are
+    checked one by one only when that call finds something wrong, to name the bad one). Raises as
+    :func:`load_sketchrnn_npz` does.
+    """
+    result = {}
+    for split, array in _read_splits(Path(path)).items():
+        total = len(array)
+        array = array[:limit]
+        if len(array) == 0:
+            result[split] = (np.zeros((0, 3), dtype=np.int16), np.zeros(0, dtype=np.int64), total)
+            continue
+        try:  # an object array of sketches, or (sketches, points, 3) when they all have the same length
+            rows = np.concatenate(array) if array.dtype == object or array.ndim == 3 else None
+        except (ValueError, TypeError):
+            rows = None
+        if rows is None or rows.ndim != 2 or rows.shape[1] != 3 or not np.issubdtype(rows.dtype, np.number):
+            _records_of(path, split, array)  # names the first bad record
+            raise StrokeFormatError(f"{path}: {split} is not an array of (n, 3) numeric sketches")
+        lengths = np.fromiter(map(len, array), dtype=np.int64, count=len(array))
+        result[split] = (rows, lengths, total)
+    return result
+
+
+def _read_splits(path: Path) -> dict[str, np.ndarray]:
+    """Return the object array of each split the file holds; see :func:`load_sketchrnn_npz`."""
+    result: dict[str, np.ndarray] = {}
     try:
         with zipfile.ZipFile(path) as archive:
             members = {Path(n).stem: n for n in archive.namelist() if n.endswith(".npy")}
             for split in SPLITS:
                 if split in members:
                     _check_member_size(path, archive.getinfo(members[split]))
-                    result[split] = _records_of(path, split, _read_npy_member(archive.read(members[split])))
+                    array = _read_npy_member(archive.read(members[split]))
+                    if array.ndim == 0:
+                        raise StrokeFormatError(f"{path}: {split} is a single value, not a list of sketches")
+                    result[split] = array
     except (zipfile.BadZipFile, EOFError, OSError, ValueError, pickle.UnpicklingError) as exc:
         if isinstance(exc, StrokeFormatError):
             raise
@@ -171,7 +205,7 @@ def load_sketchrnn_npz(path: Path) -> dict[str, list[np.ndarray]]:
 
 
 def _records_of(path: Path, split: str, array: np.ndarray) -> list[np.ndarray]:
-    """Return the sketches of one split as int16 ``(n, 3)`` arrays, naming the first bad record."""
+    """Return the sketches of one split as ``(n, 3)`` arrays, naming the first bad record."""
     records = []
     for index, item in enumerate(array):
         sketch = np.asarray(item)

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from pipeline.dataset import open_split, read_info
+from pipeline.dataset import SplitArrays, open_split, read_info
 from pipeline.files import published_dir
 from pipeline.strokes import SPLITS
 
@@ -47,6 +48,9 @@ class ValidationReport:
         return np.load(Path(self.output_dir) / f"{split}_accepted.npy")
 
 
+CHUNK_SKETCHES = 1_000_000  # rows of the per-sketch table validated at once
+
+
 def _per_sketch(rows: np.ndarray, offsets: np.ndarray, reducer: np.ufunc, empty) -> np.ndarray:
     """Return ``reducer`` over each sketch's rows (``empty`` for a sketch without rows)."""
     lengths = np.diff(offsets)
@@ -56,40 +60,126 @@ def _per_sketch(rows: np.ndarray, offsets: np.ndarray, reducer: np.ufunc, empty)
     return np.where(lengths > 0, reduced, empty)
 
 
-def sketch_table(dataset_dir: Path) -> pd.DataFrame:
-    """Return one row per sketch: split, row, id, label, point count, finiteness, pen values, largest step."""
+def hash_ids(ids: np.ndarray) -> np.ndarray:
+    """Return a 64-bit hash of each string of a fixed-width unicode array (FNV-1a over its code points,
+    then a final mix), vectorised over the array: one numpy pass per character position."""
+    ids = np.ascontiguousarray(ids)
+    if ids.dtype.kind != "U":
+        ids = ids.astype(str)
+    width = ids.dtype.itemsize // 4
+    hashes = np.full(len(ids), 0xCBF29CE484222325, dtype=np.uint64)
+    if width == 0 or len(ids) == 0:
+        return hashes
+    for code in np.ascontiguousarray(ids.view(np.uint32).reshape(len(ids), width).T):
+        hashes ^= code
+        hashes *= np.uint64(0x100000001B3)
+    hashes ^= hashes >> np.uint64(33)
+    hashes *= np.uint64(0xFF51AFD7ED558CCD)
+    hashes ^= hashes >> np.uint64(33)
+    return hashes
+
+
+def duplicate_ids(dataset_dir: Path) -> dict[str, dict[int, str]]:
+    """Return split -> {row: "split[row]" of the first sketch with the same id} for every repeated id.
+
+    Over all splits at once, in chunks: ids are hashed (8 bytes a sketch held, whatever the ids'
+    length), equal hashes are found by sorting, and each candidate is confirmed by comparing the ids
+    themselves, so a hash collision never quarantines a sketch. The first occurrence (in split order,
+    then row order) is kept; later ones are duplicates.
+    """
+    splits = [(split, open_split(dataset_dir, split)) for split in SPLITS]
+    hashes = np.concatenate(
+        [np.zeros(0, dtype=np.uint64)]
+        + [
+            hash_ids(arrays.id_range(start, min(start + CHUNK_SKETCHES, len(arrays))))
+            for _, arrays in splits
+            for start in range(0, len(arrays), CHUNK_SKETCHES)
+        ]
+    )
+    found: dict[str, dict[int, str]] = {split: {} for split in SPLITS}
+    if len(hashes) < 2:
+        return found
+    order = np.argsort(hashes, kind="stable")  # equal hashes side by side, in dataset order
+    ordered = hashes[order]
+    del hashes  # 16 bytes a sketch held from here on
+    repeats = np.flatnonzero(ordered[1:] == ordered[:-1]) + 1
+    group_first = np.searchsorted(ordered, ordered[repeats], side="left")
+    bounds = np.cumsum([0] + [len(arrays) for _, arrays in splits])
+
+    def locate(position: int) -> tuple[str, SplitArrays, int]:
+        which = int(np.searchsorted(bounds, position, side="right")) - 1
+        split, arrays = splits[which]
+        return split, arrays, position - int(bounds[which])
+
+    for place, first in zip(repeats.tolist(), group_first.tolist(), strict=True):
+        split, arrays, row = locate(int(order[place]))
+        own = str(arrays.ids[row])
+        for earlier in order[first:place].tolist():
+            first_split, first_arrays, first_row = locate(earlier)
+            if str(first_arrays.ids[first_row]) == own:
+                found[split][row] = f"{first_split}[{first_row}]"
+                break
+    return found
+
+
+STATS_CHUNK = 200_000  # sketches whose rows are read and reduced at once, within a table chunk
+
+
+def _chunk_table(
+    info, split: str, arrays: SplitArrays, start: int, stop: int, duplicates: dict[int, str]
+) -> pd.DataFrame:
+    """Return rows ``start:stop`` of the per-sketch table of one split (see :func:`sketch_table`)."""
+    finite, pen_valid, largest = [], [], []
+    for first in range(start, stop, STATS_CHUNK):  # the rows of a table chunk can be gigabytes: in parts
+        strokes, offsets = arrays.rows(first, min(first + STATS_CHUNK, stop))
+        x, y, pen = strokes.T  # column by column: numpy reductions along a row of 3 are slow
+        finite_rows = np.isfinite(x) & np.isfinite(y) & np.isfinite(pen)
+        pen_rows = (pen == 0.0) | (pen == 1.0)
+        magnitude = np.maximum(np.abs(x), np.abs(y))
+        magnitude[~(np.isfinite(x) & np.isfinite(y))] = np.inf
+        finite.append(_per_sketch(finite_rows, offsets, np.logical_and, True))
+        pen_valid.append(_per_sketch(pen_rows, offsets, np.logical_and, True))
+        largest.append(_per_sketch(magnitude, offsets, np.maximum, 0.0))
+    labels = np.asarray(arrays.labels[start:stop])
+    names = np.array([*info.classes, "<unknown>"])[np.where((labels >= 0) & (labels < len(info.classes)), labels, -1)]
+    duplicate_of = np.full(stop - start, None, dtype=object)
+    for row, first in duplicates.items():
+        if start <= row < stop:
+            duplicate_of[row - start] = first
+    return pd.DataFrame(
+        {
+            "split": split,
+            "row": np.arange(start, stop),
+            "id": arrays.id_range(start, stop),
+            "label": names,
+            "n_points": np.diff(arrays.offsets[start : stop + 1]),
+            "finite": np.concatenate(finite),
+            "pen_valid": np.concatenate(pen_valid),
+            "max_abs_delta": np.concatenate(largest).astype(np.float64),  # GX is vectorised for float64 only
+            "duplicate_of": duplicate_of,
+        }
+    )
+
+
+def sketch_tables(dataset_dir: Path, chunk: int | None = None) -> Iterator[pd.DataFrame]:
+    """Yield the per-sketch table in chunks of at most ``chunk`` rows (:data:`CHUNK_SKETCHES`), split by split.
+
+    Columns: split, row, id, label, point count, finiteness, pen values, largest step, and
+    ``duplicate_of`` (the first sketch with the same id, else None; found over the whole dataset).
+    Memory holds one chunk, whatever the dataset's size.
+    """
+    chunk = chunk or CHUNK_SKETCHES
     info = read_info(dataset_dir)
-    frames = []
+    duplicates = duplicate_ids(dataset_dir)
     for split in SPLITS:
         arrays = open_split(dataset_dir, split)
-        if len(arrays) == 0:
-            continue
-        strokes = np.asarray(arrays.strokes)
-        offsets = np.asarray(arrays.offsets)
-        finite_rows = np.isfinite(strokes).all(axis=1)
-        pen_rows = np.isin(strokes[:, 2], (0.0, 1.0))
-        magnitude = np.where(np.isfinite(strokes[:, :2]), np.abs(strokes[:, :2]), np.inf).max(axis=1, initial=0)
-        lengths = np.diff(offsets)
+        for start in range(0, len(arrays), chunk):
+            yield _chunk_table(info, split, arrays, start, min(start + chunk, len(arrays)), duplicates[split])
 
-        labels = np.asarray(arrays.labels)
-        names = np.array([*info.classes, "<unknown>"])[
-            np.where((labels >= 0) & (labels < len(info.classes)), labels, -1)
-        ]
-        frames.append(
-            pd.DataFrame(
-                {
-                    "split": split,
-                    "row": np.arange(len(lengths)),
-                    "id": np.asarray(arrays.ids),
-                    "label": names,
-                    "n_points": lengths,
-                    "finite": _per_sketch(finite_rows, offsets, np.logical_and, True),
-                    "pen_valid": _per_sketch(pen_rows, offsets, np.logical_and, True),
-                    "max_abs_delta": _per_sketch(magnitude, offsets, np.maximum, 0.0),
-                }
-            )
-        )
-    return pd.concat(frames, ignore_index=True)
+
+def sketch_table(dataset_dir: Path) -> pd.DataFrame:
+    """Return the whole per-sketch table (see :func:`sketch_tables`); for small datasets and inspection."""
+    return pd.concat(list(sketch_tables(dataset_dir)), ignore_index=True)
 
 
 def _expectations(classes: list[str], min_points: int, max_points: int, max_abs_delta: float) -> list:
@@ -102,8 +192,50 @@ def _expectations(classes: list[str], min_points: int, max_points: int, max_abs_
         e.ExpectColumnValuesToBeInSet(column="finite", value_set=[True]),
         e.ExpectColumnValuesToBeInSet(column="pen_valid", value_set=[True]),
         e.ExpectColumnValuesToBeBetween(column="max_abs_delta", min_value=0, max_value=max_abs_delta),
-        e.ExpectColumnValuesToBeUnique(column="id"),
+        e.ExpectColumnValuesToBeNull(column="duplicate_of"),
     ]
+
+
+class ExpectationRunner:
+    """A suite of expectations in an ephemeral GX context, run over one table (or chunk) at a time."""
+
+    def __init__(self, expectations: list):
+        import great_expectations as gx
+
+        context = gx.get_context(mode="ephemeral")
+        context.variables.progress_bars = {"globally": False}
+        batch = context.data_sources.add_pandas("sketches").add_dataframe_asset("per_sketch")
+        suite = context.suites.add(gx.ExpectationSuite(name="sketch_quality", expectations=expectations))
+        self._definition = context.validation_definitions.add(
+            gx.ValidationDefinition(
+                name="sketch_quality", data=batch.add_batch_definition_whole_dataframe("all"), suite=suite
+            )
+        )
+
+    def failures(self, table: pd.DataFrame) -> list[dict]:
+        """Return one dict per failing (row, expectation): split, row, id, expectation, column, value."""
+        result = self._definition.run(
+            batch_parameters={"dataframe": table},
+            result_format={"result_format": "COMPLETE", "unexpected_index_column_names": ["split", "row", "id"]},
+        )
+        failures = []
+        for outcome in result.results:
+            if outcome.success:
+                continue
+            column = outcome.expectation_config.kwargs["column"]
+            for row in outcome.result.get("unexpected_index_list") or []:
+                value = row.get(column)
+                failures.append(
+                    {
+                        "split": row["split"],
+                        "row": int(row["row"]),
+                        "id": str(row["id"]),
+                        "expectation": outcome.expectation_config.type,
+                        "column": column,
+                        "value": value.item() if isinstance(value, np.generic) else value,
+                    }
+                )
+        return failures
 
 
 def run_expectations(table: pd.DataFrame, expectations: list) -> list[dict]:
@@ -112,39 +244,7 @@ def run_expectations(table: pd.DataFrame, expectations: list) -> list[dict]:
     Returns:
         One dict per failing (row, expectation): split, row, id, expectation, column, value.
     """
-    import great_expectations as gx
-
-    context = gx.get_context(mode="ephemeral")
-    context.variables.progress_bars = {"globally": False}
-    batch = context.data_sources.add_pandas("sketches").add_dataframe_asset("per_sketch")
-    suite = context.suites.add(gx.ExpectationSuite(name="sketch_quality", expectations=expectations))
-    definition = context.validation_definitions.add(
-        gx.ValidationDefinition(
-            name="sketch_quality", data=batch.add_batch_definition_whole_dataframe("all"), suite=suite
-        )
-    )
-    result = definition.run(
-        batch_parameters={"dataframe": table},
-        result_format={"result_format": "COMPLETE", "unexpected_index_column_names": ["split", "row", "id"]},
-    )
-    failures = []
-    for outcome in result.results:
-        if outcome.success:
-            continue
-        column = outcome.expectation_config.kwargs["column"]
-        for row in outcome.result.get("unexpected_index_list") or []:
-            value = row.get(column)
-            failures.append(
-                {
-                    "split": row["split"],
-                    "row": int(row["row"]),
-                    "id": str(row["id"]),
-                    "expectation": outcome.expectation_config.type,
-                    "column": column,
-                    "value": value.item() if isinstance(value, np.generic) else value,
-                }
-            )
-    return failures
+    return ExpectationRunner(expectations).failures(table)
 
 
 def median_class_count(class_counts: dict[str, int]) -> float:
@@ -228,29 +328,32 @@ def _validate_into(
     max_class_imbalance: float,
 ) -> ValidationReport:
     """Run the expectations and write the outcome into ``staging``; the report names ``output_dir``."""
-    table = sketch_table(dataset_dir)
-    failures = run_expectations(table, _expectations(info.classes, min_points, max_points, max_abs_delta))
-
-    bad_rows = {(f["split"], f["row"]) for f in failures}
-    for split in SPLITS:
-        count = int((table["split"] == split).sum())
-        keep = np.array([i for i in range(count) if (split, i) not in bad_rows], dtype=np.int64)
-        np.save(staging / f"{split}_accepted.npy", keep)
+    runner = ExpectationRunner(_expectations(info.classes, min_points, max_points, max_abs_delta))
+    accepted = {split: np.ones(len(open_split(dataset_dir, split)), dtype=bool) for split in SPLITS}
+    failures_by_expectation: dict[str, int] = {}
     with open(staging / "quarantine.jsonl", "w") as sink:
         ingest_quarantine = Path(dataset_dir) / "ingest_quarantine.jsonl"
         if ingest_quarantine.exists():
-            for line in ingest_quarantine.read_text().splitlines():
-                sink.write(json.dumps({"dataset": info.name, "stage": "ingest", **json.loads(line)}) + "\n")
-        for failure in failures:
-            sink.write(json.dumps({"dataset": info.name, "stage": "validate", **failure}, default=str) + "\n")
+            with open(ingest_quarantine) as lines:
+                for line in lines:
+                    sink.write(json.dumps({"dataset": info.name, "stage": "ingest", **json.loads(line)}) + "\n")
+        for table in sketch_tables(dataset_dir):
+            for failure in runner.failures(table):
+                accepted[failure["split"]][failure["row"]] = False
+                name = failure["expectation"]
+                failures_by_expectation[name] = failures_by_expectation.get(name, 0) + 1
+                sink.write(json.dumps({"dataset": info.name, "stage": "validate", **failure}, default=str) + "\n")
+    for split in SPLITS:
+        np.save(staging / f"{split}_accepted.npy", np.flatnonzero(accepted[split]).astype(np.int64))
+    num_sketches = sum(len(mask) for mask in accepted.values())
+    num_failed = sum(int((~mask).sum()) for mask in accepted.values())
 
     per_expectation: dict[str, int] = {f"ingest: {reason}": n for reason, n in info.rejected.items()}
-    for failure in failures:
-        per_expectation[failure["expectation"]] = per_expectation.get(failure["expectation"], 0) + 1
+    per_expectation.update(failures_by_expectation)
     class_counts = {name: n for name, n in info.counts["train"].items() if name in info.classes}
     imbalanced = class_balance_failures(class_counts, max_class_imbalance) if class_counts else []
-    records_in = len(table) + info.num_rejected
-    quarantined = len(bad_rows) + info.num_rejected
+    records_in = num_sketches + info.num_rejected
+    quarantined = num_failed + info.num_rejected
     fraction = quarantined / max(records_in, 1)
     report = ValidationReport(
         dataset_dir=str(dataset_dir),

@@ -53,3 +53,44 @@ def test_declared_cardinality_matches_the_batches(tiny_features):
         for batch_size in (7, 32):
             dataset = make_dataset(tiny_features, split, batch_size=batch_size, bucket_boundaries=(10, 20, 30))
             assert int(dataset.cardinality()) == sum(1 for _ in dataset)
+
+
+def test_chunked_preprocessing_writes_the_same_features(tiny_dataset, tiny_report, tmp_path, monkeypatch):
+    """Chunks of 7 sketches (and a crop that cuts sketches) give the same arrays as one chunk."""
+    import pipeline.features as features
+
+    accepted = {split: tiny_report.accepted_indices(split)[::2] for split in ("train", "valid", "test")}
+    whole = features.write_features(tiny_dataset, accepted, tmp_path / "whole", max_len=12)
+    monkeypatch.setattr(features, "CHUNK_SKETCHES", 7)
+    chunked = features.write_features(tiny_dataset, accepted, tmp_path / "chunked", max_len=12)
+    assert chunked.scale == whole.scale and chunked.counts == whole.counts
+    for split in ("train", "test"):
+        for name in ("strokes", "offsets", "labels", "indices"):
+            a = np.load(tmp_path / "whole" / split / f"{name}.npy")
+            b = np.load(tmp_path / "chunked" / split / f"{name}.npy")
+            assert a.dtype == b.dtype and np.array_equal(a, b)
+    test = open_split(tiny_dataset, "test")
+    batches = features.BlockBatches(tmp_path / "chunked", "test", batch_size=5)
+    strokes, labels = batches.batch(np.arange(len(batches.labels)))
+    for row, index in enumerate(accepted["test"]):
+        expected = normalise_sketch(test.sketch(int(index)), whole.scale, 12)
+        assert np.allclose(strokes[row, : len(expected)], expected) and not strokes[row, len(expected) :].any()
+        assert labels[row] == test.labels[index]
+
+
+def test_every_epoch_serves_each_sketch_once_in_a_new_order(tiny_features):
+    from pipeline.features import BlockBatches
+
+    batches = BlockBatches(tiny_features, "train", batch_size=16, shuffle=True, seed=3, bucket_boundaries=(10, 20))
+    epochs = [batches.batch_indices(epoch) for epoch in range(3)]
+    for batch_list in epochs:
+        served = np.concatenate(batch_list)
+        assert sorted(served.tolist()) == list(range(len(batches.labels)))
+        assert len(batch_list) == len(batches)
+        for indices in batch_list:  # one bucket per batch
+            assert len(set(np.searchsorted((10, 20), batches.lengths[indices], side="right").tolist())) == 1
+    assert not np.array_equal(np.concatenate(epochs[0]), np.concatenate(epochs[1]))
+    again = BlockBatches(tiny_features, "train", batch_size=16, shuffle=True, seed=3, bucket_boundaries=(10, 20))
+    assert all(np.array_equal(a, b) for a, b in zip(again.batch_indices(1), epochs[1], strict=True))
+    ordered = BlockBatches(tiny_features, "valid", batch_size=16, bucket_boundaries=None)
+    assert np.concatenate(ordered.batch_indices(0)).tolist() == list(range(len(ordered.labels)))

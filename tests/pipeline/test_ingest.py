@@ -47,3 +47,29 @@ def test_a_missing_or_empty_folder_is_one_error_naming_it(tmp_path, source):
     for folder, message in ((tmp_path / "missing", "no such folder"), (empty, "holds no")):
         with pytest.raises(StrokeFormatError, match=f"{folder}: {message}"):
             ingest(base.replace(source=source, data_dir=str(folder)))
+
+
+def test_reading_ahead_in_a_helper_process_writes_the_same_dataset(tmp_path, monkeypatch):
+    """Large class files are read by a second process while the first writes: same folder, same arrays."""
+    import pipeline.ingest as ingest_module
+    from pipeline.dataset import open_split
+
+    rng = np.random.default_rng(1)
+    for name in ("ant", "bee", "cat"):
+        sketches = [rng.integers(-9, 9, (int(rng.integers(2, 30)), 3)).astype(np.int16) for _ in range(50)]
+        write_sketchrnn_npz(tmp_path / "raw" / f"{name}.npz", {"train": sketches[:40], "test": sketches[40:]})
+    settings = tiny_settings(tmp_path / "inline", tmp_path / "unused.db").replace(
+        source="sketchrnn", data_dir=str(tmp_path / "raw"), num_classes=None, max_per_class=30
+    )
+    inline = ingest(settings)
+    monkeypatch.setattr(ingest_module, "READ_AHEAD_FROM_BYTES", 0)
+    ahead = ingest(settings.replace(work_dir=str(tmp_path / "ahead")))
+    assert inline.name == ahead.name  # named after the content
+    assert read_info(ahead).skipped == {"over max_per_class in train": 30}
+    for split in ("train", "test"):
+        a, b = open_split(inline, split), open_split(ahead, split)
+        assert np.array_equal(np.asarray(a.strokes), np.asarray(b.strokes))
+        assert np.array_equal(a.labels, b.labels) and list(a.ids) == list(b.ids)
+    (tmp_path / "raw" / "bee.npz").write_bytes(b"PK\x03\x04 not a zip")  # an error in the helper reaches the caller
+    with pytest.raises(StrokeFormatError, match=r"bee\.npz: not a readable sketch-rnn npz file"):
+        ingest(settings.replace(work_dir=str(tmp_path / "broken")))

@@ -100,3 +100,30 @@ def test_pickle_module_is_not_used_unrestricted():
 
     with pytest.raises(pickle.UnpicklingError):
         _NumpyOnlyUnpickler(io.BytesIO(pickle.dumps(print))).load()
+
+
+def test_flat_loading_matches_record_by_record(tmp_path):
+    from pipeline.strokes import load_sketchrnn_flat
+
+    rng = np.random.default_rng(0)
+    sketches = [rng.integers(-50, 50, (int(rng.integers(1, 20)), 3)).astype(np.int16) for _ in range(30)]
+    write_sketchrnn_npz(tmp_path / "cat.npz", {"train": sketches, "test": []})
+    flat = load_sketchrnn_flat(tmp_path / "cat.npz", limit=25)
+    rows, lengths, total = flat["train"]
+    assert total == 30 and lengths.tolist() == [len(s) for s in sketches[:25]]
+    assert np.array_equal(rows, np.concatenate(sketches[:25]))
+    assert flat["test"][2] == 0 and flat["test"][0].shape == (0, 3)
+    # sketches of one length saved as one (n, points, 3) array, as np.savez does with a plain list
+    np.savez(tmp_path / "same.npz", train=np.stack([s[:1] for s in sketches]))
+    rows, lengths, total = load_sketchrnn_flat(tmp_path / "same.npz")["train"]
+    assert lengths.tolist() == [1] * 30 and np.array_equal(rows, np.concatenate([s[:1] for s in sketches]))
+
+
+def test_flat_loading_names_the_bad_record(tmp_path):
+    from pipeline.strokes import load_sketchrnn_flat
+
+    column = np.empty(3, dtype=object)
+    column[:] = [np.zeros((4, 3), np.int16), np.zeros((4, 3), np.int16), np.zeros((4, 2), np.int16)]
+    np.savez(tmp_path / "bad.npz", train=column)
+    with pytest.raises(StrokeFormatError, match=r"bad\.npz: record train\[2\] is not an \(n, 3\) numeric array"):
+        load_sketchrnn_flat(tmp_path / "bad.npz")

@@ -40,7 +40,7 @@ def test_every_bad_sketch_is_quarantined_with_its_reason(tmp_path):
     folder = _dataset(tmp_path, bad, labels={11: 7}, ids={12: "dup", 13: "dup"})
     report = validate_dataset(folder, tmp_path / "out", max_invalid_fraction=0.5)
     assert report.records_in == 40
-    assert report.quarantined == 7
+    assert report.quarantined == 6  # of the two sketches with id "dup", the first is kept
     assert report.accepted + report.quarantined == report.records_in
     lines = [json.loads(line) for line in report.quarantine_path.read_text().splitlines()]
     reasons = {(q["row"], q["expectation"]) for q in lines}
@@ -49,11 +49,57 @@ def test_every_bad_sketch_is_quarantined_with_its_reason(tmp_path):
     assert (7, "expect_column_values_to_be_in_set") in reasons
     assert (9, "expect_column_values_to_be_between") in reasons
     assert (11, "expect_column_values_to_be_in_set") in reasons
-    assert {(12, "expect_column_values_to_be_unique"), (13, "expect_column_values_to_be_unique")} <= reasons
+    assert (13, "expect_column_values_to_be_null") in reasons
+    assert not any(row == 12 for row, _ in reasons)
+    assert [q["value"] for q in lines if q["row"] == 13] == ["train[12]"]
     assert all(q["id"] and q["dataset"] == "toy" for q in lines)
     accepted = report.accepted_indices("train")
-    assert not {2, 5, 7, 9, 11, 12, 13} & set(accepted.tolist())
-    assert len(accepted) + len(report.accepted_indices("test")) == 33
+    assert not {2, 5, 7, 9, 11, 13} & set(accepted.tolist()) and 12 in accepted
+    assert len(accepted) + len(report.accepted_indices("test")) == 34
+
+
+def _outcome(report) -> tuple:
+    quarantine = sorted((q["split"], q["row"], q["expectation"], str(q["value"])) for q in _lines(report))
+    accepted = {split: report.accepted_indices(split).tolist() for split in ("train", "valid", "test")}
+    return report.accepted, report.quarantined, quarantine, accepted
+
+
+def _lines(report) -> list[dict]:
+    return [json.loads(line) for line in report.quarantine_path.read_text().splitlines()]
+
+
+def test_chunked_validation_matches_one_chunk(tmp_path, monkeypatch):
+    """Chunks of 7 rows: duplicates are found across chunks and across splits, and nothing else changes."""
+    import pipeline.validation as validation
+
+    bad = {3: np.array([[1, 1, 1]], np.float32), 20: np.array([[1, np.nan, 0], [1, 1, 1]], np.float32)}
+    ids = {5: "same", 18: "same", 33: "same", 10: "twice", 36: "twice"}  # 33 and 36 are test sketches
+    folder = _dataset(tmp_path, bad, ids=ids)
+    whole = _outcome(validate_dataset(folder, tmp_path / "whole", max_invalid_fraction=0.5))
+    monkeypatch.setattr(validation, "CHUNK_SKETCHES", 7)
+    chunked = validate_dataset(folder, tmp_path / "chunked", max_invalid_fraction=0.5)
+    assert _outcome(chunked) == whole
+    duplicates = {(q["split"], q["row"]): q["value"] for q in _lines(chunked) if q["column"] == "duplicate_of"}
+    assert duplicates == {("train", 18): "train[5]", ("test", 3): "train[5]", ("test", 6): "train[10]"}
+    assert chunked.quarantined == 5 and chunked.accepted == 35
+
+
+def test_a_hash_collision_is_not_a_duplicate(tmp_path, monkeypatch):
+    import pipeline.validation as validation
+
+    monkeypatch.setattr(validation, "hash_ids", lambda ids: np.zeros(len(ids), dtype=np.uint64))
+    folder = _dataset(tmp_path, {}, ids={4: "dup", 9: "dup"})
+    report = validate_dataset(folder, tmp_path / "out", max_invalid_fraction=0.5)
+    assert [(q["row"], q["value"]) for q in _lines(report)] == [(9, "train[4]")]
+
+
+def test_hash_ids_tells_ids_apart():
+    from pipeline.validation import hash_ids
+
+    ids = np.array([f"cat.ndjson:{i}:{i * 7919}" for i in range(20_000)] + ["a", "b", "ab", "ba", ""])
+    hashes = hash_ids(ids)
+    assert len(np.unique(hashes)) == len(ids)
+    assert (hash_ids(ids[::-1])[::-1] == hashes).all()  # a function of the id alone
 
 
 def test_too_many_failures_stop_with_one_clear_message(tmp_path):

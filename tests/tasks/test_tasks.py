@@ -52,12 +52,10 @@ def test_validate_accounts_for_every_record(chain):
     assert report.records_in == 4 * 95 == report.accepted + report.quarantined
 
 
-def test_preprocess_writes_one_record_file_per_split(chain):
-    assert sorted(p.name for p in Path(chain["features"]).glob("*.tfrecord")) == [
-        "test.tfrecord",
-        "train.tfrecord",
-        "valid.tfrecord",
-    ]
+def test_preprocess_writes_flat_arrays_per_split(chain):
+    for split in ("train", "valid", "test"):
+        folder = Path(chain["features"]) / split
+        assert sorted(p.name for p in folder.iterdir()) == ["indices.npy", "labels.npy", "offsets.npy", "strokes.npy"]
 
 
 def test_train_logs_a_nested_run_with_per_epoch_metrics(chain, settings):

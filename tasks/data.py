@@ -61,7 +61,7 @@ def validate_task(settings: Settings, dataset_dir: Path) -> ValidationReport:
 
 @task(name="preprocess", cache_policy=CacheKeyFnPolicy(cache_key_fn=_preprocess_key), persist_result=True)
 def preprocess_task(settings: Settings, report: ValidationReport) -> Path:
-    """Write model-ready TFRecords of the accepted sketches."""
+    """Write the model-ready features (flat arrays per split) of the accepted sketches."""
     return data.preprocess(settings, report)
 
 

@@ -102,18 +102,20 @@ class DatasetInfo:
 class SplitArrays:
     """Access to one split of a dataset folder.
 
-    ``strokes`` and ``ids`` are memory-mapped for whole-split scans; :meth:`sketch` reads one
-    sketch with a positioned read instead, so that visiting every sketch does not keep the whole
-    stroke file resident (mapped pages count towards a process's RSS).
+    Every array is memory-mapped (nothing is read until used); :meth:`sketch` reads one sketch, and
+    the ``*_range`` methods and :meth:`rows` a contiguous range, with positioned reads instead, so a
+    whole-split scan in chunks keeps only a chunk resident (mapped pages count towards RSS).
     """
 
     def __init__(self, folder: Path):
         self.strokes = np.load(folder / "strokes.npy", mmap_mode="r")
-        self.offsets = np.load(folder / "offsets.npy")
-        self.labels = np.load(folder / "labels.npy")
+        self.offsets = np.load(folder / "offsets.npy", mmap_mode="r")
+        self.labels = np.load(folder / "labels.npy", mmap_mode="r")
         self.ids = np.load(folder / "ids.npy", mmap_mode="r")
         self._path = folder / "strokes.npy"
         self._ids_path = folder / "ids.npy"
+        self._offsets_path = folder / "offsets.npy"
+        self._labels_path = folder / "labels.npy"
         self._data_start = self.strokes.offset
         self._file = None
 
@@ -143,9 +145,23 @@ class SplitArrays:
         One positioned read of a contiguous range: a whole-split scan in chunks keeps only a chunk
         resident, where slicing the memory map would keep every page it touched.
         """
-        first, last = int(self.offsets[start]), int(self.offsets[stop])
+        offsets = self.offset_range(start, stop)
+        first, last = int(offsets[0]), int(offsets[-1])
         rows = _read_range(self._path, self._data_start, np.dtype((np.float32, (3,))), first, last)
-        return rows, self.offsets[start : stop + 1] - first
+        return rows, offsets - first
+
+    def offset_range(self, start: int, stop: int) -> np.ndarray:
+        """Return ``offsets[start : stop + 1]``, read from the file."""
+        return _read_range(self._offsets_path, self.offsets.offset, self.offsets.dtype, start, stop + 1)
+
+    def label_range(self, start: int, stop: int) -> np.ndarray:
+        """Return ``labels[start:stop]``, read from the file."""
+        return _read_range(self._labels_path, self.labels.offset, self.labels.dtype, start, stop)
+
+    def id_of(self, index: int) -> str:
+        """Return the record id of sketch ``index`` (a positioned read: indexing the memory map would
+        map the kernel's whole read-ahead window, ~100 KB, into the process for each lookup)."""
+        return str(self.id_range(index, index + 1)[0])
 
     def id_range(self, start: int, stop: int) -> np.ndarray:
         """Return the record ids of sketches ``start:stop``, read from the file (nothing stays mapped)."""
@@ -307,16 +323,19 @@ def _write_rows(writer: _SplitWriter, batch: SketchBatch, digest, quarantine, re
 
 
 class _SplitWriter:
-    """Appends one split's records to raw files, then turns them into ``.npy`` arrays in chunks."""
+    """Appends one split's records to ``.npy`` files whose headers are written last (ids go through a
+    text file first: their width is known only at the end)."""
 
     def __init__(self, folder: Path):
         folder.mkdir(parents=True, exist_ok=True)
         self.folder = folder
         self.strokes = open(folder / "strokes.npy", "wb")  # noqa: SIM115 - closed in close()
-        self.strokes.write(_npy_header(np.float32, (0, 3)))  # rewritten with the row count in close()
+        self.strokes.write(npy_header(np.float32, (0, 3)))  # rewritten with the row count in close()
         self.rows = 0
-        self.lengths = open(folder / "lengths.raw", "wb")  # noqa: SIM115
-        self.labels = open(folder / "labels.raw", "wb")  # noqa: SIM115
+        self.offsets = open(folder / "offsets.npy", "wb")  # noqa: SIM115
+        self.offsets.write(npy_header(np.int64, (0,)) + np.int64(0).tobytes())
+        self.labels = open(folder / "labels.npy", "wb")  # noqa: SIM115
+        self.labels.write(npy_header(np.int32, (0,)))
         self.ids = open(folder / "ids.txt", "w")  # noqa: SIM115
         self.count = 0
         self.id_width = 1
@@ -326,9 +345,9 @@ class _SplitWriter:
         """Append sketches: labels, ids (joined by line breaks; ``id_width`` the longest), rows, row counts."""
         strokes = np.ascontiguousarray(strokes, dtype=np.float32)
         self.strokes.write(strokes.data)
+        self.offsets.write((self.rows + np.cumsum(lengths, dtype=np.int64)).tobytes())
         self.rows += len(strokes)
-        self.lengths.write(np.asarray(lengths, dtype=np.int64).tobytes())
-        self.labels.write(labels.tobytes())
+        self.labels.write(np.asarray(labels, dtype=np.int32).tobytes())
         self.ids.write(ids + "\n")
         self.id_width = max(self.id_width, id_width)
         self.per_label.update(dict(enumerate(np.bincount(labels[labels >= 0]).tolist())))
@@ -336,14 +355,16 @@ class _SplitWriter:
         self.count += len(labels)
 
     def close(self, classes: list[str]) -> dict[str, int]:
-        self.strokes.seek(0)
-        self.strokes.write(_npy_header(np.float32, (self.rows, 3)))
-        for handle in (self.strokes, self.lengths, self.labels, self.ids):
+        for handle, dtype, shape in (
+            (self.strokes, np.float32, (self.rows, 3)),
+            (self.offsets, np.int64, (self.count + 1,)),
+            (self.labels, np.int32, (self.count,)),
+        ):
+            handle.seek(0)
+            handle.write(npy_header(dtype, shape))
             handle.close()
+        self.ids.close()
         raw = self.folder
-        lengths = np.fromfile(raw / "lengths.raw", np.int64)
-        np.save(raw / "offsets.npy", np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64))
-        np.save(raw / "labels.npy", np.fromfile(raw / "labels.raw", np.int32))
         if self.count:
             dtype = np.dtype(f"<U{self.id_width}")
             header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": (self.count,)}
@@ -353,8 +374,7 @@ class _SplitWriter:
                     sink.write(np.array([line[:-1] for line in chunk], dtype=dtype).tobytes())
         else:
             np.save(raw / "ids.npy", np.zeros(0, dtype="<U1"))
-        for name in ("lengths.raw", "labels.raw", "ids.txt"):
-            (raw / name).unlink()
+        (raw / "ids.txt").unlink()
         counts = {name: self.per_label.get(i, 0) for i, name in enumerate(classes)}
         unknown = self.count - sum(counts.values())
         if unknown:  # left for validation to quarantine, but counted
@@ -365,7 +385,7 @@ class _SplitWriter:
 _HEADER_BYTES = 128  # a fixed-size .npy header, so that it can be rewritten once the row count is known
 
 
-def _npy_header(dtype, shape: tuple[int, ...]) -> bytes:
+def npy_header(dtype, shape: tuple[int, ...]) -> bytes:
     """Return a version 1.0 ``.npy`` header of exactly :data:`_HEADER_BYTES` bytes (padded with spaces)."""
     description = repr(
         {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False, "shape": tuple(shape)}
@@ -376,20 +396,23 @@ def _npy_header(dtype, shape: tuple[int, ...]) -> bytes:
 
 
 def write_npy_from_chunks(
-    path: Path, chunks: Iterable[np.ndarray], dtype: np.dtype, row_shape: tuple[int, ...], rows: int
+    path: Path, chunks: Iterable[np.ndarray], dtype: np.dtype, row_shape: tuple[int, ...], rows: int | None = None
 ) -> None:
-    """Write a ``.npy`` array of ``rows`` rows from chunks of rows, with plain writes (nothing mapped or
-    held beyond one chunk).
+    """Write a ``.npy`` array from chunks of rows, with plain writes (nothing mapped or held beyond one
+    chunk); the header is written last when ``rows`` is not given.
 
     Raises:
         ValueError: the chunks do not hold ``rows`` rows.
     """
     written = 0
     with open(path, "wb") as sink:
-        sink.write(_npy_header(dtype, (rows, *row_shape)))
+        sink.write(npy_header(dtype, (rows or 0, *row_shape)))
         for chunk in chunks:
             chunk = np.ascontiguousarray(chunk, dtype=dtype)
-            sink.write(chunk.tobytes())
+            sink.write(chunk.data)
             written += len(chunk)
-    if written != rows:
+        if rows is None:
+            sink.seek(0)
+            sink.write(npy_header(dtype, (written, *row_shape)))
+    if rows is not None and written != rows:
         raise ValueError(f"{path}: wrote {written} rows, expected {rows}")

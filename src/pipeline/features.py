@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.dataset import open_split, read_info, write_npy_from_chunks
+from pipeline.dataset import npy_header, open_split, read_info, write_npy_from_chunks
 from pipeline.files import published_dir
 from pipeline.strokes import SPLITS
 
@@ -110,24 +110,30 @@ def _write_split(dataset_dir: Path, split: str, indices: np.ndarray, folder: Pat
     arrays = open_split(dataset_dir, split)
     folder.mkdir(parents=True)
     np.save(folder / "indices.npy", indices)
-    np.save(folder / "labels.npy", np.asarray(arrays.labels)[indices].astype(np.int32))
-    lengths = np.minimum(arrays.lengths()[indices], max_len)
-    if len(lengths) and lengths.min() < 1:
-        empty = int(indices[np.argmin(lengths)])
-        raise ValueError(f"{dataset_dir}: {split} sketch {empty} has no points; min_points must be at least 1")
-    np.save(folder / "offsets.npy", np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64))
+    total_rows = 0
+    with open(folder / "offsets.npy", "wb") as offsets_file, open(folder / "labels.npy", "wb") as labels_file:
+        offsets_file.write(npy_header(np.int64, (len(indices) + 1,)) + np.int64(0).tobytes())
+        labels_file.write(npy_header(np.int32, (len(indices),)))
 
-    def chunks():
-        for start in range(0, len(arrays), CHUNK_SKETCHES):
-            stop = min(start + CHUNK_SKETCHES, len(arrays))
-            lo, hi = np.searchsorted(indices, [start, stop])
-            if lo == hi:
-                continue
-            rows, offsets = arrays.rows(start, stop)
-            chosen = indices[lo:hi] - start
-            yield gather_rows(rows, offsets[chosen], lengths[lo:hi]) / np.float32([scale, scale, 1.0])
+        def chunks():  # the strokes of each chunk; its offsets and labels are written on the way
+            nonlocal total_rows
+            for start in range(0, len(arrays), CHUNK_SKETCHES):
+                stop = min(start + CHUNK_SKETCHES, len(arrays))
+                lo, hi = np.searchsorted(indices, [start, stop])
+                if lo == hi:
+                    continue
+                rows, offsets = arrays.rows(start, stop)
+                chosen = indices[lo:hi] - start
+                lengths = np.minimum(np.diff(offsets)[chosen], max_len)
+                if lengths.min() < 1:
+                    empty = int(indices[lo + np.argmin(lengths)])
+                    raise ValueError(f"{dataset_dir}: {split} sketch {empty} has no points; min_points must be >= 1")
+                offsets_file.write((total_rows + np.cumsum(lengths)).tobytes())
+                labels_file.write(arrays.label_range(start, stop)[chosen].astype(np.int32).tobytes())
+                total_rows += int(lengths.sum())
+                yield gather_rows(rows, offsets[chosen], lengths) / np.float32([scale, scale, 1.0])
 
-    write_npy_from_chunks(folder / "strokes.npy", chunks(), np.float32, (3,), rows=int(lengths.sum()))
+        write_npy_from_chunks(folder / "strokes.npy", chunks(), np.float32, (3,), rows=None)
 
 
 def gather_rows(rows: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:

@@ -88,14 +88,13 @@ def duplicate_ids(dataset_dir: Path) -> dict[str, dict[int, str]]:
     then row order) is kept; later ones are duplicates.
     """
     splits = [(split, open_split(dataset_dir, split)) for split in SPLITS]
-    hashes = np.concatenate(
-        [np.zeros(0, dtype=np.uint64)]
-        + [
-            hash_ids(arrays.id_range(start, min(start + CHUNK_SKETCHES, len(arrays))))
-            for _, arrays in splits
-            for start in range(0, len(arrays), CHUNK_SKETCHES)
-        ]
-    )
+    hashes = np.empty(sum(len(arrays) for _, arrays in splits), dtype=np.uint64)
+    done = 0
+    for _, arrays in splits:
+        for start in range(0, len(arrays), CHUNK_SKETCHES):
+            chunk = hash_ids(arrays.id_range(start, min(start + CHUNK_SKETCHES, len(arrays))))
+            hashes[done : done + len(chunk)] = chunk
+            done += len(chunk)
     found: dict[str, dict[int, str]] = {split: {} for split in SPLITS}
     if len(hashes) < 2:
         return found
@@ -113,16 +112,16 @@ def duplicate_ids(dataset_dir: Path) -> dict[str, dict[int, str]]:
 
     for place, first in zip(repeats.tolist(), group_first.tolist(), strict=True):
         split, arrays, row = locate(int(order[place]))
-        own = str(arrays.ids[row])
+        own = arrays.id_of(row)
         for earlier in order[first:place].tolist():
             first_split, first_arrays, first_row = locate(earlier)
-            if str(first_arrays.ids[first_row]) == own:
+            if first_arrays.id_of(first_row) == own:
                 found[split][row] = f"{first_split}[{first_row}]"
                 break
     return found
 
 
-STATS_CHUNK = 200_000  # sketches whose rows are read and reduced at once, within a table chunk
+STATS_CHUNK = 50_000  # sketches whose rows are read and reduced at once, within a table chunk (about 25 MB)
 
 
 def _chunk_table(
@@ -140,8 +139,9 @@ def _chunk_table(
         finite.append(_per_sketch(finite_rows, offsets, np.logical_and, True))
         pen_valid.append(_per_sketch(pen_rows, offsets, np.logical_and, True))
         largest.append(_per_sketch(magnitude, offsets, np.maximum, 0.0))
-    labels = np.asarray(arrays.labels[start:stop])
-    names = np.array([*info.classes, "<unknown>"])[np.where((labels >= 0) & (labels < len(info.classes)), labels, -1)]
+    labels = arrays.label_range(start, stop)
+    known = np.where((labels >= 0) & (labels < len(info.classes)), labels, len(info.classes))
+    names = pd.Categorical.from_codes(known, [*info.classes, "<unknown>"])  # a code per row, not a string
     duplicate_of = np.full(stop - start, None, dtype=object)
     for row, first in duplicates.items():
         if start <= row < stop:
@@ -150,9 +150,8 @@ def _chunk_table(
         {
             "split": split,
             "row": np.arange(start, stop),
-            "id": arrays.id_range(start, stop),
             "label": names,
-            "n_points": np.diff(arrays.offsets[start : stop + 1]),
+            "n_points": np.diff(arrays.offset_range(start, stop)),
             "finite": np.concatenate(finite),
             "pen_valid": np.concatenate(pen_valid),
             "max_abs_delta": np.concatenate(largest).astype(np.float64),  # GX is vectorised for float64 only
@@ -197,9 +196,13 @@ def _expectations(classes: list[str], min_points: int, max_points: int, max_abs_
 
 
 class ExpectationRunner:
-    """A suite of expectations in an ephemeral GX context, run over one table (or chunk) at a time."""
+    """A suite of expectations in an ephemeral GX context, run over one table (or chunk) at a time.
 
-    def __init__(self, expectations: list):
+    A failure names its row by ``index_columns`` (which the table must have).
+    """
+
+    def __init__(self, expectations: list, index_columns: tuple[str, ...] = ("split", "row", "id")):
+        self._index_columns = list(index_columns)
         import great_expectations as gx
 
         context = gx.get_context(mode="ephemeral")
@@ -216,7 +219,7 @@ class ExpectationRunner:
         """Return one dict per failing (row, expectation): split, row, id, expectation, column, value."""
         result = self._definition.run(
             batch_parameters={"dataframe": table},
-            result_format={"result_format": "COMPLETE", "unexpected_index_column_names": ["split", "row", "id"]},
+            result_format={"result_format": "COMPLETE", "unexpected_index_column_names": self._index_columns},
         )
         failures = []
         for outcome in result.results:
@@ -229,7 +232,7 @@ class ExpectationRunner:
                     {
                         "split": row["split"],
                         "row": int(row["row"]),
-                        "id": str(row["id"]),
+                        "id": str(row.get("id", "")),
                         "expectation": outcome.expectation_config.type,
                         "column": column,
                         "value": value.item() if isinstance(value, np.generic) else value,
@@ -328,8 +331,8 @@ def _validate_into(
     max_class_imbalance: float,
 ) -> ValidationReport:
     """Run the expectations and write the outcome into ``staging``; the report names ``output_dir``."""
-    runner = ExpectationRunner(_expectations(info.classes, min_points, max_points, max_abs_delta))
     accepted = {split: np.ones(len(open_split(dataset_dir, split)), dtype=bool) for split in SPLITS}
+    ids = {split: open_split(dataset_dir, split) for split in SPLITS}
     failures_by_expectation: dict[str, int] = {}
     with open(staging / "quarantine.jsonl", "w") as sink:
         ingest_quarantine = Path(dataset_dir) / "ingest_quarantine.jsonl"
@@ -337,8 +340,10 @@ def _validate_into(
             with open(ingest_quarantine) as lines:
                 for line in lines:
                     sink.write(json.dumps({"dataset": info.name, "stage": "ingest", **json.loads(line)}) + "\n")
+        runner = ExpectationRunner(_expectations(info.classes, min_points, max_points, max_abs_delta), ("split", "row"))
         for table in sketch_tables(dataset_dir):
             for failure in runner.failures(table):
+                failure["id"] = ids[failure["split"]].id_of(failure["row"])  # looked up for failures only
                 accepted[failure["split"]][failure["row"]] = False
                 name = failure["expectation"]
                 failures_by_expectation[name] = failures_by_expectation.get(name, 0) + 1

@@ -61,7 +61,7 @@ def validate(settings: Settings, dataset_dir: Path) -> ValidationReport:
 
 
 def preprocess(settings: Settings, report: ValidationReport) -> Path:
-    """Write the model-ready TFRecords of the accepted sketches; return the features folder."""
+    """Write the model-ready features (flat arrays per split) of the accepted sketches; return their folder."""
     dataset_dir = Path(report.dataset_dir)
     # named after the validation report (dataset + thresholds) and the crop length
     out_dir = Path(settings.work_dir) / "features" / f"{Path(report.output_dir).name}-len{settings.max_len}"

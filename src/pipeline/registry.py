@@ -6,6 +6,7 @@ MLflow's process-wide tracking or registry URI.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import re
 import tempfile
@@ -178,6 +179,28 @@ def record_decision(client: mlflow.MlflowClient, name: str, version: str, tags: 
 def set_alias(client: mlflow.MlflowClient, name: str, alias: str, version: str) -> None:
     """Point ``alias`` at ``version`` (use :func:`set_champion` for the champion, which keeps history)."""
     client.set_registered_model_alias(name, alias, version)
+
+
+@contextlib.contextmanager
+def alias_lock(tracking_uri: str, name: str, timeout: float = 600.0):
+    """Hold the lock on model ``name``'s aliases in a SQLite store (a file lock beside the store).
+
+    Whoever moves ``champion`` after reading it (the promotion gate, ``sketchpipe promote``,
+    a rollback) holds it, so no two processes on this machine interleave their read and write,
+    with or without a Prefect server. A remote store has no file to lock beside: there the gate's
+    Prefect global concurrency limit is the lock (see ``tasks/registry.py``).
+
+    Raises:
+        filelock.Timeout: the lock was not free within ``timeout`` seconds.
+    """
+    if not tracking_uri.startswith("sqlite:///"):
+        yield
+        return
+    from filelock import FileLock
+
+    store = Path(tracking_uri.removeprefix("sqlite:///"))
+    with FileLock(f"{store}.{re.sub(r'[^A-Za-z0-9_.-]', '-', name)}.aliases.lock", timeout=timeout):
+        yield
 
 
 def apply_promotion(client: mlflow.MlflowClient, name: str, decision: PromotionDecision) -> None:

@@ -45,15 +45,65 @@ def check_store(tracking_uri: str, timeout: float = 10.0) -> None:
         ) from exc
 
 
+STORE_LOCK_WAIT_SECONDS = 300.0  # how long a call waits for a locked SQLite store before it fails
+
+
+def store_is_locked(error: BaseException) -> bool:
+    """Return whether an error says that a SQLite store was locked by another writer (it can pass)."""
+    text = str(error).lower()
+    return "database is locked" in text or "database table is locked" in text
+
+
+class PatientClient(mlflow.MlflowClient):
+    """An :class:`~mlflow.MlflowClient` whose calls wait for a locked SQLite store instead of failing.
+
+    SQLite lets one writer in at a time and gives up after its busy timeout (seconds): another
+    process holding the store (a long migration, a backup, a second pipeline) would otherwise cost
+    a run its params or an epoch's metrics. Every public call is retried with backoff while the
+    store says it is locked, for up to :data:`STORE_LOCK_WAIT_SECONDS`; then the error is raised, and
+    the run fails rather than finish with data missing. A locked store commits nothing, so a retried
+    call cannot apply twice.
+    """
+
+    def __getattribute__(self, name: str):
+        attribute = super().__getattribute__(name)
+        if name.startswith("_") or not callable(attribute):
+            return attribute
+
+        @functools.wraps(attribute)
+        def patiently(*args, **kwargs):
+            deadline = time.monotonic() + STORE_LOCK_WAIT_SECONDS
+            delay = 0.25
+            while True:
+                try:
+                    return attribute(*args, **kwargs)
+                except Exception as exc:
+                    if not store_is_locked(exc) or time.monotonic() + delay > deadline:
+                        raise
+                    time.sleep(delay)
+                    delay = min(delay * 2, 5.0)
+
+        return patiently
+
+
 @functools.cache
 def client_for(tracking_uri: str) -> mlflow.MlflowClient:
-    """Return the client of one store, for its runs and its model registry; create a SQLite store's folder.
+    """Return the client of one store, for its runs and its model registry (a :class:`PatientClient`).
 
-    One client per store and process: a client holds its store's connection pool.
+    One client per store and process: a client holds its store's connection pool. A SQLite store's
+    folder is created, and a new store's schema is created under a file lock beside it, so that two
+    processes starting on a fresh store do not race on MLflow's migrations.
     """
-    if tracking_uri.startswith("sqlite:///"):
-        Path(tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    return mlflow.MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    if not tracking_uri.startswith("sqlite:///"):
+        return PatientClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    from filelock import FileLock
+
+    path = Path(tracking_uri.removeprefix("sqlite:///"))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(f"{path}.lock"):  # the client opens the store: creates or migrates its schema
+        client = PatientClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+        client.search_experiments(max_results=1)
+    return client
 
 
 # MLflow 3's UI opens an experiment without this tag in its GenAI view (traces, an assistant); with

@@ -27,10 +27,14 @@ def write_config(tmp_path: Path, **changes) -> str:
     return write_settings_file(settings, tmp_path / "settings.yaml")
 
 
-def run_sketchpipe(argv: list[str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+def run_sketchpipe(argv: list[str], cwd: Path, timeout: float = 300, wait: bool = True):
     """Run ``sketchpipe ARGV`` in its own process from ``cwd``, as a user would: no Prefect server
-    configured, no SKETCHPIPE_* overrides; return the finished process (output captured as text)."""
+    configured, no SKETCHPIPE_* overrides; return the finished process (output captured as text), or
+    with ``wait=False`` the running one (a ``Popen``, output piped as text)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "SKETCHPIPE_"))}
+    if not wait:
+        command = [sys.executable, "-m", "flows.cli", *argv]
+        return subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     return subprocess.run(
         [sys.executable, "-m", "flows.cli", *argv], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
     )

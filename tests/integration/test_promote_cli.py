@@ -42,3 +42,22 @@ def test_without_a_prefect_server_promote_moves_the_alias_without_starting_one(c
     assert "temporary server" not in done.stderr + done.stdout  # Prefect started no server for it
     client = tracking.client_for(settings.resolved_tracking_uri)
     assert registry.alias_version(client, settings.registered_model_name, "champion") == "1"
+
+
+def test_promote_by_hand_waits_while_the_gate_holds_the_registry(champion_store, tmp_path):
+    """With no Prefect server, ``sketchpipe promote`` takes the same lock as the promotion gate: while
+    the gate holds it (here, this test), the alias does not move; it moves once the lock is free."""
+    import time
+
+    settings, _ = champion_store
+    client = tracking.client_for(settings.resolved_tracking_uri)
+    name = settings.registered_model_name
+    with registry.alias_lock(settings.resolved_tracking_uri, name):
+        client.delete_registered_model_alias(name, "champion")  # as if the gate were between its read and write
+        child = run_sketchpipe(_args(settings, tmp_path, "--version", "1"), cwd=tmp_path, wait=False)
+        time.sleep(8)  # long enough for the command to start, open the store and reach the lock
+        assert child.poll() is None, child.communicate()
+        assert registry.alias_version(client, name, "champion") is None
+    _, err = child.communicate(timeout=120)
+    assert child.returncode == 0, err[-2000:]
+    assert registry.alias_version(client, name, "champion") == "1"

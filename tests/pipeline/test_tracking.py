@@ -1,5 +1,7 @@
 """Experiment tracking against real (SQLite) MLflow stores: runs by id, limits, one client per store."""
 
+import time
+
 import mlflow
 import pytest
 
@@ -83,3 +85,72 @@ def test_the_345_official_classes_fit_mlflow_limits_and_the_whole_list_is_an_art
     local = client.download_artifacts(run_id, "dataset", str(tmp_path / "a"))
     assert (tmp_path / "a" / "dataset" / "classes.txt").read_text().splitlines() == classes
     assert mlflow.artifacts.load_dict(f"{local}/profile.json")["counts"]["test"]["The Eiffel Tower"] == 70
+
+
+def _hold_store(path, seconds: float):
+    """Lock the SQLite store for ``seconds`` from another connection (as another writer would); return the thread."""
+    import sqlite3
+    import threading
+
+    locked = threading.Event()
+
+    def hold():
+        connection = sqlite3.connect(path, isolation_level=None)
+        connection.execute("BEGIN EXCLUSIVE")
+        locked.set()
+        time.sleep(seconds)
+        connection.execute("COMMIT")
+        connection.close()
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    locked.wait(10)
+    return thread
+
+
+def test_a_locked_store_is_waited_for_and_nothing_is_lost(store, tracking_db):
+    """The store is locked past MLflow's SQLite busy timeout (20 s) while an epoch's metrics and params are logged."""
+    client, experiment_id = store
+    run_id = tracking.start_parent_run(client, experiment_id, "p", {}, {})
+    holder = _hold_store(tracking_db, 24.0)
+    started = time.monotonic()
+    tracking.log_metrics(client, run_id, {"loss": 1.5, "accuracy": 0.25}, step=0)
+    tracking.log_params(client, run_id, {f"p{i}": i for i in range(27)})
+    waited = time.monotonic() - started
+    holder.join()
+    run = client.get_run(run_id)
+    assert waited >= 23.0  # it waited for the lock, past SQLite's own timeout, rather than failing
+    assert run.data.metrics == {"loss": 1.5, "accuracy": 0.25} and len(run.data.params) == 27
+
+
+def test_a_store_locked_for_too_long_fails_the_call(store, tracking_db, monkeypatch):
+    client, experiment_id = store
+    run_id = tracking.start_parent_run(client, experiment_id, "p", {}, {})
+    monkeypatch.setattr(tracking, "STORE_LOCK_WAIT_SECONDS", 1.0)
+    holder = _hold_store(tracking_db, 22.0)  # past MLflow's busy timeout (20 s)
+    try:
+        with pytest.raises(mlflow.exceptions.MlflowException, match="database is locked"):
+            tracking.log_metrics(client, run_id, {"loss": 1.0})
+    finally:
+        holder.join()
+    assert client.get_run(run_id).data.metrics == {}
+
+
+def test_processes_starting_on_a_fresh_store_do_not_race_on_its_schema(tmp_path):
+    """Four processes open the same new SQLite store at once; every one gets a usable store, first try."""
+    import subprocess
+    import sys
+
+    uri = f"sqlite:///{tmp_path / 'fresh' / 'mlflow.db'}"
+    script = (
+        "import sys; from pipeline import tracking; "
+        "client = tracking.client_for(sys.argv[1]); "
+        "print(tracking.ensure_experiment(client, 'race'))"
+    )
+    children = [
+        subprocess.Popen([sys.executable, "-c", script, uri], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        for _ in range(4)
+    ]
+    outcomes = [child.communicate(timeout=300) for child in children]
+    assert [child.returncode for child in children] == [0] * 4, [err.decode()[-2000:] for _, err in outcomes]
+    assert len({out.strip() for out, _ in outcomes}) == 1  # one experiment, found or created by each

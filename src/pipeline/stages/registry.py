@@ -116,36 +116,39 @@ def promote(settings: Settings, versions: list[registry.RegisteredVersion], feat
     client = tracking.client_for(settings.resolved_tracking_uri)
     name = settings.registered_model_name
     best = best_candidate(versions)
-    champion = registry.alias_version(client, name, registry.CHAMPION)
-    spec = read_spec(features_dir)
-    correct = None
-    if champion not in (None, best.version):
-        test = open_split(spec.dataset_dir, "test")
-        indices = record_indices(features_dir, "test")
-        sketches = [test.sketch(int(i)) for i in indices]
-        truth = np.asarray([spec.classes[int(label)] for label in np.asarray(test.labels)[indices]])
-        predicted = {}
-        for version in (best, registry.RegisteredVersion(name, champion, "", "", float("nan"))):
-            probabilities = None
-            if version.run_id:
-                probabilities = tracking.load_array_artifact(client, version.run_id, f"evaluation/{TEST_PROBABILITIES}")
-            if probabilities is not None and probabilities.shape == (len(indices), len(spec.classes)):
-                predicted[version.version] = [spec.classes[i] for i in probabilities.argmax(axis=1)]
-            else:
-                classifier = load_classifier(settings, f"models:/{name}/{version.version}")
-                predicted[version.version] = classifier.top_classes(sketches)
-        correct = {version: np.asarray(labels) == truth for version, labels in predicted.items()}
-    decision = decide_promotion(
-        best.version,
-        best.test_accuracy,
-        champion,
-        correct,
-        settings.promotion_margin,
-        settings.promotion_alpha,
-        test_set=f"{spec.dataset_fingerprint[:12]}/test",
-    )
-    registry.apply_promotion(client, name, decision)
-    return decision
+    with registry.alias_lock(settings.resolved_tracking_uri, name):  # read, compare and move as one step
+        champion = registry.alias_version(client, name, registry.CHAMPION)
+        spec = read_spec(features_dir)
+        correct = None
+        if champion not in (None, best.version):
+            test = open_split(spec.dataset_dir, "test")
+            indices = record_indices(features_dir, "test")
+            sketches = [test.sketch(int(i)) for i in indices]
+            truth = np.asarray([spec.classes[int(label)] for label in np.asarray(test.labels)[indices]])
+            predicted = {}
+            for version in (best, registry.RegisteredVersion(name, champion, "", "", float("nan"))):
+                probabilities = None
+                if version.run_id:
+                    probabilities = tracking.load_array_artifact(
+                        client, version.run_id, f"evaluation/{TEST_PROBABILITIES}"
+                    )
+                if probabilities is not None and probabilities.shape == (len(indices), len(spec.classes)):
+                    predicted[version.version] = [spec.classes[i] for i in probabilities.argmax(axis=1)]
+                else:
+                    classifier = load_classifier(settings, f"models:/{name}/{version.version}")
+                    predicted[version.version] = classifier.top_classes(sketches)
+            correct = {version: np.asarray(labels) == truth for version, labels in predicted.items()}
+        decision = decide_promotion(
+            best.version,
+            best.test_accuracy,
+            champion,
+            correct,
+            settings.promotion_margin,
+            settings.promotion_alpha,
+            test_set=f"{spec.dataset_fingerprint[:12]}/test",
+        )
+        registry.apply_promotion(client, name, decision)
+        return decision
 
 
 def result_row(run: ArchitectureRun, evaluation: Evaluation, version: registry.RegisteredVersion) -> ArchitectureResult:

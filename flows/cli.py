@@ -68,8 +68,15 @@ def _settings(args: argparse.Namespace, names: list[str]) -> tuple[Settings, dic
     try:
         return load_settings(args.config, overrides), overrides
     except ConfigError as exc:
-        flag = "--config" if exc.field == "config" else f"--{exc.field.replace('_', '-')}"
-        _fail(f"{flag}: {exc}")
+        _fail(f"{_where_set(exc.field, names)}: {exc}")
+
+
+def _where_set(field: str, flags: list[str]) -> str:
+    """Return how the user sets ``field``: its flag on this command, else the setting (config file or
+    ``SKETCHPIPE_*`` variable)."""
+    if field == "config" or field in flags:
+        return f"--{field.replace('_', '-')}"
+    return f"{field} (config file or SKETCHPIPE_{field.upper()})"
 
 
 def build_parser() -> argparse.ArgumentParser:

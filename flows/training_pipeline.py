@@ -117,13 +117,16 @@ def pipeline_with_task_runner(settings: Settings) -> Flow:
     ``thread``: architectures train concurrently in threads of this process. ``dask``: on a Dask
     cluster through prefect-dask: the one at ``dask_address``, else a local cluster of one worker
     process with a thread per architecture (TensorFlow is loaded once per worker). ``ray``: on a Ray
-    cluster through prefect-ray: the one at ``ray_address``, else a temporary local one (no
-    dashboard) for the flow run; each task runs in a Ray worker process.
+    cluster through prefect-ray: the one at ``ray_address``, or with ``ray_address: local`` a
+    temporary local one (no dashboard) for the flow run; each task runs in a Ray worker process.
+    Ray 2.x's local cluster listens on all network interfaces (its GCS, raylet and agents bind to
+    0.0.0.0, and ``_node_ip_address="127.0.0.1"`` is rewritten to the machine's address), so it is
+    started only when asked for by name (``check_settings`` refuses ``ray`` without an address).
     """
     if settings.task_runner == "ray":
         from prefect_ray import RayTaskRunner
 
-        if settings.ray_address:
+        if settings.ray_address != "local":
             runner = RayTaskRunner(address=settings.ray_address)
         else:
             runner = RayTaskRunner(init_kwargs={"include_dashboard": False})

@@ -72,7 +72,9 @@ class Settings:
     io_retries: int = 2  # retries of the I/O tasks (data stages, tracking, registry)
     retry_backoff_seconds: float = 2.0  # first retry delay; doubles on each retry
     dask_address: str | None = None  # scheduler of an existing Dask cluster; a local one when unset
-    ray_address: str | None = None  # head of an existing Ray cluster (e.g. ray://head:10001); a local one when unset
+    # head of an existing Ray cluster (e.g. ray://head:10001), or "local" for a temporary local one, which
+    # listens on all network interfaces: Ray cannot bind to 127.0.0.1, so it is never started unasked
+    ray_address: str | None = None
     progress: str = "auto"  # progress bars for ingest and training: auto (when stderr is a terminal) | on | off
     # Tracking and registry
     tracking_uri: str | None = None
@@ -167,6 +169,12 @@ def check_settings(settings: Settings) -> Settings:
     if settings.task_runner not in TASK_RUNNERS:
         choices = ", ".join(TASK_RUNNERS)
         raise ConfigError("task_runner", f"unknown task runner {settings.task_runner!r}; choose from {choices}")
+    if settings.task_runner == "ray" and not settings.ray_address:
+        raise ConfigError(
+            "ray_address",
+            "--task-runner ray needs the address of a Ray cluster (ray://head:10001), or 'local' for a temporary "
+            "local one, which listens on all network interfaces (Ray cannot bind to 127.0.0.1)",
+        )
     for name in ("epochs", "batch_size", "max_len", "min_points", "download_workers"):
         if getattr(settings, name) < 1:
             raise ConfigError(name, f"must be at least 1 (got {getattr(settings, name)})")

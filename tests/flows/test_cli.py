@@ -13,6 +13,10 @@ from flows.cli import main
         (["run", "--source", "csv"], "--source"),
         (["run", "--epochs", "two"], "--epochs"),
         (["run", "--task-runner", "spark"], "--task-runner"),
+        (
+            ["run", "--task-runner", "ray"],
+            "ray_address (config file or SKETCHPIPE_RAY_ADDRESS): --task-runner ray needs",
+        ),
         (["run", "--config", "missing.yaml"], "--config"),
         (["promote"], "--version"),
         (["download", "--format", "png", "--all"], "--format"),

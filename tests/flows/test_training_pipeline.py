@@ -84,7 +84,11 @@ def test_cli_run_prints_the_table_and_a_second_run_lands_in_the_same_experiment(
 def test_distributed_task_runners_on_a_local_cluster(tmp_path, mlflow_template, runner):
     shutil.copy(mlflow_template, tmp_path / "mlflow.db")
     settings = tiny_settings(
-        tmp_path / "work", tmp_path / "mlflow.db", architectures=("lstm", "gru"), task_runner=runner
+        tmp_path / "work",
+        tmp_path / "mlflow.db",
+        architectures=("lstm", "gru"),
+        task_runner=runner,
+        ray_address="local" if runner == "ray" else None,  # a local Ray cluster only when asked for by name
     )
     config_file = write_settings_file(settings, tmp_path / "settings.yaml")
     result = pipeline_with_task_runner(settings)(config_file=config_file)

@@ -88,3 +88,13 @@ def test_download_defaults_its_folder_and_format_by_source(in_tmp_cwd):
     assert (settings.data_dir, settings.resolved_download_format) == (str(Path("w/raw/simplified")), "simplified")
     settings = load_settings(environ={}, overrides={"source": "sketchrnn", "download": "true", "data_dir": "mine"})
     assert (settings.data_dir, settings.resolved_download_format) == ("mine", "sketchrnn")
+
+
+def test_ray_is_never_started_on_all_interfaces_unasked():
+    """A local Ray cluster listens on every interface (Ray cannot bind to 127.0.0.1): only by name."""
+    with pytest.raises(ConfigError, match=r"'local'.*all network interfaces") as caught:
+        load_settings(overrides={"task_runner": "ray"}, environ={})
+    assert caught.value.field == "ray_address"
+    assert load_settings(overrides={"task_runner": "ray", "ray_address": "local"}, environ={}).ray_address == "local"
+    head = load_settings(overrides={"task_runner": "ray"}, environ={"SKETCHPIPE_RAY_ADDRESS": "ray://head:10001"})
+    assert head.ray_address == "ray://head:10001"

@@ -372,7 +372,7 @@ def main(argv: list[str] | None = None) -> None:
         # the console shows warnings and errors, while the Prefect server keeps every run's full log
         os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
         os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # e.g. a new store's migration notes
-    {
+    command = {
         "run": _cmd_run,
         "validate": _cmd_validate,
         "download": _cmd_download,
@@ -380,7 +380,62 @@ def main(argv: list[str] | None = None) -> None:
         "promote": _cmd_promote,
         "serve": _cmd_serve,
         "ui": _cmd_ui,
-    }[args.command](args)
+    }[args.command]
+    try:
+        command(args)
+    except Exception as exc:
+        full = disk_full(exc, [Path.cwd(), *_named_paths(args)])
+        if full is None and args.verbose:
+            raise
+        print(f"sketchpipe: error: {full or _one_line(exc)}", file=sys.stderr)
+        if full is None:
+            print("sketchpipe: (--verbose shows the traceback)", file=sys.stderr)
+        raise SystemExit(1) from exc
+
+
+def _named_paths(args: argparse.Namespace) -> list[Path]:
+    """Return the folders the command line names (data, config), whose disks a failure may have filled."""
+    return [Path(value) for name in ("data_dir", "config", "dest") if (value := getattr(args, name, None))]
+
+
+def _one_line(exc: BaseException) -> str:
+    """Return an exception as one line: its type and the first line of its message."""
+    message = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {message[0]}" if message else type(exc).__name__
+
+
+DISK_NEARLY_FULL_BYTES = 64 << 20
+
+
+def disk_full(exc: BaseException, paths: list[Path]) -> str | None:
+    """Return a one-line message if a failure comes from a full disk, else ``None``.
+
+    A full disk rarely surfaces as itself: Prefect reports a run it could not record as
+    ``UnfinishedRun`` ("Run is in PENDING state"), Keras or MLflow wrap the ``OSError``. So: an
+    ``OSError`` with ``ENOSPC`` anywhere in the chain of causes (or in an exception group), or a
+    failure while a folder in use has under :data:`DISK_NEARLY_FULL_BYTES` left.
+    """
+    import errno
+    import shutil
+
+    pending: list[BaseException | None] = [exc]
+    seen: set[int] = set()
+    while pending:
+        error = pending.pop()
+        if error is None or id(error) in seen:
+            continue
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+            where = f" writing {error.filename}" if error.filename else ""
+            return f"no space left on device{where} ({_one_line(exc)})"
+        if "No space left on device" in str(error):  # a library's own error, quoting the OSError
+            return f"no space left on device ({_one_line(error)})"
+        pending += [error.__cause__, error.__context__, *getattr(error, "exceptions", ())]
+    for path in paths:
+        folder = next((p for p in [path, *path.resolve().parents] if p.exists()), None)
+        if folder is not None and (free := shutil.disk_usage(folder).free) < DISK_NEARLY_FULL_BYTES:
+            return f"no space left on device: {folder} has {free // 1024} KB free ({_one_line(exc)})"
+    return None
 
 
 if __name__ == "__main__":

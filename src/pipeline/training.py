@@ -90,6 +90,24 @@ def seeded_model(config: TrainingConfig, num_classes: int) -> keras.Model:
             )
 
 
+PARTIAL_CHECKPOINT = "best.partial.keras"
+
+
+class _PublishCheckpoint(keras.callbacks.Callback):
+    """Renames the checkpoint that ``ModelCheckpoint`` (listed before it) just wrote whole to ``best.keras``."""
+
+    async_safe = True
+
+    def __init__(self, out_dir: Path):
+        super().__init__()
+        self.out_dir = Path(out_dir)
+
+    def on_epoch_end(self, epoch, logs=None):
+        written = self.out_dir / PARTIAL_CHECKPOINT
+        if written.exists():
+            written.replace(self.out_dir / "best.keras")
+
+
 def train_model(
     config: TrainingConfig,
     features_dir: Path,
@@ -113,7 +131,10 @@ def train_model(
     valid = make_dataset(features_dir, "valid", config.batch_size)
     model_path = out_dir / "model.keras"
     backup = keras.callbacks.BackupAndRestore(str(out_dir / "backup"))
-    checkpoint = keras.callbacks.ModelCheckpoint(str(out_dir / "best.keras"), monitor="val_loss", save_best_only=True)
+    # written under a name of its own, then renamed: a full disk never leaves a truncated best.keras
+    checkpoint = keras.callbacks.ModelCheckpoint(
+        str(out_dir / PARTIAL_CHECKPOINT), monitor="val_loss", save_best_only=True
+    )
     for callback in (backup, checkpoint):
         # Their batch hooks act only with an integer save_freq (not used here). Declaring them safe
         # lets Keras run batch hooks off the training loop instead of syncing every batch's metrics
@@ -128,18 +149,25 @@ def train_model(
             monitor="val_loss", factor=0.5, patience=max(1, config.early_stopping_patience - 1)
         ),
         checkpoint,
+        _PublishCheckpoint(out_dir),
     ]
     started = time.perf_counter()
-    history = model.fit(
-        train,
-        validation_data=valid,
-        epochs=config.epochs,
-        callbacks=[*(callbacks or []), *standard],  # loggers first: a crash may repeat a step, never lose one
-        shuffle=False,  # tf.data shuffles
-        verbose=0,
-    )
-    seconds = time.perf_counter() - started
-    model.save(model_path)
+    try:
+        history = model.fit(
+            train,
+            validation_data=valid,
+            epochs=config.epochs,
+            callbacks=[*(callbacks or []), *standard],  # loggers first: a crash may repeat a step, never lose one
+            shuffle=False,  # tf.data shuffles
+            verbose=0,
+        )
+        seconds = time.perf_counter() - started
+        partial = out_dir / "model.partial.keras"
+        model.save(partial)
+        partial.replace(model_path)  # whole or not there: resuming trusts a model.keras it finds
+    finally:
+        for leftover in out_dir.glob("*.partial.keras"):
+            leftover.unlink()
     return TrainedModel(
         architecture=config.architecture,
         model_path=str(model_path),

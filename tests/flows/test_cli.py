@@ -1,5 +1,7 @@
 """Command-line contract: wrong values stop at once with one line naming the flag."""
 
+from pathlib import Path
+
 import pytest
 
 from flows.cli import main
@@ -114,3 +116,39 @@ def test_commands_that_need_a_store_do_not_create_an_empty_one(in_tmp_cwd, capsy
         "(train with `sketchpipe run` first)\n"
     )
     assert not (in_tmp_cwd / "mlflow").exists()
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (Linux) to fill a disk for real")
+def test_a_full_disk_is_named_in_one_line(in_tmp_cwd, capsys):
+    """A write that finds the disk full (``/dev/full`` answers every write with ENOSPC) ends in one
+    line that says so, however deep the OSError sits, and leaves no file under the final name."""
+    from tests.bucket_server import FakeBucket
+
+    (in_tmp_cwd / "raw").mkdir()
+    (in_tmp_cwd / "raw" / "cat.npz.part").symlink_to("/dev/full")  # the download's resumable part file
+    with FakeBucket() as bucket, pytest.raises(SystemExit) as exit_info:
+        bucket.put("sketchrnn/cat.npz", b"x" * 2_000)  # small: sent whole before the client gives up
+        main(["download", "--format", "sketchrnn", "--classes", "cat", "--dest", "raw", "--base-url", bucket.url,
+              "--progress", "off"])  # fmt: skip
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("sketchpipe: error: no space left on device"), err
+    assert not (in_tmp_cwd / "raw" / "cat.npz").exists()
+
+
+def test_an_unexpected_error_is_one_line_without_verbose_and_a_traceback_with_it(in_tmp_cwd, capsys, monkeypatch):
+    from pipeline.stages import data
+
+    def broken(settings):
+        raise RuntimeError("the reader broke\nwith a second line")
+
+    monkeypatch.setattr(data, "ingest", broken)  # a fault in the pipeline's own code, not a user error
+    with pytest.raises(SystemExit) as exit_info:
+        main(["validate"])
+    assert exit_info.value.code == 1
+    assert capsys.readouterr().err.splitlines() == [
+        "sketchpipe: error: RuntimeError: the reader broke",
+        "sketchpipe: (--verbose shows the traceback)",
+    ]
+    with pytest.raises(RuntimeError, match="the reader broke"):
+        main(["validate", "--verbose"])

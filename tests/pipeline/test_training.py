@@ -4,6 +4,9 @@ import json
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
+
+import pytest
 
 from pipeline import tracking
 from pipeline.stages.training import train, training_config
@@ -88,3 +91,23 @@ def test_a_killed_run_resumes_from_its_last_completed_epoch(tiny_features, tmp_p
     again = train(settings, "lstm", tiny_features, parent)  # finished: not trained again
     assert again == resumed
     assert len(client.get_metric_history(run_id, "loss")) == 3
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (Linux) to fill a disk for real")
+def test_a_full_disk_leaves_no_truncated_model_behind(tiny_features, dataset_settings, tmp_path):
+    """The final save finds the disk full (its file is a link to ``/dev/full``): the error says so, and
+    neither ``model.keras`` nor a partial file is left, while the best checkpoint, written whole earlier,
+    is there under its name."""
+    import errno
+
+    config = training_config(dataset_settings.replace(epochs=1), "lstm")
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "model.partial.keras").symlink_to("/dev/full")
+    with pytest.raises(OSError) as caught:
+        train_model(config, tiny_features, out)
+    assert caught.value.errno == errno.ENOSPC or "No space left on device" in str(caught.value)
+    assert not (out / "model.keras").exists() and not list(out.glob("*.partial.keras"))
+    assert (out / "best.keras").stat().st_size > 0
+    ok = train_model(config, tiny_features, tmp_path / "ok")
+    assert Path(ok.model_path).name == "model.keras" and not list((tmp_path / "ok").glob("*.partial.keras"))

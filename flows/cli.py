@@ -1,4 +1,4 @@
-"""The ``sketchpipe`` command line: run, validate, download, predict, promote, serve, ui.
+"""The ``sketchpipe`` command line: run, validate, download, predict, promote, serve, serve-model, ui.
 
 It lives with the flows, not in the Prefect-free library: ``run``, ``promote`` and ``serve`` start
 flows, and the other commands call the library.
@@ -132,6 +132,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_setting_flags(serve, list(_SETTING_FLAGS))
     serve.add_argument("--cron", required=True, metavar="EXPR", help='cron schedule, e.g. "0 3 * * *"')
 
+    serve_model = commands.add_parser(
+        "serve-model", help="serve the champion (or --model-uri) over HTTP on 127.0.0.1: sketches in, class names out"
+    )
+    serve_model.add_argument("--config", metavar="FILE", help="YAML settings file")
+    serve_model.add_argument("--tracking-uri", dest="tracking_uri", metavar="URI", help="MLflow tracking URI")
+    serve_model.add_argument("--model-uri", metavar="URI", help="e.g. models:/NAME/3 (default: NAME@champion)")
+    serve_model.add_argument("--port", type=int, default=5001, help="port (default 5001)")
     ui = commands.add_parser("ui", help="the MLflow UI and tracking server on 127.0.0.1 over the configured store")
     ui.add_argument("--config", metavar="FILE", help="YAML settings file")
     ui.add_argument("--tracking-uri", dest="tracking_uri", metavar="URI", help="the store to serve (default mlflow/)")
@@ -319,6 +326,23 @@ def _cmd_serve(args: argparse.Namespace) -> None:
     serve(scheduled_deployment(args.cron, args.config, overrides))
 
 
+def _cmd_serve_model(args: argparse.Namespace) -> None:
+    import os
+
+    from pipeline.serving import champion_uri
+
+    settings, _ = _settings(args, ["tracking_uri"])
+    _require_store(settings)
+    uri = args.model_uri or champion_uri(settings)
+    command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", uri, "--env-manager", "local"]
+    command += ["--host", "127.0.0.1", "--port", str(args.port)]
+    os.environ["MLFLOW_TRACKING_URI"] = settings.resolved_tracking_uri
+    # the scoring server starts uvicorn by name: this environment's bin/ must be on PATH
+    os.environ["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
+    print(f"serving {uri} on http://127.0.0.1:{args.port}/invocations (request format: README, Serving)", flush=True)
+    os.execv(sys.executable, command)
+
+
 def _cmd_ui(args: argparse.Namespace) -> None:
     import os
 
@@ -379,6 +403,7 @@ def main(argv: list[str] | None = None) -> None:
         "predict": _cmd_predict,
         "promote": _cmd_promote,
         "serve": _cmd_serve,
+        "serve-model": _cmd_serve_model,
         "ui": _cmd_ui,
     }[args.command]
     try:

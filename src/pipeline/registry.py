@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import re
 import tempfile
 import threading
@@ -17,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
-import numpy as np
 from mlflow.exceptions import MlflowException
 
 from pipeline.promotion import CHALLENGER, CHAMPION, PromotionDecision
@@ -63,14 +63,34 @@ def warm_model_logging() -> threading.Thread | None:
 
 
 def model_signature():
-    """Return the serving signature: ``(-1, -1, 3)`` float32 strokes in, class probabilities out."""
+    """Return the serving signature (see :mod:`pipeline.pyfunc`): a ``strokes`` column of raw stroke-3
+    sketches of any lengths in, ``k`` as a parameter; the top-k class names and probabilities out."""
     from mlflow.models import ModelSignature
-    from mlflow.types.schema import Schema, TensorSpec
+    from mlflow.types.schema import AnyType, Array, ColSpec, DataType, ParamSchema, ParamSpec, Schema
 
     return ModelSignature(
-        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, -1, 3), "strokes")]),
-        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, -1), "probabilities")]),
+        inputs=Schema([ColSpec(AnyType(), "strokes")]),  # int or float rows: checked by pipeline.pyfunc
+        outputs=Schema(
+            [
+                ColSpec(DataType.string, "class"),
+                ColSpec(DataType.double, "probability"),
+                ColSpec(Array(DataType.string), "top_classes"),
+                ColSpec(Array(DataType.double), "top_probabilities"),
+            ]
+        ),
+        params=ParamSchema([ParamSpec("k", DataType.long, 3)]),
     )
+
+
+def _serve_with_class_names(local: Path) -> None:
+    """Point the saved model's ``python_function`` flavour at :mod:`pipeline.pyfunc` (ragged batches of
+    raw sketches in, class names out) and give it that signature."""
+    from mlflow.models import Model
+
+    conf = Model.load(str(local / "MLmodel"))
+    conf.flavors["python_function"]["loader_module"] = "pipeline.pyfunc"
+    conf.signature = model_signature()  # set here: mlflow.keras takes tensor signatures only
+    conf.save(str(local / "MLmodel"))
 
 
 def log_and_register_model(
@@ -78,14 +98,15 @@ def log_and_register_model(
     run_id: str,
     model,
     registered_model_name: str,
-    input_example: np.ndarray,
     metadata: dict[str, Any],
     tags: dict[str, str],
 ) -> RegisteredVersion:
     """Log a Keras model for ``run_id`` with ``mlflow.keras`` and register it as a new version.
 
     ``metadata`` (class names, normalising scale, crop length) travels in the MLmodel file so that
-    whoever loads the model can prepare raw strokes the way training did.
+    whoever loads the model can prepare raw strokes the way training did. Its ``python_function``
+    flavour is :mod:`pipeline.pyfunc`: served or loaded with ``mlflow.pyfunc``, it takes sketches of
+    any lengths and answers with the top-k class names and probabilities.
     """
     import keras
     import mlflow.keras
@@ -97,18 +118,22 @@ def log_and_register_model(
         scan.join()  # wait for the background scan rather than run a second one beside it
     with tempfile.TemporaryDirectory() as tmp:
         local = Path(tmp) / "model"
-        # mlflow.keras.log_model(input_example=...) writes the example before creating its folder
-        # (mlflow/mlflow#16183), and it logs through the process-wide store: save into a folder made
-        # here and log that folder as a LoggedModel of this client's store.
+        # mlflow.keras.log_model logs through the process-wide store: save into a folder made here and
+        # log that folder as a LoggedModel of this client's store.
         local.mkdir()
-        mlflow.keras.save_model(
-            model,
-            str(local),
-            signature=model_signature(),
-            input_example=input_example,
-            metadata=metadata,
-            pip_requirements=[f"tensorflow=={tf.__version__}", f"keras=={keras.__version__}"],
-        )
+        keras_saver = logging.getLogger("mlflow.keras.save")
+        level = keras_saver.level
+        keras_saver.setLevel(logging.ERROR)  # "no signature": it is set just below, in a form Keras's saver refuses
+        try:
+            mlflow.keras.save_model(
+                model,
+                str(local),
+                metadata=metadata,
+                pip_requirements=[f"tensorflow=={tf.__version__}", f"keras=={keras.__version__}"],
+            )
+        finally:
+            keras_saver.setLevel(level)
+        _serve_with_class_names(local)
         logged = client.create_logged_model(experiment_id, name="model", source_run_id=run_id, tags=dict(tags))
         client.log_model_artifacts(logged.model_id, str(local))
         client.finalize_logged_model(logged.model_id, "READY")

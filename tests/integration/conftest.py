@@ -11,7 +11,6 @@ import urllib.request
 from pathlib import Path
 
 import keras
-import numpy as np
 import pytest
 
 from pipeline import registry, tracking
@@ -78,7 +77,6 @@ def champion_store(tmp_path_factory, mlflow_template, tiny_features):
         run_id,
         model,
         settings.registered_model_name,
-        input_example=np.zeros((1, 3, 3), np.float32),
         metadata={"classes": spec.classes, "scale": spec.scale, "max_len": spec.max_len},
         tags={"architecture": "gru", "test_accuracy": "0.5"},
     )

@@ -45,7 +45,6 @@ def gate(tiny_features, tmp_path, tracking_db):
             run_id,
             export_model(model, spec.scale),
             settings.registered_model_name,
-            input_example=np.zeros((1, 3, 3), np.float32),
             metadata={"classes": spec.classes, "scale": spec.scale, "max_len": spec.max_len},
             tags={"architecture": "x", "test_accuracy": str(accuracy)},
         )

@@ -2,6 +2,7 @@
 
 import keras
 import mlflow
+import mlflow.pyfunc
 import numpy as np
 import pytest
 from mlflow.models import Model
@@ -34,7 +35,6 @@ def _register(store, saved_model, accuracy: float, name: str = "m") -> registry.
         run_id,
         keras.saving.load_model(saved_model),
         name,
-        input_example=np.zeros((1, 4, 3), np.float32),
         metadata={"classes": ["a", "b", "c"], "scale": 1.0, "max_len": 10},
         tags={"architecture": "lstm", "dataset_fingerprint": "f" * 64, "test_accuracy": str(accuracy)},
     )
@@ -49,9 +49,13 @@ def test_versions_are_loadable_with_signature_and_metadata(store, saved_model, t
     local = registry.download_model(client, uri, tmp_path / "model")
     info = Model.load(str(local / "MLmodel"))
     assert info.metadata["classes"] == ["a", "b", "c"]
-    assert info.signature.inputs.inputs[0].shape == (-1, -1, 3)
+    assert info.signature.inputs.input_names() == ["strokes"] and info.signature.params.params[0].name == "k"
+    assert info.flavors["python_function"]["loader_module"] == "pipeline.pyfunc"
     model = mlflow.keras.load_model(str(local))
     assert model.predict(np.ones((2, 5, 3), np.float32), verbose=0).shape == (2, 3)
+    served = mlflow.pyfunc.load_model(str(local)).predict({"strokes": [[[1, 2, 0]], [[3, 1, 0], [2, 2, 1]]]}, {"k": 2})
+    assert list(served.columns) == ["class", "probability", "top_classes", "top_probabilities"]
+    assert served["top_classes"].map(len).tolist() == [2, 2] and set(served["class"]) <= {"a", "b", "c"}
 
 
 def test_a_retried_registration_finds_the_version_by_run_id(store, saved_model):

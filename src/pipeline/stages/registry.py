@@ -11,7 +11,7 @@ from pipeline import registry, tracking
 from pipeline.config import Settings
 from pipeline.dataset import open_split, read_info
 from pipeline.evaluation import Evaluation
-from pipeline.features import pad_batch, read_spec, record_indices
+from pipeline.features import read_spec, record_indices
 from pipeline.promotion import PromotionDecision, best_candidate, decide_promotion
 from pipeline.report import ArchitectureResult, winner_markdown, write_comparison_csv
 from pipeline.serving import load_classifier
@@ -85,14 +85,11 @@ def register(
     if existing is not None:  # a resumed pipeline run registered this one before it was stopped
         return existing
     spec = read_spec(features_dir)
-    test = open_split(spec.dataset_dir, "test")
-    example = pad_batch([test.sketch(int(i))[: spec.max_len] for i in record_indices(features_dir, "test")[:2]])
     return registry.log_and_register_model(
         client,
         run.run_id,
         keras.saving.load_model(Path(run.model_path).parent / SERVING_MODEL),  # the model evaluate scored
         settings.registered_model_name,
-        input_example=example,
         metadata={"classes": spec.classes, "scale": spec.scale, "max_len": spec.max_len},
         tags={
             "architecture": run.architecture,

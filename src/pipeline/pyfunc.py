@@ -1,0 +1,95 @@
+"""The registered model's ``python_function`` flavour: raw sketches in, class names out.
+
+Every registered version is a Keras model (``mlflow.keras``) whose ``python_function`` flavour names
+this module as its loader (no pickled Python object is stored or loaded), so ``mlflow models serve``,
+``mlflow.pyfunc.load_model`` and Spark UDFs all answer the same way:
+
+Request (``POST /invocations``), sketches of any lengths in one batch, raw stroke-3 ``[dx, dy, pen]``
+rows as drawn (no padding or normalisation needed; ``k`` is optional, 3 by default)::
+
+    {"dataframe_records": [{"strokes": [[12, 3, 0], [5, -8, 1]]}, {"strokes": [[1, 1, 0], [4, 2, 0], [3, 3, 1]]}],
+     "params": {"k": 3}}
+
+Response, one record per sketch, in request order::
+
+    {"predictions": [{"class": "cat", "probability": 0.91,
+                      "top_classes": ["cat", "dog", "lion"], "top_probabilities": [0.91, 0.05, 0.02]}, ...]}
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+DEFAULT_TOP_K = 3
+
+
+def _load_pyfunc(path: str) -> SketchClassifierModel:
+    """Load the model for ``mlflow.pyfunc`` (``path`` is the flavour's data folder or the model folder)."""
+    import mlflow.keras
+    from mlflow.models import Model
+
+    from pipeline.serving import Classifier
+
+    root = Path(path) if (Path(path) / "MLmodel").is_file() else Path(path).parent
+    metadata = Model.load(str(root / "MLmodel")).metadata or {}
+    classifier = Classifier(
+        model=mlflow.keras.load_model(str(root)), classes=list(metadata["classes"]), max_len=int(metadata["max_len"])
+    )
+    return SketchClassifierModel(classifier)
+
+
+class SketchClassifierModel:
+    """Answers raw sketches of any lengths with the top-k class names and their probabilities."""
+
+    def __init__(self, classifier):
+        self.classifier = classifier
+
+    def predict(self, model_input, params: dict | None = None):
+        """Return a table with ``class``, ``probability``, ``top_classes`` and ``top_probabilities`` per sketch.
+
+        ``model_input``: a table with a ``strokes`` column (one sketch per row), a mapping with a
+        ``strokes`` list, a list of sketches, or a zero-padded ``(batch, time, 3)`` array.
+        """
+        import pandas as pd
+
+        k = max(1, min(int((params or {}).get("k", DEFAULT_TOP_K)), len(self.classifier.classes)))
+        top = self.classifier.top_k(sketches_of(model_input), k)
+        return pd.DataFrame(
+            {
+                "class": [ranked[0][0] for ranked in top],
+                "probability": [ranked[0][1] for ranked in top],
+                "top_classes": [[name for name, _ in ranked] for ranked in top],
+                "top_probabilities": [[p for _, p in ranked] for ranked in top],
+            }
+        )
+
+
+def sketches_of(model_input) -> list[np.ndarray]:
+    """Return the ``(n, 3)`` float32 sketches of a request, whatever form MLflow hands it in.
+
+    Raises:
+        ValueError: naming the sketch that is not a non-empty list of ``[dx, dy, pen]`` rows.
+    """
+    import pandas as pd
+
+    if isinstance(model_input, pd.DataFrame):
+        if "strokes" not in model_input.columns:
+            raise ValueError(f"expected a 'strokes' column, got {list(model_input.columns)}")
+        items = list(model_input["strokes"])
+    elif isinstance(model_input, dict):
+        items = list(model_input["strokes"])
+    else:
+        items = list(model_input)
+    sketches = []
+    for index, item in enumerate(items):
+        rows = item.tolist() if isinstance(item, np.ndarray) and item.dtype == object else item
+        try:
+            sketch = np.asarray([np.asarray(row, dtype=np.float32) for row in rows], dtype=np.float32)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"sketch {index} is not a list of [dx, dy, pen] rows") from exc
+        if sketch.ndim != 2 or sketch.shape[1] != 3 or len(sketch) == 0:
+            raise ValueError(f"sketch {index} is not a non-empty list of [dx, dy, pen] rows")
+        sketches.append(sketch)
+    return sketches

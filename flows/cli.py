@@ -355,6 +355,9 @@ def _cmd_ui(args: argparse.Namespace) -> None:
     artifacts = args.artifacts_destination or settings.artifact_location
     if artifacts:
         command += ["--artifacts-destination", artifacts]
+    if not args.verbose:  # each of the 4 workers would log its start-up, and warn about an MLflow import
+        command += ["--uvicorn-opts", "--log-level warning"]
+        os.environ["PYTHONWARNINGS"] = "ignore:starlette.middleware.wsgi is deprecated"
     # the server starts its workers by name: this environment's bin/ must be on PATH
     os.environ["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
     print(f"MLflow UI and tracking server on http://127.0.0.1:{args.port} over {backend}", flush=True)

@@ -258,6 +258,15 @@ def log_artifacts(client: mlflow.MlflowClient, run_id: str, folder: Path, artifa
     client.log_artifacts(run_id, str(folder), artifact_path)
 
 
+def log_images(client: mlflow.MlflowClient, run_id: str, images: dict[str, Path]) -> None:
+    """Log PNG files as MLflow images, one key each (the chart view's image grid compares them across runs)."""
+    from PIL import Image
+
+    for key, path in images.items():
+        with Image.open(path) as image:
+            client.log_image(run_id, image.convert("RGB"), key=key, step=0)
+
+
 def epoch_logger(client: mlflow.MlflowClient, run_id: str):
     """Return a Keras callback that logs every epoch's metrics to the run ``run_id``, synchronously.
 

@@ -39,6 +39,7 @@ def test_without_a_prefect_server_promote_moves_the_alias_without_starting_one(c
     done = run_sketchpipe(_args(settings, tmp_path, "--version", "1"), cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == f"{settings.registered_model_name} @champion -> version 1"
+    assert done.stderr == ""  # one line in all: no TensorFlow/absl, MLflow or Prefect lines
     assert "temporary server" not in done.stderr + done.stdout  # Prefect started no server for it
     client = tracking.client_for(settings.resolved_tracking_uri)
     assert registry.alias_version(client, settings.registered_model_name, "champion") == "1"
@@ -61,3 +62,13 @@ def test_promote_by_hand_waits_while_the_gate_holds_the_registry(champion_store,
     _, err = child.communicate(timeout=120)
     assert child.returncode == 0, err[-2000:]
     assert registry.alias_version(client, name, "champion") == "1"
+
+
+def test_validate_prints_two_lines_and_nothing_else(tmp_path):
+    """``sketchpipe validate`` as a user runs it: the dataset and its counts, no library's start-up lines."""
+    done = run_sketchpipe(["validate", "--num-classes", "3"], cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = done.stdout.splitlines()
+    assert len(out) == 2 and out[0].startswith("dataset: data/datasets/synthetic-"), out
+    assert out[1] == "records in: 1800  accepted: 1800  quarantined: 0  skipped: 0"
+    assert done.stderr == ""  # no TensorFlow/absl, GX or Prefect lines

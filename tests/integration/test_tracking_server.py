@@ -30,6 +30,9 @@ def tracking_server(tmp_path, mlflow_template):
     finally:
         server.terminate()
         server.wait(timeout=30)
+    said = (tmp_path / "server.log").read_text().splitlines()
+    # quiet by default: our line, MLflow's two notes; no worker start-up lines, no library deprecations
+    assert len(said) <= 4 and not any("Deprecat" in line or "Started server process" in line for line in said), said
 
 
 def test_pipeline_over_http_registers_and_promotes(tracking_server, tmp_path, capsys):

@@ -96,6 +96,8 @@ def test_evaluation_artifacts_hold_the_probabilities_scores_and_figures(chain, s
         *figures,
     } <= logged
     assert {p.name for p in Path(chain["figures"]).glob("*.png")} == figures
+    images = [Path(a.path).name for a in client.list_artifacts(run_id, "images")]  # the chart view's image grid
+    assert all(any(name.startswith(f"{Path(f).stem}+step+0+") for name in images) for f in figures), images
     probabilities = tracking.load_array_artifact(client, run_id, "evaluation/test_probabilities.npy")
     spec = read_spec(chain["features"])
     labels = np.asarray(open_split(spec.dataset_dir, "test").labels)[record_indices(chain["features"], "test")]

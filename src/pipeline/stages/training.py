@@ -169,7 +169,8 @@ def plot_evaluation(settings: Settings, run: ArchitectureRun, evaluation: Evalua
     """Draw the confusion matrix, most confused pairs, training curves and misclassified test sketches.
 
     Written beside the evaluation (``<model dir>/evaluation/figures``) and logged to the run's
-    ``evaluation/`` artifacts; returns the folder.
+    ``evaluation/`` artifacts, and each also as an MLflow image under its own key, which the UI's
+    chart view compares across runs side by side; returns the folder.
     """
     client = tracking.client_for(settings.resolved_tracking_uri)
     spec = read_spec(features_dir)
@@ -183,6 +184,7 @@ def plot_evaluation(settings: Settings, run: ArchitectureRun, evaluation: Evalua
     save_figure(training_curves_figure(history, run.architecture), out / "training_curves.png")
     save_figure(_misclassified_figure(spec, features_dir, probabilities), out / "misclassified.png")
     tracking.log_artifacts(client, run.run_id, out, "evaluation")
+    tracking.log_images(client, run.run_id, {path.stem: path for path in sorted(out.glob("*.png"))})
     return out
 
 

@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import sys
 from pathlib import Path
 
 import numpy as np
 
-from pipeline import registry, tracking
 from pipeline.config import Settings
 from pipeline.evaluation import compiled_inference
 from pipeline.features import normalising_layer, pad_batch
+from pipeline.promotion import CHAMPION
 from pipeline.strokes import StrokeFormatError, drop_noop_points, load_sketchrnn_npz
+
+# MLflow (pipeline.registry, pipeline.tracking) is imported only where the store is asked: a predict
+# served from the local cache need not pay for its import
 
 
 @dataclasses.dataclass
@@ -32,18 +36,20 @@ class Classifier:
         :func:`pipeline.evaluation.compiled_inference`): ``model.predict`` retraced for each new
         padded length and cost ~2 s per 1,600 sketches for an LSTM, most of the promotion gate.
         """
+        if not sketches:
+            return np.zeros((0, len(self.classes)), np.float32)
+        if len(sketches) <= batch_size:  # one batch: an eager call costs less than tracing a graph
+            return np.asarray(self.model(self._batch(sketches), training=False))
         if self._infer is None:
             self._infer = compiled_inference(self.model)
         out = []
         for start in range(0, len(sketches), batch_size):
-            batch = pad_batch(
-                [
-                    drop_noop_points(np.asarray(s, dtype=np.float32))[: self.max_len]
-                    for s in sketches[start : start + batch_size]
-                ]
-            )
-            out.append(self._infer(batch).numpy())
+            out.append(self._infer(self._batch(sketches[start : start + batch_size])).numpy())
         return np.concatenate(out) if out else np.zeros((0, len(self.classes)), np.float32)
+
+    def _batch(self, sketches: list[np.ndarray]) -> np.ndarray:
+        """Return sketches as one zero-padded batch, without their no-op points, cropped as in training."""
+        return pad_batch([drop_noop_points(np.asarray(s, dtype=np.float32))[: self.max_len] for s in sketches])
 
     def top_classes(self, sketches: list[np.ndarray]) -> list[str]:
         """Return the most likely class name per sketch."""
@@ -70,25 +76,66 @@ def export_model(trained, scale: float):
 
 def champion_uri(settings: Settings) -> str:
     """Return the URI of the registered model's champion."""
-    return f"models:/{settings.registered_model_name}@{registry.CHAMPION}"
+    return f"models:/{settings.registered_model_name}@{CHAMPION}"
 
 
 def load_classifier(settings: Settings, model_uri: str | None = None) -> Classifier:
     """Load a logged model (the champion by default) of the settings' store, with the preprocessing
-    metadata logged with it."""
-    import tempfile
+    metadata logged with it.
 
-    import mlflow.keras
-    from mlflow.models import Model
+    The model is downloaded into ``<work_dir>/serving-cache/``; a later load of the same URI from an
+    unchanged SQLite store (same size and modification time, write-ahead log included: any alias move
+    or new version changes them) reads it from there without opening the store or importing MLflow,
+    which is most of a one-sketch ``predict``'s time after TensorFlow's import.
+    """
+    import shutil
 
     uri = model_uri or champion_uri(settings)
-    with tempfile.TemporaryDirectory() as tmp:
-        local = registry.download_model(tracking.client_for(settings.resolved_tracking_uri), uri, Path(tmp))
-        metadata = Model.load(str(local / "MLmodel")).metadata or {}
-        if "classes" not in metadata:
-            raise ValueError(f"{uri} was not logged by sketchpipe (no class metadata)")
-        model = mlflow.keras.load_model(str(local))
+    cache = _cache_dir(settings, uri)
+    state = _store_state(settings.resolved_tracking_uri)
+    stamp = cache / "stamp.json"
+    if state is not None and stamp.is_file():
+        recorded = json.loads(stamp.read_text())
+        if recorded["uri"] == uri and recorded["store"] == state:
+            return _classifier_from(cache / recorded["model"], uri)
+    from pipeline import registry, tracking
+
+    shutil.rmtree(cache, ignore_errors=True)
+    local = registry.download_model(tracking.client_for(settings.resolved_tracking_uri), uri, cache / "model")
+    classifier = _classifier_from(local, uri)
+    if state is not None:
+        stamp.write_text(json.dumps({"uri": uri, "store": state, "model": str(local.relative_to(cache))}))
+    return classifier
+
+
+def _classifier_from(local: Path, uri: str) -> Classifier:
+    """Return the classifier of a downloaded ``mlflow.keras`` model folder (read without MLflow)."""
+    import keras
+    import yaml
+
+    conf = yaml.safe_load((local / "MLmodel").read_text())
+    metadata = conf.get("metadata") or {}
+    if "classes" not in metadata or "keras" not in conf.get("flavors", {}):
+        raise ValueError(f"{uri} was not logged by sketchpipe (no class metadata)")
+    model = keras.saving.load_model(local / conf["flavors"]["keras"].get("data", "data") / "model.keras")
     return Classifier(model=model, classes=list(metadata["classes"]), max_len=int(metadata["max_len"]))
+
+
+def _cache_dir(settings: Settings, uri: str) -> Path:
+    key = hashlib.sha256(f"{settings.resolved_tracking_uri}|{uri}".encode()).hexdigest()[:16]
+    return (Path(settings.work_dir) / "serving-cache" / key).resolve()
+
+
+def _store_state(tracking_uri: str) -> list[int] | None:
+    """Return what changes whenever a SQLite store is written (size and mtime of it and its WAL), else None."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return None  # a server: always asked
+    path = Path(tracking_uri.removeprefix("sqlite:///"))
+    state = []
+    for part in (path, path.with_name(path.name + "-wal")):
+        stat = part.stat() if part.exists() else None
+        state += [stat.st_size, stat.st_mtime_ns] if stat else [0, 0]
+    return state
 
 
 def _parse_json_sketches(text: str, source: str) -> list[np.ndarray]:

@@ -77,3 +77,45 @@ def test_predict_prints_its_answer_and_no_native_start_up_lines(champion_store, 
     else:
         assert not any(marker in done.stderr for marker in native), done.stderr
         assert any(marker in logged.read_text() for marker in native)
+
+
+def test_a_cached_champion_is_used_only_while_the_store_is_unchanged(champion_store, tmp_path):
+    """The second load of the champion reads the local copy without importing MLflow; once the
+    champion moves (the store changes), the next load fetches the new one."""
+    import subprocess
+    import sys
+    import textwrap
+
+    import keras
+
+    from pipeline import registry, tracking
+    from pipeline.models import build_model
+    from pipeline.serving import export_model, load_classifier
+
+    settings, first_model = champion_store
+    settings = settings.replace(work_dir=str(tmp_path / "work"))
+    sketch = [np.array([[12, 3, 0], [5, -8, 0], [-7, 2, 1]], np.float32)]
+    assert np.allclose(load_classifier(settings).probabilities(sketch), first_model(pad_batch(sketch)), atol=1e-5)
+    overrides = {name: getattr(settings, name) for name in ("work_dir", "tracking_uri", "registered_model_name")}
+    script = textwrap.dedent(f"""
+        import sys
+        from pipeline.config import load_settings
+        from pipeline.serving import load_classifier
+        load_classifier(load_settings(overrides={overrides!r}, environ={{}}))
+        print("mlflow" in sys.modules)
+    """)
+    child = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert child.returncode == 0, child.stderr[-2000:]
+    assert child.stdout.strip().splitlines()[-1] == "False"  # served from the cache: MLflow never imported
+
+    client = tracking.client_for(settings.resolved_tracking_uri)
+    run_id = client.search_model_versions(f"name = '{settings.registered_model_name}'")[0].run_id
+    keras.utils.set_random_seed(7)
+    other = export_model(build_model("gru", 4, {"units": 6, "num_layers": 1}), 1.0)
+    metadata = {"classes": load_classifier(settings).classes, "scale": 1.0, "max_len": 60}
+    version = registry.log_and_register_model(client, run_id, other, settings.registered_model_name, metadata, {})
+    try:
+        registry.set_champion(client, settings.registered_model_name, version.version)
+        assert np.allclose(load_classifier(settings).probabilities(sketch), other(pad_batch(sketch)), atol=1e-5)
+    finally:
+        registry.rollback_champion(client, settings.registered_model_name)  # the module's other tests expect the first

@@ -70,9 +70,11 @@ def sketches_of(model_input) -> list[np.ndarray]:
     """Return the ``(n, 3)`` float32 sketches of a request, whatever form MLflow hands it in.
 
     Raises:
-        ValueError: naming the sketch that is not a non-empty list of ``[dx, dy, pen]`` rows.
+        StrokeFormatError: naming the sketch that is not a non-empty list of ``[dx, dy, pen]`` rows.
     """
     import pandas as pd
+
+    from pipeline.strokes import stroke3_sketches
 
     if isinstance(model_input, pd.DataFrame):
         if "strokes" not in model_input.columns:
@@ -82,14 +84,4 @@ def sketches_of(model_input) -> list[np.ndarray]:
         items = list(model_input["strokes"])
     else:
         items = list(model_input)
-    sketches = []
-    for index, item in enumerate(items):
-        rows = item.tolist() if isinstance(item, np.ndarray) and item.dtype == object else item
-        try:
-            sketch = np.asarray([np.asarray(row, dtype=np.float32) for row in rows], dtype=np.float32)
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"sketch {index} is not a list of [dx, dy, pen] rows") from exc
-        if sketch.ndim != 2 or sketch.shape[1] != 3 or len(sketch) == 0:
-            raise ValueError(f"sketch {index} is not a non-empty list of [dx, dy, pen] rows")
-        sketches.append(sketch)
-    return sketches
+    return stroke3_sketches(items)

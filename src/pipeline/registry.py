@@ -203,7 +203,23 @@ def record_decision(client: mlflow.MlflowClient, name: str, version: str, tags: 
 
 def set_alias(client: mlflow.MlflowClient, name: str, alias: str, version: str) -> None:
     """Point ``alias`` at ``version`` (use :func:`set_champion` for the champion, which keeps history)."""
-    client.set_registered_model_alias(name, alias, version)
+    _point_alias(client, name, alias, version)
+
+
+def _point_alias(client: mlflow.MlflowClient, name: str, alias: str, version: str, attempts: int = 5) -> None:
+    """Set an alias; if another writer created the alias row at the same moment, set it again.
+
+    MLflow's SQL store inserts an alias it has not seen after looking for it, so two writers setting a
+    new alias at once make one fail with a UNIQUE constraint error (seen under 2 x 25 concurrent
+    promotions); the row exists then, and a second try updates it.
+    """
+    for attempt in range(attempts):
+        try:
+            client.set_registered_model_alias(name, alias, version)
+            return
+        except Exception as exc:
+            if "UNIQUE constraint failed" not in str(exc) or attempt == attempts - 1:
+                raise
 
 
 @contextlib.contextmanager
@@ -243,7 +259,7 @@ def set_champion(client: mlflow.MlflowClient, name: str, version: str) -> None:
     client.get_model_version(name, version)  # raises for an unknown version, before anything changes
     history = champion_history(client, name)
     if history and history[-1] == version:  # already the champion: a rollback must not land on it again
-        client.set_registered_model_alias(name, CHAMPION, version)
+        _point_alias(client, name, CHAMPION, version)
         return
     # history first: if the store goes away between the two writes, the alias still names the old
     # champion and a rollback from the longer history lands on it again; the other order would
@@ -251,7 +267,7 @@ def set_champion(client: mlflow.MlflowClient, name: str, version: str) -> None:
     # promotions at the same time cannot overwrite each other's entries (one list tag, read and
     # rewritten, lost 11 of 51 entries under 2 x 25 concurrent calls).
     client.set_registered_model_tag(name, f"{HISTORY_TAG}/{time.time_ns():020d}-{uuid.uuid4().hex[:8]}", version)
-    client.set_registered_model_alias(name, CHAMPION, version)
+    _point_alias(client, name, CHAMPION, version)
 
 
 def rollback_champion(client: mlflow.MlflowClient, name: str) -> str:
@@ -264,7 +280,7 @@ def rollback_champion(client: mlflow.MlflowClient, name: str) -> str:
     if len(entries) < 2:
         raise ValueError(f"model {name!r} has no earlier champion to roll back to")
     previous = entries[-2][1]
-    client.set_registered_model_alias(name, CHAMPION, previous)
+    _point_alias(client, name, CHAMPION, previous)
     client.delete_registered_model_tag(name, entries[-1][0])
     return previous
 

@@ -14,7 +14,7 @@ from pipeline.config import Settings
 from pipeline.evaluation import compiled_inference
 from pipeline.features import normalising_layer, pad_batch
 from pipeline.promotion import CHAMPION
-from pipeline.strokes import StrokeFormatError, drop_noop_points, load_sketchrnn_npz
+from pipeline.strokes import StrokeFormatError, drop_noop_points, load_sketchrnn_npz, stroke3_sketches
 
 # MLflow (pipeline.registry, pipeline.tracking) is imported only where the store is asked: a predict
 # served from the local cache need not pay for its import
@@ -147,16 +147,7 @@ def _parse_json_sketches(text: str, source: str) -> list[np.ndarray]:
     if not isinstance(data, list) or not data:
         raise StrokeFormatError(f"{source}: expected a stroke-3 list of [dx, dy, pen] rows, or a list of them")
     items = data if isinstance(data[0], list) and data[0] and isinstance(data[0][0], list) else [data]
-    sketches = []
-    for index, item in enumerate(items):
-        try:
-            sketch = np.asarray(item, dtype=np.float32)
-        except (TypeError, ValueError) as exc:
-            raise StrokeFormatError(f"{source}: sketch {index} is not a list of [dx, dy, pen] rows") from exc
-        if sketch.ndim != 2 or sketch.shape[1] != 3 or len(sketch) == 0:
-            raise StrokeFormatError(f"{source}: sketch {index} is not a non-empty list of [dx, dy, pen] rows")
-        sketches.append(sketch)
-    return sketches
+    return stroke3_sketches(items, f"{source}: ")
 
 
 def _read_ndjson_sketches(path: str) -> dict[str, np.ndarray]:

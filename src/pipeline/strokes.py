@@ -47,6 +47,25 @@ def polylines_to_stroke3(strokes: Sequence[np.ndarray]) -> np.ndarray:
     return np.column_stack([deltas, np.concatenate(pen)])
 
 
+def stroke3_sketches(items, where: str = "") -> list[np.ndarray]:
+    """Return each item (a list of ``[dx, dy, pen]`` rows, or an array of them) as a float32 ``(n, 3)`` sketch.
+
+    Raises:
+        StrokeFormatError: ``where`` + which sketch is not a non-empty list of ``[dx, dy, pen]`` rows.
+    """
+    sketches = []
+    for index, item in enumerate(items):
+        rows = item.tolist() if isinstance(item, np.ndarray) and item.dtype == object else item
+        try:
+            sketch = np.asarray(rows, dtype=np.float32)
+        except (TypeError, ValueError) as exc:
+            raise StrokeFormatError(f"{where}sketch {index} is not a list of [dx, dy, pen] rows") from exc
+        if sketch.ndim != 2 or sketch.shape[1] != 3 or len(sketch) == 0:
+            raise StrokeFormatError(f"{where}sketch {index} is not a non-empty list of [dx, dy, pen] rows")
+        sketches.append(sketch)
+    return sketches
+
+
 def drop_noop_points(sketch: np.ndarray) -> np.ndarray:
     """Return a stroke-3 sketch without its ``(0, 0, 0)`` rows: pen-down points that do not move.
 

@@ -65,6 +65,13 @@ class Settings:
     epochs: int = 5
     learning_rate: float = 3e-3
     clipnorm: float = 1.0
+    # Training-time augmentation (training split only; 0 turns each off): each axis scaled by a factor
+    # in [1 - s, 1 + s], a rotation of up to this many degrees, Gaussian jitter of the absolute points
+    # (in normalised units), and each stroke dropped with this probability (never all of a sketch's)
+    augment_scale: float = 0.0
+    augment_rotation: float = 0.0
+    augment_jitter: float = 0.0
+    augment_stroke_dropout: float = 0.0
     early_stopping_patience: int = 3
     models: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
     task_runner: str = "thread"
@@ -184,6 +191,14 @@ def check_settings(settings: Settings) -> Settings:
         raise ConfigError("max_invalid_fraction", f"must be between 0 and 1 (got {settings.max_invalid_fraction})")
     if not 0.0 < settings.promotion_alpha <= 1.0:
         raise ConfigError("promotion_alpha", f"must be in (0, 1] (got {settings.promotion_alpha})")
+    for name, low, high in (
+        ("augment_scale", 0.0, 0.9),
+        ("augment_rotation", 0.0, 180.0),
+        ("augment_jitter", 0.0, 1.0),
+        ("augment_stroke_dropout", 0.0, 0.9),
+    ):
+        if not low <= getattr(settings, name) <= high:
+            raise ConfigError(name, f"must be between {low:g} and {high:g} (got {getattr(settings, name)})")
     if settings.learning_rate <= 0:
         raise ConfigError("learning_rate", f"must be positive (got {settings.learning_rate})")
     for name in ("valid_share", "test_share"):

@@ -171,8 +171,12 @@ def make_dataset(
     shuffle: bool = False,
     seed: int = 0,
     bucket_boundaries: tuple[int, ...] | None = (20, 40, 60, 80),
+    augmentation: Augmentation | None = None,
 ):
     """Return a ``tf.data.Dataset`` of ``(strokes, label)`` batches, ``strokes`` (batch, time, 3) float32.
+
+    ``augmentation`` (for the training split only) transforms every block of sketches on the fly,
+    seeded by ``seed`` and the epoch (see :func:`augment_rows`); evaluation and serving never get it.
 
     Sketches are grouped by length into buckets (``bucket_boundaries``) and each bucket is cut into
     batches, zero-padded to the batch's longest sketch, as ``tf.data``'s ``bucket_by_sequence_length``
@@ -187,7 +191,7 @@ def make_dataset(
     """
     import tensorflow as tf
 
-    batches = BlockBatches(Path(features_dir), split, batch_size, shuffle, seed, bucket_boundaries)
+    batches = BlockBatches(Path(features_dir), split, batch_size, shuffle, seed, bucket_boundaries, augmentation)
 
     def to_batches(rows, lengths, labels, sizes):
         sketches = tf.RaggedTensor.from_row_lengths(rows, lengths)
@@ -213,6 +217,66 @@ def make_dataset(
 BATCHES_PER_BLOCK = 64
 
 
+@dataclasses.dataclass(frozen=True)
+class Augmentation:
+    """Training-time augmentation of normalised stroke-3 sketches; 0 turns each kind off."""
+
+    scale: float = 0.0  # each axis scaled by a factor in [1 - scale, 1 + scale] (so the aspect changes too)
+    rotation: float = 0.0  # degrees, uniform in [-rotation, rotation]
+    jitter: float = 0.0  # standard deviation of Gaussian noise on the absolute points (normalised units)
+    stroke_dropout: float = 0.0  # probability of dropping each stroke (a sketch keeps at least one)
+
+    @property
+    def active(self) -> bool:
+        return any((self.scale, self.rotation, self.jitter, self.stroke_dropout))
+
+
+def augment_rows(
+    rows: np.ndarray, lengths: np.ndarray, augmentation: Augmentation, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Return augmented copies of concatenated stroke-3 sketches and their new lengths, vectorised.
+
+    Scale and rotation are one 2x2 matrix per sketch applied to its offsets. Jitter moves every
+    absolute point and rewrites the offsets from them. A dropped stroke's rows go, and its movement
+    is added to the next row kept, so the rest of the drawing stays where it was (the pen moves there
+    lifted: the row before ends a stroke). No row comes out all zero, which would read as padding.
+    """
+    n = len(lengths)
+    sketch_of = np.repeat(np.arange(n), lengths)
+    starts = np.cumsum(lengths) - lengths
+    rows = np.array(rows, dtype=np.float32, copy=True)
+    if augmentation.scale or augmentation.rotation:
+        sx, sy = (1.0 + rng.uniform(-augmentation.scale, augmentation.scale, (2, n))).astype(np.float32)
+        theta = np.deg2rad(rng.uniform(-augmentation.rotation, augmentation.rotation, n)).astype(np.float32)
+        cos, sin = np.cos(theta)[sketch_of], np.sin(theta)[sketch_of]
+        x, y = rows[:, 0] * sx[sketch_of], rows[:, 1] * sy[sketch_of]
+        rows[:, 0], rows[:, 1] = cos * x - sin * y, sin * x + cos * y
+    if augmentation.jitter:
+        noise = rng.normal(0.0, augmentation.jitter, (len(rows), 2)).astype(np.float32)
+        previous = np.roll(noise, 1, axis=0)
+        previous[starts[lengths > 0]] = 0.0  # a sketch's first point moves from the origin
+        rows[:, :2] += noise - previous
+    if augmentation.stroke_dropout:
+        ends = rows[:, 2] > 0.5
+        stroke_of = np.cumsum(np.concatenate([[False], ends[:-1]])) + sketch_of  # new id at a sketch's start too
+        _, stroke_of = np.unique(stroke_of, return_inverse=True)
+        dropped = rng.random(stroke_of.max() + 1 if len(rows) else 0) < augmentation.stroke_dropout
+        keep = ~dropped[stroke_of]
+        kept_per_sketch = np.bincount(sketch_of[keep], minlength=n)
+        keep |= (kept_per_sketch == 0)[sketch_of]  # a sketch that would lose every stroke keeps them all
+        absolute = np.cumsum(rows[:, :2], axis=0, dtype=np.float64)
+        absolute -= np.repeat(absolute[starts] - rows[starts, :2], lengths, axis=0)  # from each sketch's origin
+        kept_rows, kept_of = rows[keep], sketch_of[keep]
+        kept_absolute = absolute[keep]
+        first = np.concatenate([[True], kept_of[1:] != kept_of[:-1]])
+        moves = np.diff(kept_absolute, axis=0, prepend=np.zeros((1, 2)))
+        moves[first] = kept_absolute[first]
+        kept_rows[:, :2] = moves
+        rows, lengths = kept_rows, np.bincount(kept_of, minlength=n).astype(lengths.dtype)
+    rows[~rows.any(axis=1), 0] = 1e-4  # a real point that happens not to move must not read as padding
+    return rows, lengths
+
+
 class BlockBatches:
     """Padded batches of one split of a features folder, made with numpy; one epoch per :meth:`epoch` call."""
 
@@ -224,8 +288,10 @@ class BlockBatches:
         shuffle: bool = False,
         seed: int = 0,
         bucket_boundaries: tuple[int, ...] | None = None,
+        augmentation: Augmentation | None = None,
     ):
         folder = Path(features_dir) / split
+        self.augmentation = augmentation
         self.strokes = np.load(folder / "strokes.npy", mmap_mode="r")
         self.offsets = np.load(folder / "offsets.npy")
         self.labels = np.load(folder / "labels.npy")
@@ -274,11 +340,14 @@ class BlockBatches:
         sketches' rows concatenated in batch order."""
         epoch, self._epochs = self._epochs, self._epochs + 1
         batches = self.batch_indices(epoch)
+        rng = np.random.default_rng([self.seed, epoch, 1])  # the augmentation's own stream
         for first in range(0, len(batches), BATCHES_PER_BLOCK):
             group = batches[first : first + BATCHES_PER_BLOCK]
             order = np.concatenate(group)
             lengths = self.lengths[order]
             rows = gather_rows(self.strokes, self.offsets[order], lengths)
+            if self.augmentation is not None:
+                rows, lengths = augment_rows(rows, lengths, self.augmentation, rng)
             sizes = np.fromiter(map(len, group), dtype=np.int64, count=len(group))
             yield rows, lengths, self.labels[order], sizes
 

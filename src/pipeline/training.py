@@ -11,7 +11,7 @@ from typing import Any
 
 import keras
 
-from pipeline.features import make_dataset, read_spec
+from pipeline.features import Augmentation, make_dataset, read_spec
 from pipeline.models import build_model
 
 
@@ -27,7 +27,19 @@ class TrainingConfig:
     early_stopping_patience: int = 3
     seed: int = 42
     distribute: str = "auto"
+    augment_scale: float = 0.0
+    augment_rotation: float = 0.0
+    augment_jitter: float = 0.0
+    augment_stroke_dropout: float = 0.0
     model_params: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    @property
+    def augmentation(self) -> Augmentation | None:
+        """Return the training-time augmentation, or None when every kind is off."""
+        augmentation = Augmentation(
+            self.augment_scale, self.augment_rotation, self.augment_jitter, self.augment_stroke_dropout
+        )
+        return augmentation if augmentation.active else None
 
     def as_params(self) -> dict[str, Any]:
         """Return every hyperparameter as a flat mapping, for experiment tracking."""
@@ -127,7 +139,9 @@ def train_model(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model = seeded_model(config, len(spec.classes))
-    train = make_dataset(features_dir, "train", config.batch_size, shuffle=True, seed=config.seed)
+    train = make_dataset(
+        features_dir, "train", config.batch_size, shuffle=True, seed=config.seed, augmentation=config.augmentation
+    )
     valid = make_dataset(features_dir, "valid", config.batch_size)
     model_path = out_dir / "model.keras"
     backup = keras.callbacks.BackupAndRestore(str(out_dir / "backup"))

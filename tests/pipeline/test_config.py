@@ -98,3 +98,11 @@ def test_ray_is_never_started_on_all_interfaces_unasked():
     assert load_settings(overrides={"task_runner": "ray", "ray_address": "local"}, environ={}).ray_address == "local"
     head = load_settings(overrides={"task_runner": "ray"}, environ={"SKETCHPIPE_RAY_ADDRESS": "ray://head:10001"})
     assert head.ray_address == "ray://head:10001"
+
+
+@pytest.mark.parametrize(("name", "value"), [("augment_scale", 1.5), ("augment_rotation", -1.0),
+                                             ("augment_jitter", 2.0), ("augment_stroke_dropout", 1.0)])  # fmt: skip
+def test_augmentation_out_of_range_names_the_setting(name, value):
+    with pytest.raises(ConfigError, match="must be between") as caught:
+        load_settings(overrides={name: value}, environ={})
+    assert caught.value.field == name

@@ -94,3 +94,84 @@ def test_every_epoch_serves_each_sketch_once_in_a_new_order(tiny_features):
     assert all(np.array_equal(a, b) for a, b in zip(again.batch_indices(1), epochs[1], strict=True))
     ordered = BlockBatches(tiny_features, "valid", batch_size=16, bucket_boundaries=None)
     assert np.concatenate(ordered.batch_indices(0)).tolist() == list(range(len(ordered.labels)))
+
+
+def _strokes_block(rng, sketches=40):
+    """Concatenated stroke-3 sketches of 1-4 strokes each, no row all zero; and their lengths."""
+    parts = []
+    for _ in range(sketches):
+        rows = []
+        for _ in range(int(rng.integers(1, 5))):
+            stroke = rng.normal(0, 1, (int(rng.integers(2, 6)), 3)).astype(np.float32)
+            stroke[:, 2] = 0
+            stroke[-1, 2] = 1
+            rows.append(stroke)
+        parts.append(np.concatenate(rows))
+    return np.concatenate(parts), np.array([len(p) for p in parts])
+
+
+def _absolute(rows, lengths):
+    return [np.cumsum(part[:, :2], axis=0) for part in np.split(rows, np.cumsum(lengths)[:-1])]
+
+
+def test_rotation_and_scale_move_each_sketch_as_one_shape():
+    from pipeline.features import Augmentation, augment_rows
+
+    rng = np.random.default_rng(0)
+    rows, lengths = _strokes_block(rng)
+    rotated, same = augment_rows(rows, lengths, Augmentation(rotation=30), np.random.default_rng(1))
+    assert np.array_equal(same, lengths) and np.array_equal(rotated[:, 2], rows[:, 2])
+    assert np.allclose(np.hypot(*rotated[:, :2].T), np.hypot(*rows[:, :2].T), atol=1e-5)  # lengths kept
+    assert not np.allclose(rotated[:, :2], rows[:, :2])
+    scaled, _ = augment_rows(rows, lengths, Augmentation(scale=0.2), np.random.default_rng(1))
+    ratios = scaled[:, :2] / rows[:, :2]
+    for part in np.split(ratios, np.cumsum(lengths)[:-1]):  # one factor per axis and sketch, within 20%
+        assert np.allclose(part, part[0], atol=1e-4) and np.all(np.abs(part[0] - 1) <= 0.2 + 1e-6)
+
+
+def test_jitter_moves_points_not_the_pen_and_dropped_strokes_leave_the_rest_in_place():
+    from pipeline.features import Augmentation, augment_rows
+
+    rng = np.random.default_rng(0)
+    rows, lengths = _strokes_block(rng, sketches=200)
+    jittered, same = augment_rows(rows, lengths, Augmentation(jitter=0.05), np.random.default_rng(2))
+    assert np.array_equal(same, lengths) and np.array_equal(jittered[:, 2], rows[:, 2])
+    shift = np.concatenate(_absolute(jittered, lengths)) - np.concatenate(_absolute(rows, lengths))
+    assert 0.03 < shift.std() < 0.07  # each absolute point moved by its own noise, not an accumulated walk
+
+    dropped, new_lengths = augment_rows(rows, lengths, Augmentation(stroke_dropout=0.5), np.random.default_rng(3))
+    assert new_lengths.min() >= 1 and new_lengths.sum() < lengths.sum()  # strokes went, no sketch emptied
+    assert not np.any(np.all(dropped == 0, axis=1))
+    for before, after, part_before, part_after in zip(
+        _absolute(rows, lengths), _absolute(dropped, new_lengths),
+        np.split(rows, np.cumsum(lengths)[:-1]), np.split(dropped, np.cumsum(new_lengths)[:-1]), strict=True,
+    ):  # fmt: skip
+        # every kept point is exactly where it was: the kept rows are a subsequence of the original points
+        matches = [np.flatnonzero(np.all(np.isclose(before, point, atol=1e-4), axis=1)) for point in after]
+        assert all(len(m) for m in matches)
+        assert int(part_after[:, 2].sum()) <= int(part_before[:, 2].sum())
+
+
+def test_augmentation_reaches_training_batches_only_and_is_reproducible(tiny_features):
+    from pipeline.features import Augmentation, BlockBatches
+
+    def first_block(augmentation, seed=0):
+        batches = BlockBatches(tiny_features, "train", 16, shuffle=True, seed=seed, bucket_boundaries=(10, 20),
+                               augmentation=augmentation)  # fmt: skip
+        return next(iter(batches.blocks()))
+
+    plain = first_block(None)
+    augmented = first_block(Augmentation(scale=0.1, rotation=10, jitter=0.01))
+    assert np.array_equal(plain[1], augmented[1]) and np.array_equal(plain[2], augmented[2])
+    assert not np.allclose(plain[0], augmented[0])
+    again = first_block(Augmentation(scale=0.1, rotation=10, jitter=0.01))
+    assert np.array_equal(augmented[0], again[0])  # seeded by seed and epoch
+
+
+def test_training_config_passes_augmentation_only_when_asked(dataset_settings):
+    from pipeline.stages.training import training_config
+
+    assert training_config(dataset_settings, "lstm").augmentation is None
+    config = training_config(dataset_settings.replace(augment_rotation=15.0, augment_stroke_dropout=0.1), "lstm")
+    assert config.augmentation.rotation == 15.0 and config.augmentation.stroke_dropout == 0.1
+    assert config.as_params()["augment_rotation"] == 15.0

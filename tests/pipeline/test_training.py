@@ -111,3 +111,13 @@ def test_a_full_disk_leaves_no_truncated_model_behind(tiny_features, dataset_set
     assert (out / "best.keras").stat().st_size > 0
     ok = train_model(config, tiny_features, tmp_path / "ok")
     assert Path(ok.model_path).name == "model.keras" and not list((tmp_path / "ok").glob("*.partial.keras"))
+
+
+def test_training_with_augmentation_runs_and_differs(tiny_features, dataset_settings, tmp_path):
+    plain = train_model(training_config(dataset_settings.replace(epochs=1), "gru"), tiny_features, tmp_path / "a")
+    config = training_config(
+        dataset_settings.replace(epochs=1, augment_scale=0.1, augment_rotation=10, augment_stroke_dropout=0.1), "gru"
+    )
+    augmented = train_model(config, tiny_features, tmp_path / "b")
+    assert augmented.epochs_run == 1 and augmented.history["loss"] != plain.history["loss"]
+    assert augmented.history["val_loss"][0] > 0  # validation ran on the untouched valid split

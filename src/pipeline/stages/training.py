@@ -38,6 +38,10 @@ def training_config(settings: Settings, architecture: str) -> TrainingConfig:
         early_stopping_patience=settings.early_stopping_patience,
         seed=settings.seed,
         distribute=settings.distribute,
+        augment_scale=settings.augment_scale,
+        augment_rotation=settings.augment_rotation,
+        augment_jitter=settings.augment_jitter,
+        augment_stroke_dropout=settings.augment_stroke_dropout,
         model_params=dict(settings.models.get(architecture, {})),
     )
 

@@ -331,8 +331,8 @@ def _validate_into(
     max_class_imbalance: float,
 ) -> ValidationReport:
     """Run the expectations and write the outcome into ``staging``; the report names ``output_dir``."""
-    accepted = {split: np.ones(len(open_split(dataset_dir, split)), dtype=bool) for split in SPLITS}
-    ids = {split: open_split(dataset_dir, split) for split in SPLITS}
+    splits = {split: open_split(dataset_dir, split) for split in SPLITS}
+    accepted = {split: np.ones(len(arrays), dtype=bool) for split, arrays in splits.items()}
     failures_by_expectation: dict[str, int] = {}
     with open(staging / "quarantine.jsonl", "w") as sink:
         ingest_quarantine = Path(dataset_dir) / "ingest_quarantine.jsonl"
@@ -343,7 +343,7 @@ def _validate_into(
         runner = ExpectationRunner(_expectations(info.classes, min_points, max_points, max_abs_delta), ("split", "row"))
         for table in sketch_tables(dataset_dir):
             for failure in runner.failures(table):
-                failure["id"] = ids[failure["split"]].id_of(failure["row"])  # looked up for failures only
+                failure["id"] = splits[failure["split"]].id_of(failure["row"])  # looked up for failures only
                 accepted[failure["split"]][failure["row"]] = False
                 name = failure["expectation"]
                 failures_by_expectation[name] = failures_by_expectation.get(name, 0) + 1

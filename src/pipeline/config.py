@@ -72,6 +72,13 @@ class Settings:
     augment_rotation: float = 0.0
     augment_jitter: float = 0.0
     augment_stroke_dropout: float = 0.0
+    # Regularisation and schedule: AdamW's decoupled weight decay (0: plain Adam), label smoothing, and
+    # the learning rate's course: plateau (halved when val_loss stalls) or cosine (linear warm-up over
+    # warmup_epochs, then a cosine decay to 0 at the last epoch). Dropout is a model hyperparameter.
+    weight_decay: float = 0.0
+    label_smoothing: float = 0.0
+    lr_schedule: str = "plateau"
+    warmup_epochs: int = 0
     early_stopping_patience: int = 3
     models: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
     task_runner: str = "thread"
@@ -199,6 +206,13 @@ def check_settings(settings: Settings) -> Settings:
     ):
         if not low <= getattr(settings, name) <= high:
             raise ConfigError(name, f"must be between {low:g} and {high:g} (got {getattr(settings, name)})")
+    for name, low, high in (("weight_decay", 0.0, 1.0), ("label_smoothing", 0.0, 0.5)):
+        if not low <= getattr(settings, name) <= high:
+            raise ConfigError(name, f"must be between {low:g} and {high:g} (got {getattr(settings, name)})")
+    if settings.lr_schedule not in ("plateau", "cosine"):
+        raise ConfigError("lr_schedule", f"unknown schedule {settings.lr_schedule!r}; choose from plateau, cosine")
+    if settings.warmup_epochs < 0:
+        raise ConfigError("warmup_epochs", f"must be at least 0 (got {settings.warmup_epochs})")
     if settings.learning_rate <= 0:
         raise ConfigError("learning_rate", f"must be positive (got {settings.learning_rate})")
     for name in ("valid_share", "test_share"):

@@ -19,10 +19,26 @@ from keras import layers, ops
 ModelBuilder = Callable[..., keras.Model]
 
 
-def _inputs_and_mask():
+# absolute positions are running sums of normalised offsets (tens of units across a sketch); this brings
+# them to about the offsets' own range, which suits saturating recurrent units
+POSITION_SCALE = 0.1
+
+
+def _inputs_and_mask(positions: bool = False):
+    """Return the model input, the features the network reads and the padding mask.
+
+    With ``positions``, each step also carries the pen's absolute position (the running sum of the
+    offsets from the first point, scaled by :data:`POSITION_SCALE`) and the index of its stroke (tenths):
+    derived inside the model, so a logged model still takes plain stroke-3 and padding stays zero.
+    """
     inputs = keras.Input(shape=(None, 3), dtype="float32", name="strokes")
     mask = ops.any(ops.not_equal(inputs, 0.0), axis=-1)
-    return inputs, mask
+    if not positions:
+        return inputs, inputs, mask
+    absolute = ops.cumsum(inputs[..., :2], axis=1) * POSITION_SCALE
+    pen = inputs[..., 2:]
+    stroke = (ops.cumsum(pen, axis=1) - pen) * 0.1  # strokes finished before this step
+    return inputs, _zero_padding(ops.concatenate([inputs, absolute, stroke], axis=-1), mask), mask
 
 
 def _zero_padding(x, mask):
@@ -43,39 +59,71 @@ def _classifier(inputs, x, num_classes: int, dropout: float, name: str) -> keras
     return keras.Model(inputs, outputs, name=name)
 
 
-def _recurrent_stack(x, mask, make_layer: Callable[[bool], layers.Layer], num_layers: int):
-    """Apply ``num_layers`` recurrent layers; all but the last return sequences."""
+def _recurrent_stack(x, mask, make_layer: Callable[[bool], layers.Layer], num_layers: int, pooling: str = "last"):
+    """Apply ``num_layers`` recurrent layers and return one vector per sketch: the last layer's final
+    state (``pooling="last"``) or the mean of its outputs over the real steps (``"mean"``, which gives
+    every step a short gradient path)."""
+    if pooling not in ("last", "mean"):
+        raise ValueError(f"unknown pooling {pooling!r}; choose last or mean")
     for i in range(num_layers):
-        x = make_layer(i < num_layers - 1)(x, mask=mask)
-    return x
+        x = make_layer(i < num_layers - 1 or pooling == "mean")(x, mask=mask)
+    return _masked_mean(x, mask) if pooling == "mean" else x
 
 
-def build_simple_rnn(num_classes: int, units: int = 64, num_layers: int = 2, dropout: float = 0.0) -> keras.Model:
+def build_simple_rnn(
+    num_classes: int,
+    units: int = 64,
+    num_layers: int = 2,
+    dropout: float = 0.0,
+    pooling: str = "last",
+    positions: bool = False,
+) -> keras.Model:
     """Return stacked SimpleRNN layers over the masked strokes."""
-    inputs, mask = _inputs_and_mask()
-    x = _recurrent_stack(inputs, mask, lambda seq: layers.SimpleRNN(units, return_sequences=seq), num_layers)
+    inputs, x, mask = _inputs_and_mask(positions)
+    x = _recurrent_stack(x, mask, lambda seq: layers.SimpleRNN(units, return_sequences=seq), num_layers, pooling)
     return _classifier(inputs, x, num_classes, dropout, "simple_rnn")
 
 
-def build_lstm(num_classes: int, units: int = 64, num_layers: int = 2, dropout: float = 0.0) -> keras.Model:
+def build_lstm(
+    num_classes: int,
+    units: int = 64,
+    num_layers: int = 2,
+    dropout: float = 0.0,
+    pooling: str = "last",
+    positions: bool = False,
+) -> keras.Model:
     """Return stacked LSTM layers over the masked strokes."""
-    inputs, mask = _inputs_and_mask()
-    x = _recurrent_stack(inputs, mask, lambda seq: layers.LSTM(units, return_sequences=seq), num_layers)
+    inputs, x, mask = _inputs_and_mask(positions)
+    x = _recurrent_stack(x, mask, lambda seq: layers.LSTM(units, return_sequences=seq), num_layers, pooling)
     return _classifier(inputs, x, num_classes, dropout, "lstm")
 
 
-def build_gru(num_classes: int, units: int = 64, num_layers: int = 2, dropout: float = 0.0) -> keras.Model:
+def build_gru(
+    num_classes: int,
+    units: int = 64,
+    num_layers: int = 2,
+    dropout: float = 0.0,
+    pooling: str = "last",
+    positions: bool = False,
+) -> keras.Model:
     """Return stacked GRU layers over the masked strokes."""
-    inputs, mask = _inputs_and_mask()
-    x = _recurrent_stack(inputs, mask, lambda seq: layers.GRU(units, return_sequences=seq), num_layers)
+    inputs, x, mask = _inputs_and_mask(positions)
+    x = _recurrent_stack(x, mask, lambda seq: layers.GRU(units, return_sequences=seq), num_layers, pooling)
     return _classifier(inputs, x, num_classes, dropout, "gru")
 
 
-def build_bilstm(num_classes: int, units: int = 48, num_layers: int = 2, dropout: float = 0.0) -> keras.Model:
+def build_bilstm(
+    num_classes: int,
+    units: int = 48,
+    num_layers: int = 2,
+    dropout: float = 0.0,
+    pooling: str = "last",
+    positions: bool = False,
+) -> keras.Model:
     """Return stacked bidirectional LSTMs, as in TensorFlow's quickdraw tutorial."""
-    inputs, mask = _inputs_and_mask()
+    inputs, x, mask = _inputs_and_mask(positions)
     x = _recurrent_stack(
-        inputs, mask, lambda seq: layers.Bidirectional(layers.LSTM(units, return_sequences=seq)), num_layers
+        x, mask, lambda seq: layers.Bidirectional(layers.LSTM(units, return_sequences=seq)), num_layers, pooling
     )
     return _classifier(inputs, x, num_classes, dropout, "bilstm")
 
@@ -87,15 +135,16 @@ def build_conv_lstm(
     units: int = 64,
     num_layers: int = 2,
     dropout: float = 0.0,
+    pooling: str = "last",
+    positions: bool = False,
 ) -> keras.Model:
     """Return a Conv1D + BatchNorm front end followed by LSTMs (the classic quickdraw solution)."""
-    inputs, mask = _inputs_and_mask()
-    x = inputs
+    inputs, x, mask = _inputs_and_mask(positions)
     for n in filters:
         x = layers.Conv1D(n, kernel_size, padding="same")(x)
         x = layers.BatchNormalization()(x)
         x = _zero_padding(layers.Activation("relu")(x), mask)
-    x = _recurrent_stack(x, mask, lambda seq: layers.LSTM(units, return_sequences=seq), num_layers)
+    x = _recurrent_stack(x, mask, lambda seq: layers.LSTM(units, return_sequences=seq), num_layers, pooling)
     return _classifier(inputs, x, num_classes, dropout, "conv_lstm")
 
 
@@ -105,10 +154,11 @@ def build_wavenet(
     kernel_size: int = 2,
     dilation_rates: tuple[int, ...] = (1, 2, 4, 8, 1, 2, 4, 8),
     dropout: float = 0.0,
+    positions: bool = False,
 ) -> keras.Model:
     """Return stacked dilated causal Conv1D layers with residual connections and masked mean pooling."""
-    inputs, mask = _inputs_and_mask()
-    x = _zero_padding(layers.Conv1D(filters, 1)(inputs), mask)
+    inputs, x, mask = _inputs_and_mask(positions)
+    x = _zero_padding(layers.Conv1D(filters, 1)(x), mask)
     for rate in dilation_rates:
         y = layers.Conv1D(filters, kernel_size, padding="causal", dilation_rate=rate, activation="relu")(x)
         x = _zero_padding(layers.Add()([x, y]), mask)
@@ -124,11 +174,17 @@ def _sinusoidal_positions(inputs, dim: int):
 
 
 def build_transformer(
-    num_classes: int, dim: int = 64, heads: int = 4, num_layers: int = 2, ff_dim: int = 128, dropout: float = 0.0
+    num_classes: int,
+    dim: int = 64,
+    heads: int = 4,
+    num_layers: int = 2,
+    ff_dim: int = 128,
+    dropout: float = 0.0,
+    positions: bool = False,
 ) -> keras.Model:
     """Return a small Transformer encoder (sinusoidal positions, padding-masked attention, masked pooling)."""
-    inputs, mask = _inputs_and_mask()
-    x = layers.Dense(dim)(inputs) + _sinusoidal_positions(inputs, dim)
+    inputs, x, mask = _inputs_and_mask(positions)
+    x = layers.Dense(dim)(x) + _sinusoidal_positions(inputs, dim)
     attention_mask = ops.logical_and(ops.expand_dims(mask, 1), ops.expand_dims(mask, 2))
     for _ in range(num_layers):
         attended = layers.MultiHeadAttention(heads, dim // heads)(x, x, attention_mask=attention_mask)

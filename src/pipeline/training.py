@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import keras
+from keras import ops
 
 from pipeline.features import Augmentation, make_dataset, read_spec
 from pipeline.models import build_model
@@ -31,6 +32,10 @@ class TrainingConfig:
     augment_rotation: float = 0.0
     augment_jitter: float = 0.0
     augment_stroke_dropout: float = 0.0
+    weight_decay: float = 0.0  # decoupled (AdamW) when above 0
+    label_smoothing: float = 0.0
+    lr_schedule: str = "plateau"  # plateau: halve on a val_loss plateau | cosine: warm-up, then cosine decay
+    warmup_epochs: int = 0  # cosine only: linear warm-up from 0 over this many epochs
     model_params: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     @property
@@ -71,12 +76,58 @@ def distribution_strategy(name: str = "auto"):
     return tf.distribute.get_strategy()
 
 
-def compile_model(model: keras.Model, learning_rate: float, clipnorm: float) -> keras.Model:
-    """Compile with Adam (gradient clipping by norm), cross-entropy, accuracy and top-3 accuracy."""
+@keras.saving.register_keras_serializable(package="sketchpipe")
+class SparseSmoothedCrossentropy(keras.losses.Loss):
+    """Cross-entropy of integer labels against label-smoothed targets (Keras's sparse loss has no smoothing)."""
+
+    def __init__(self, label_smoothing: float = 0.0, name: str = "sparse_smoothed_crossentropy", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.label_smoothing = label_smoothing
+
+    def call(self, y_true, y_pred):
+        targets = ops.one_hot(ops.cast(ops.reshape(y_true, (-1,)), "int32"), ops.shape(y_pred)[-1])
+        return keras.losses.categorical_crossentropy(targets, y_pred, label_smoothing=self.label_smoothing)
+
+    def get_config(self):
+        return {**super().get_config(), "label_smoothing": self.label_smoothing}
+
+
+def learning_rate_schedule(config: TrainingConfig, steps_per_epoch: int | None):
+    """Return the learning rate: a number (``plateau``, which a callback lowers) or, for ``cosine``, a
+    linear warm-up from 0 over ``warmup_epochs`` followed by a cosine decay to 0 at the last epoch."""
+    if config.lr_schedule != "cosine":
+        return config.learning_rate
+    steps = max(1, steps_per_epoch or 1)
+    warmup = min(config.warmup_epochs, config.epochs - 1) * steps
+    decay = max(1, config.epochs * steps - warmup)
+    if not warmup:
+        return keras.optimizers.schedules.CosineDecay(config.learning_rate, decay)
+    return keras.optimizers.schedules.CosineDecay(0.0, decay, warmup_target=config.learning_rate, warmup_steps=warmup)
+
+
+def compile_model(
+    model: keras.Model,
+    learning_rate,
+    clipnorm: float,
+    weight_decay: float = 0.0,
+    label_smoothing: float = 0.0,
+) -> keras.Model:
+    """Compile with Adam, or AdamW with ``weight_decay`` (both clipping gradients by norm), cross-entropy
+    (label-smoothed when asked, with the plain cross-entropy as a metric beside it), accuracy and top-3
+    accuracy. ``learning_rate`` may be a schedule."""
+    if weight_decay:
+        optimizer = keras.optimizers.AdamW(learning_rate=learning_rate, weight_decay=weight_decay, clipnorm=clipnorm)
+    else:
+        optimizer = keras.optimizers.Adam(learning_rate=learning_rate, clipnorm=clipnorm)
     model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate=learning_rate, clipnorm=clipnorm),
-        loss="sparse_categorical_crossentropy",
-        metrics=["accuracy", keras.metrics.SparseTopKCategoricalAccuracy(k=3, name="top3_accuracy")],
+        optimizer=optimizer,
+        loss=SparseSmoothedCrossentropy(label_smoothing) if label_smoothing else "sparse_categorical_crossentropy",
+        metrics=[
+            "accuracy",
+            keras.metrics.SparseTopKCategoricalAccuracy(k=3, name="top3_accuracy"),
+            # the loss is smoothed: this is the plain cross-entropy, comparable with unsmoothed runs
+            *([keras.metrics.SparseCategoricalCrossentropy(name="cross_entropy")] if label_smoothing else []),
+        ],
     )
     return model
 
@@ -84,21 +135,23 @@ def compile_model(model: keras.Model, learning_rate: float, clipnorm: float) -> 
 _SEEDED_BUILD = threading.Lock()
 
 
-def seeded_model(config: TrainingConfig, num_classes: int) -> keras.Model:
+def seeded_model(config: TrainingConfig, num_classes: int, steps_per_epoch: int | None = None) -> keras.Model:
     """Return the compiled model of ``config``, its weights and layer seeds drawn from ``config.seed``.
 
     Keras draws the seeds of unseeded initialisers and dropout from Python's process-wide ``random``,
     so architectures built at the same time in threads (the default task runner) would interleave
     their draws and none would be reproducible. Seeding and building hold one lock; training then
-    uses each layer's own seed generator.
+    uses each layer's own seed generator. ``steps_per_epoch`` sizes a cosine schedule.
     """
     with _SEEDED_BUILD:
         keras.utils.set_random_seed(config.seed)
         with distribution_strategy(config.distribute).scope():
             return compile_model(
                 build_model(config.architecture, num_classes, config.model_params),
-                config.learning_rate,
+                learning_rate_schedule(config, steps_per_epoch),
                 config.clipnorm,
+                config.weight_decay,
+                config.label_smoothing,
             )
 
 
@@ -138,10 +191,10 @@ def train_model(
     spec = read_spec(features_dir)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    model = seeded_model(config, len(spec.classes))
     train = make_dataset(
         features_dir, "train", config.batch_size, shuffle=True, seed=config.seed, augmentation=config.augmentation
     )
+    model = seeded_model(config, len(spec.classes), int(train.cardinality()))
     valid = make_dataset(features_dir, "valid", config.batch_size)
     model_path = out_dir / "model.keras"
     backup = keras.callbacks.BackupAndRestore(str(out_dir / "backup"))
@@ -159,12 +212,16 @@ def train_model(
         keras.callbacks.EarlyStopping(
             monitor="val_loss", patience=config.early_stopping_patience, restore_best_weights=True
         ),
-        keras.callbacks.ReduceLROnPlateau(
-            monitor="val_loss", factor=0.5, patience=max(1, config.early_stopping_patience - 1)
-        ),
         checkpoint,
         _PublishCheckpoint(out_dir),
     ]
+    if config.lr_schedule != "cosine":  # a schedule sets the rate itself
+        standard.insert(
+            2,
+            keras.callbacks.ReduceLROnPlateau(
+                monitor="val_loss", factor=0.5, patience=max(1, config.early_stopping_patience - 1)
+            ),
+        )
     started = time.perf_counter()
     try:
         history = model.fit(

@@ -106,3 +106,34 @@ def test_augmentation_out_of_range_names_the_setting(name, value):
     with pytest.raises(ConfigError, match="must be between") as caught:
         load_settings(overrides={name: value}, environ={})
     assert caught.value.field == name
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("weight_decay", -0.1, "must be between"),
+        ("label_smoothing", 0.6, "must be between"),
+        ("lr_schedule", "step", "unknown schedule 'step'"),
+        ("warmup_epochs", -1, "at least 0"),
+    ],
+)
+def test_regularisation_settings_are_checked_and_named(name, value, message):
+    with pytest.raises(ConfigError, match=message) as caught:
+        load_settings(overrides={name: value}, environ={})
+    assert caught.value.field == name
+
+
+def test_regularisation_settings_reach_the_training_config():
+    from pipeline.stages.training import training_config
+
+    settings = load_settings(
+        overrides={"weight_decay": 0.01, "label_smoothing": 0.1, "lr_schedule": "cosine", "warmup_epochs": 2},
+        environ={},
+    )
+    config = training_config(settings, "lstm")
+    assert (config.weight_decay, config.label_smoothing, config.lr_schedule, config.warmup_epochs) == (
+        0.01,
+        0.1,
+        "cosine",
+        2,
+    )

@@ -38,7 +38,53 @@ def test_padding_never_changes_a_prediction(name):
     np.testing.assert_allclose(tight, alone, atol=1e-5)
 
 
-@pytest.mark.parametrize("name", ["simple_rnn", "lstm", "gru", "conv_lstm", "bilstm"])
+RECURRENT = ["simple_rnn", "lstm", "gru", "conv_lstm", "bilstm"]
+
+
+@pytest.mark.parametrize(
+    ("name", "extra"),
+    [(name, {"positions": True}) for name in ARCHITECTURES]
+    + [(name, {"pooling": "mean", "positions": True}) for name in RECURRENT],
+)
+def test_padding_never_changes_a_prediction_with_positions_or_mean_pooling(name, extra):
+    # positions are running sums, which would carry on through the padding if it were not masked
+    rng = np.random.default_rng(7)
+    model = build_model(name, 4, {**TINY_MODELS[name], **extra})
+    sketches = _sketches(rng, 5)
+    tight = model(pad_batch(sketches)).numpy()
+    loose = model(pad_batch(sketches, length=70)).numpy()
+    alone = np.concatenate([model(pad_batch([s])).numpy() for s in sketches])
+    np.testing.assert_allclose(tight, loose, atol=1e-5)
+    np.testing.assert_allclose(tight, alone, atol=1e-5)
+
+
+def test_positions_are_the_running_sum_of_the_offsets_and_the_stroke_index():
+    from pipeline.models import POSITION_SCALE, _inputs_and_mask
+
+    inputs, features, _ = _inputs_and_mask(positions=True)
+    probe = keras.Model(inputs, features)
+    sketch = np.array([[1.0, 2.0, 0.0], [3.0, -1.0, 1.0], [0.5, 0.5, 0.0], [0.0, 0.0, 0.0]], np.float32)
+    out = probe(sketch[None]).numpy()[0]
+    np.testing.assert_allclose(out[:3, :3], sketch[:3])
+    np.testing.assert_allclose(out[:3, 3:5], np.cumsum(sketch[:3, :2], axis=0) * POSITION_SCALE, rtol=1e-6)
+    np.testing.assert_allclose(out[:3, 5], [0.0, 0.0, 0.1], atol=1e-7)  # the third point is on the second stroke
+    assert not out[3].any()  # padding stays zero
+
+
+def test_a_model_with_positions_survives_a_save_and_load(tmp_path):
+    model = build_model("wavenet", 3, {**TINY_MODELS["wavenet"], "positions": True, "dropout": 0.2})
+    batch = pad_batch(_sketches(np.random.default_rng(1), 3))
+    model.save(tmp_path / "m.keras")
+    restored = keras.saving.load_model(tmp_path / "m.keras")
+    np.testing.assert_allclose(model(batch).numpy(), restored(batch).numpy(), atol=1e-6)
+
+
+def test_unknown_pooling_is_refused():
+    with pytest.raises(ValueError, match="unknown pooling 'max'"):
+        build_model("lstm", 3, {**TINY_MODELS["lstm"], "pooling": "max"})
+
+
+@pytest.mark.parametrize("name", RECURRENT)
 def test_only_the_last_recurrent_layer_returns_a_vector(name):
     model = build_model(name, 3, {**TINY_MODELS[name], "num_layers": 3})
     recurrent = [

@@ -121,3 +121,52 @@ def test_training_with_augmentation_runs_and_differs(tiny_features, dataset_sett
     augmented = train_model(config, tiny_features, tmp_path / "b")
     assert augmented.epochs_run == 1 and augmented.history["loss"] != plain.history["loss"]
     assert augmented.history["val_loss"][0] > 0  # validation ran on the untouched valid split
+
+
+def test_smoothed_sparse_cross_entropy_is_cross_entropy_against_smoothed_targets():
+    import numpy as np
+
+    from pipeline.training import SparseSmoothedCrossentropy
+
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(6, 5))
+    probabilities = (np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)).astype("float32")
+    labels = np.array([0, 4, 2, 2, 1, 3])
+    targets = np.full((6, 5), 0.2 / 5) + 0.8 * np.eye(5)[labels]
+    expected = -(targets * np.log(probabilities)).sum(axis=1).mean()
+    assert float(SparseSmoothedCrossentropy(0.2)(labels, probabilities)) == pytest.approx(expected, rel=1e-5)
+    plain = -np.log(probabilities[np.arange(6), labels]).mean()
+    assert float(SparseSmoothedCrossentropy(0.0)(labels, probabilities)) == pytest.approx(plain, rel=1e-5)
+
+
+def test_cosine_schedule_warms_up_then_decays_to_zero_at_the_last_epoch():
+    import numpy as np
+
+    from pipeline.training import TrainingConfig, learning_rate_schedule
+
+    config = TrainingConfig("lstm", epochs=5, learning_rate=0.01, lr_schedule="cosine", warmup_epochs=1)
+    schedule = learning_rate_schedule(config, steps_per_epoch=10)
+    rates = np.array([float(schedule(step)) for step in range(51)])
+    assert rates[0] == 0.0 and rates[10] == pytest.approx(0.01)
+    assert np.all(np.diff(rates[:11]) > 0) and np.all(np.diff(rates[10:]) < 0)
+    assert rates[50] == pytest.approx(0.0, abs=1e-9)
+    assert learning_rate_schedule(TrainingConfig("lstm", learning_rate=0.01), 10) == 0.01  # plateau: a number
+
+
+def test_regularised_training_uses_adamw_the_schedule_and_reloads(tiny_features, dataset_settings, tmp_path):
+    import keras
+
+    config = training_config(
+        dataset_settings.replace(
+            epochs=2, weight_decay=0.01, label_smoothing=0.1, lr_schedule="cosine", warmup_epochs=1
+        ),
+        "gru",
+    )
+    trained = train_model(config, tiny_features, tmp_path / "m")
+    assert trained.epochs_run == 2
+    # the smoothed loss is above the plain cross-entropy logged beside it
+    assert all(s > c for s, c in zip(trained.history["loss"], trained.history["cross_entropy"], strict=True))
+    assert len(trained.history["val_cross_entropy"]) == 2
+    model = keras.saving.load_model(trained.model_path)  # the loss class is registered with Keras
+    assert isinstance(model.optimizer, keras.optimizers.AdamW) and model.optimizer.weight_decay == 0.01
+    assert float(model.optimizer.learning_rate) == pytest.approx(0.0, abs=1e-9)  # decayed to 0 at the end

@@ -42,6 +42,10 @@ def training_config(settings: Settings, architecture: str) -> TrainingConfig:
         augment_rotation=settings.augment_rotation,
         augment_jitter=settings.augment_jitter,
         augment_stroke_dropout=settings.augment_stroke_dropout,
+        weight_decay=settings.weight_decay,
+        label_smoothing=settings.label_smoothing,
+        lr_schedule=settings.lr_schedule,
+        warmup_epochs=settings.warmup_epochs,
         model_params=dict(settings.models.get(architecture, {})),
     )
 

@@ -1,7 +1,7 @@
-"""The ``sketchpipe`` command line: run, validate, download, predict, promote, serve, serve-model, ui.
+"""The ``sketchpipe`` command line: run, tune, validate, download, predict, promote, serve, serve-model, ui.
 
-It lives with the flows, not in the Prefect-free library: ``run``, ``promote`` and ``serve`` start
-flows, and the other commands call the library.
+It lives with the flows, not in the Prefect-free library: ``run``, ``tune``, ``promote`` and ``serve``
+start flows, and the other commands call the library.
 
 Wrong values stop at once with one line naming the flag; nothing is started before the settings
 are known to be valid.
@@ -57,6 +57,13 @@ def _version_number(text: str) -> str:
     return str(int(text))
 
 
+def _positive(text: str) -> int:
+    """Return a whole number of at least 1 given on the command line."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"a whole number from 1 (got {text!r})")
+    return int(text)
+
+
 def _add_setting_flags(parser: argparse.ArgumentParser, names: list[str]) -> None:
     parser.add_argument("--config", metavar="FILE", help="YAML settings file (default: ./sketchpipe.yaml)")
     for name in names:
@@ -87,6 +94,16 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="run the training pipeline flow")
     _add_setting_flags(run, list(_SETTING_FLAGS))
     run.add_argument("--resume", metavar="RUN_ID", help="continue a stopped pipeline run (its MLflow run id)")
+
+    tune = commands.add_parser(
+        "tune", help="search one architecture's hyperparameters (Optuna study, trials as nested MLflow runs)"
+    )
+    _add_setting_flags(tune, [n for n in _SETTING_FLAGS if n != "architectures"])
+    tune.add_argument("--architecture", required=True, metavar="NAME", help="the architecture to tune")
+    tune.add_argument("--trials", required=True, type=_positive, metavar="N", help="finished trials the study needs")
+    tune.add_argument("--parallel", type=_positive, default=1, metavar="K", help="trials at once (default 1)")
+    tune.add_argument("--study", metavar="NAME", help="study name (default tune-<architecture>-<source>); resumes")
+    tune.add_argument("--output", metavar="FILE", help="where the best settings go (default tuned-<architecture>.yaml)")
 
     validate = commands.add_parser("validate", help="ingest and validate only; print counts and quarantine")
     _add_setting_flags(validate, _DATA_FLAGS)
@@ -184,6 +201,57 @@ def _cmd_run(args: argparse.Namespace) -> None:
     print(f"promoted: {promotion_line(result, settings.registered_model_name)}")
     print(f"MLflow run {result.parent_run_id} in experiment {settings.experiment_name!r}")
     print(f"tracking store: {settings.resolved_tracking_uri} (open it with `sketchpipe ui`)")
+
+
+def _cmd_tune(args: argparse.Namespace) -> None:
+    names = [n for n in _SETTING_FLAGS if n != "architectures"]
+    settings, overrides = _settings(args, names)
+    from pipeline.config import ARCHITECTURES
+
+    if args.architecture not in ARCHITECTURES:
+        _fail(f"--architecture: unknown architecture {args.architecture!r}; choose from {', '.join(ARCHITECTURES)}")
+    if args.study:
+        from pipeline.tuning import check_study_name
+
+        try:
+            check_study_name(args.study)
+        except ValueError as exc:
+            _fail(f"--study: {exc}")
+    _import_tensorflow_quietly(settings, args)
+    from flows.tuning import tuning_with_task_runner
+    from pipeline.download import DownloadError
+    from pipeline.ingest import ClassSelectionError
+    from pipeline.strokes import StrokeFormatError
+    from pipeline.tracking import TrackingStoreUnavailableError
+    from pipeline.tuning import OBJECTIVE
+    from pipeline.validation import DataValidationError
+
+    try:
+        result = tuning_with_task_runner(settings, args.parallel)(
+            architecture=args.architecture,
+            trials=args.trials,
+            config_file=args.config,
+            overrides=overrides,
+            parallel=args.parallel,
+            study_name=args.study,
+            output=args.output,
+        )
+    except ClassSelectionError as exc:
+        _fail(f"--{exc.field.replace('_', '-')}: {exc}")
+    except (StrokeFormatError, DownloadError) as exc:
+        _fail(str(exc))
+    except (DataValidationError, TrackingStoreUnavailableError) as exc:
+        print(f"sketchpipe: error: {exc}", file=sys.stderr)
+        raise SystemExit(1) from exc
+    best = result["best"]
+    print()
+    if result["resumed_from"]:
+        print(f"study {result['study']!r} resumed with {result['resumed_from']} finished trials")
+    for trial in result["trials"]:
+        print(f"trial {trial['number']:>3}  {trial['state']:<8}  {OBJECTIVE} {trial['value']:.4f}")
+    print(f"best: trial {best['number']} ({OBJECTIVE} {best['value']:.4f}) of study {result['study']!r}")
+    print(f"best settings: {best['path']} (use them with `sketchpipe run --config {best['path']}`)")
+    print(f"MLflow run {result['study_run_id']} in experiment {settings.experiment_name!r} (a nested run per trial)")
 
 
 def _cmd_validate(args: argparse.Namespace) -> None:
@@ -382,10 +450,13 @@ def _import_tensorflow_quietly(settings: Settings, args: argparse.Namespace) -> 
     try:
         with open(log, "ab") as sink:
             os.dup2(sink.fileno(), 2)
-            import tensorflow  # noqa: F401
+            import tensorflow
     finally:
         os.dup2(terminal, 2)
         os.close(terminal)
+    # its Python logger's warnings are diagnostics (e.g. "triggered tf.function retracing" when models
+    # of several sizes train at once), not the user's business unless --verbose
+    tensorflow.get_logger().setLevel("ERROR")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -401,6 +472,7 @@ def main(argv: list[str] | None = None) -> None:
         os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # e.g. a new store's migration notes
     command = {
         "run": _cmd_run,
+        "tune": _cmd_tune,
         "validate": _cmd_validate,
         "download": _cmd_download,
         "predict": _cmd_predict,

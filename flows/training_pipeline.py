@@ -112,37 +112,35 @@ def _with_retries(task: Task, settings: Settings) -> Task:
 
 
 def pipeline_with_task_runner(settings: Settings) -> Flow:
-    """Return ``training_pipeline`` with the task runner the settings ask for.
+    """Return ``training_pipeline`` with the task runner the settings ask for (see :func:`task_runner_for`):
+    one concurrent task per architecture."""
+    return training_pipeline.with_options(task_runner=task_runner_for(settings, len(settings.architectures)))
 
-    ``thread``: architectures train concurrently in threads of this process. ``dask``: on a Dask
-    cluster through prefect-dask: the one at ``dask_address``, else a local cluster of one worker
-    process with a thread per architecture (TensorFlow is loaded once per worker). ``ray``: on a Ray
-    cluster through prefect-ray: the one at ``ray_address``, or with ``ray_address: local`` a
-    temporary local one (no dashboard) for the flow run; each task runs in a Ray worker process.
-    Ray 2.x's local cluster listens on all network interfaces (its GCS, raylet and agents bind to
-    0.0.0.0, and ``_node_ip_address="127.0.0.1"`` is rewritten to the machine's address), so it is
-    started only when asked for by name (``check_settings`` refuses ``ray`` without an address).
+
+def task_runner_for(settings: Settings, concurrency: int):
+    """Return the Prefect task runner the settings ask for, sized for ``concurrency`` training tasks.
+
+    ``thread``: tasks run in threads of this process. ``dask``: on a Dask cluster through prefect-dask:
+    the one at ``dask_address``, else a local cluster of one worker process with a thread per
+    concurrent task (TensorFlow is loaded once per worker). ``ray``: on a Ray cluster through
+    prefect-ray: the one at ``ray_address``, or with ``ray_address: local`` a temporary local one (no
+    dashboard) for the flow run; each task runs in a Ray worker process. Ray 2.x's local cluster
+    listens on all network interfaces (its GCS, raylet and agents bind to 0.0.0.0, and
+    ``_node_ip_address="127.0.0.1"`` is rewritten to the machine's address), so it is started only
+    when asked for by name (``check_settings`` refuses ``ray`` without an address).
     """
     if settings.task_runner == "ray":
         from prefect_ray import RayTaskRunner
 
         if settings.ray_address != "local":
-            runner = RayTaskRunner(address=settings.ray_address)
-        else:
-            runner = RayTaskRunner(init_kwargs={"include_dashboard": False})
-    elif settings.task_runner == "dask":
+            return RayTaskRunner(address=settings.ray_address)
+        return RayTaskRunner(init_kwargs={"include_dashboard": False})
+    if settings.task_runner == "dask":
         from prefect_dask import DaskTaskRunner
 
         if settings.dask_address:
-            runner = DaskTaskRunner(address=settings.dask_address)
-        else:
-            runner = DaskTaskRunner(
-                cluster_kwargs={
-                    "n_workers": 1,
-                    "threads_per_worker": len(settings.architectures),
-                    "dashboard_address": None,
-                }
-            )
-    else:
-        runner = ThreadPoolTaskRunner(max_workers=max(4, len(settings.architectures)))
-    return training_pipeline.with_options(task_runner=runner)
+            return DaskTaskRunner(address=settings.dask_address)
+        return DaskTaskRunner(
+            cluster_kwargs={"n_workers": 1, "threads_per_worker": max(1, concurrency), "dashboard_address": None}
+        )
+    return ThreadPoolTaskRunner(max_workers=max(4, concurrency))

@@ -32,6 +32,11 @@ from flows.cli import main
         (["validate", "--source", "ndjson", "--data-dir", "missing"], "missing: no such folder"),
         (["validate", "--source", "sketchrnn", "--data-dir", "."], ": holds no *.npz files"),
         (["predict", "nope.json"], "nope.json: No such file or directory"),
+        (["tune", "--architecture", "resnet", "--trials", "2"], "--architecture: unknown architecture 'resnet'"),
+        (["tune", "--architecture", "gru", "--trials", "0"], "--trials"),
+        (["tune", "--trials", "2"], "--architecture"),
+        (["tune", "--architecture", "gru", "--trials", "2", "--study", "it's"], "--study: study name"),
+        (["tune", "--architecture", "gru", "--trials", "2", "--parallel", "x"], "--parallel"),
     ],
 )
 def test_wrong_values_fail_fast_naming_the_flag(in_tmp_cwd, capsys, argv, flag):

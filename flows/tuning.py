@@ -1,0 +1,66 @@
+"""The ``tuning`` flow: (download ->) ingest -> validate -> preprocess -> an Optuna study of one
+architecture, its trials in parallel waves through the task runner -> the best settings as a file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prefect import Flow, flow
+
+from flows.training_pipeline import _cached_while_present, task_runner_for
+from pipeline import tuning
+from pipeline.config import Settings, load_settings
+from pipeline.stages.data import outputs_present
+from tasks.data import download_task, ingest_task, preprocess_task, validate_task
+from tasks.tuning import export_best_task, prepare_study_task, trial_task
+
+
+@flow(name="tuning", log_prints=True)
+def tuning_flow(
+    architecture: str,
+    trials: int,
+    config_file: str | None = None,
+    overrides: dict[str, Any] | None = None,
+    parallel: int = 1,
+    study_name: str | None = None,
+    output: str | None = None,
+) -> dict[str, Any]:
+    """Run the study of ``architecture`` until it has ``trials`` finished trials (completed or pruned),
+    ``parallel`` at a time, and export the best one's settings.
+
+    A study stopped part-way resumes with the same study name: trials it finished count, trials it
+    left running are run again.
+
+    Returns:
+        The study's name and parent run id, trial counts, the best trial and the exported file.
+    """
+    settings: Settings = load_settings(config_file, overrides)
+    if settings.download:
+        download_task(settings)
+    dataset_dir = _cached_while_present(ingest_task, settings, outputs_present, settings)
+    report = _cached_while_present(validate_task, settings, outputs_present, settings, dataset_dir)
+    features_dir = _cached_while_present(preprocess_task, settings, outputs_present, settings, report)
+    ref = prepare_study_task(settings, architecture, study_name)
+    already = tuning.finished_trials(ref)
+    study = tuning.open_study(ref, seed_offset=len(tuning.open_study(ref).trials))  # asks every trial of this run
+    ran = []
+    remaining = max(0, trials - already)
+    while remaining:
+        asked = [tuning.ask_trial(study, architecture) for _ in range(min(parallel, remaining))]
+        ran += [future.result() for future in [trial_task.submit(settings, ref, a, features_dir) for a in asked]]
+        remaining -= len(asked)
+    path = Path(output or f"tuned-{architecture}.yaml")
+    best = export_best_task(settings, ref, path)
+    return {
+        "study": ref.name,
+        "study_run_id": best["study_run_id"],
+        "resumed_from": already,
+        "trials": ran,
+        "best": best,
+    }
+
+
+def tuning_with_task_runner(settings: Settings, parallel: int) -> Flow:
+    """Return ``tuning_flow`` with the configured task runner, sized for ``parallel`` trials at once."""
+    return tuning_flow.with_options(task_runner=task_runner_for(settings, parallel))

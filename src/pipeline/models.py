@@ -52,6 +52,25 @@ def _masked_mean(x, mask):
     return ops.sum(x * weights, axis=1) / ops.maximum(ops.sum(weights, axis=1), 1.0)
 
 
+def _masked_max(x, mask):
+    """Return the maximum of ``x`` over the valid time steps (every sketch has at least one)."""
+    weights = ops.expand_dims(ops.cast(mask, x.dtype), -1)
+    return ops.max(x * weights + (weights - 1.0) * 1e9, axis=1)
+
+
+POOLINGS = ("last", "mean", "mean_max")
+
+
+def _pool(x, mask, pooling: str):
+    """Return one vector per sketch from per-step outputs: their mean over the real steps, or that mean
+    and their maximum side by side (``mean_max``)."""
+    if pooling == "mean":
+        return _masked_mean(x, mask)
+    if pooling == "mean_max":
+        return ops.concatenate([_masked_mean(x, mask), _masked_max(x, mask)], axis=-1)
+    raise ValueError(f"unknown pooling {pooling!r}; choose from {', '.join(POOLINGS)}")
+
+
 def _classifier(inputs, x, num_classes: int, dropout: float, name: str) -> keras.Model:
     if dropout:
         x = layers.Dropout(dropout)(x)
@@ -61,13 +80,13 @@ def _classifier(inputs, x, num_classes: int, dropout: float, name: str) -> keras
 
 def _recurrent_stack(x, mask, make_layer: Callable[[bool], layers.Layer], num_layers: int, pooling: str = "last"):
     """Apply ``num_layers`` recurrent layers and return one vector per sketch: the last layer's final
-    state (``pooling="last"``) or the mean of its outputs over the real steps (``"mean"``, which gives
-    every step a short gradient path)."""
-    if pooling not in ("last", "mean"):
-        raise ValueError(f"unknown pooling {pooling!r}; choose last or mean")
+    state (``pooling="last"``), or its outputs pooled over the real steps (``"mean"``, ``"mean_max"``,
+    which give every step a short gradient path)."""
+    if pooling not in POOLINGS:
+        raise ValueError(f"unknown pooling {pooling!r}; choose from {', '.join(POOLINGS)}")
     for i in range(num_layers):
-        x = make_layer(i < num_layers - 1 or pooling == "mean")(x, mask=mask)
-    return _masked_mean(x, mask) if pooling == "mean" else x
+        x = make_layer(i < num_layers - 1 or pooling != "last")(x, mask=mask)
+    return x if pooling == "last" else _pool(x, mask, pooling)
 
 
 def build_simple_rnn(
@@ -155,14 +174,16 @@ def build_wavenet(
     dilation_rates: tuple[int, ...] = (1, 2, 4, 8, 1, 2, 4, 8),
     dropout: float = 0.0,
     positions: bool = False,
+    pooling: str = "mean",
 ) -> keras.Model:
-    """Return stacked dilated causal Conv1D layers with residual connections and masked mean pooling."""
+    """Return stacked dilated causal Conv1D layers with residual connections and masked pooling (``mean``
+    or ``mean_max``)."""
     inputs, x, mask = _inputs_and_mask(positions)
     x = _zero_padding(layers.Conv1D(filters, 1)(x), mask)
     for rate in dilation_rates:
         y = layers.Conv1D(filters, kernel_size, padding="causal", dilation_rate=rate, activation="relu")(x)
         x = _zero_padding(layers.Add()([x, y]), mask)
-    return _classifier(inputs, _masked_mean(x, mask), num_classes, dropout, "wavenet")
+    return _classifier(inputs, _pool(x, mask, pooling), num_classes, dropout, "wavenet")
 
 
 def _sinusoidal_positions(inputs, dim: int):
@@ -181,6 +202,7 @@ def build_transformer(
     ff_dim: int = 128,
     dropout: float = 0.0,
     positions: bool = False,
+    pooling: str = "mean",
 ) -> keras.Model:
     """Return a small Transformer encoder (sinusoidal positions, padding-masked attention, masked pooling)."""
     inputs, x, mask = _inputs_and_mask(positions)
@@ -191,7 +213,7 @@ def build_transformer(
         x = layers.LayerNormalization()(x + attended)
         hidden = layers.Dense(ff_dim, activation="relu")(x)
         x = layers.LayerNormalization()(x + layers.Dense(dim)(hidden))
-    return _classifier(inputs, _masked_mean(x, mask), num_classes, dropout, "transformer")
+    return _classifier(inputs, _pool(x, mask, pooling), num_classes, dropout, "transformer")
 
 
 MODEL_BUILDERS: dict[str, ModelBuilder] = {

@@ -38,7 +38,7 @@ SETTINGS_SPACE: dict[str, tuple] = {
 _RECURRENT = {
     "units": ("categorical", (32, 64, 128)),
     "num_layers": ("int", 1, 3, False),
-    "pooling": ("categorical", ("last", "mean")),
+    "pooling": ("categorical", ("last", "mean", "mean_max")),
 }
 # model hyperparameters per architecture (every one also gets dropout and positions)
 MODEL_SPACE: dict[str, dict[str, tuple]] = {
@@ -47,8 +47,16 @@ MODEL_SPACE: dict[str, dict[str, tuple]] = {
     "gru": _RECURRENT,
     "bilstm": {**_RECURRENT, "units": ("categorical", (32, 48, 64, 96))},
     "conv_lstm": {**_RECURRENT, "kernel_size": ("categorical", (3, 5))},
-    "wavenet": {"filters": ("categorical", (32, 48, 64, 96)), "kernel_size": ("categorical", (2, 3))},
-    "transformer": {"dim": ("categorical", (32, 64, 96)), "num_layers": ("int", 1, 3, False)},
+    "wavenet": {
+        "filters": ("categorical", (32, 48, 64, 96)),
+        "kernel_size": ("categorical", (2, 3)),
+        "pooling": ("categorical", ("mean", "mean_max")),
+    },
+    "transformer": {
+        "dim": ("categorical", (32, 64, 96)),
+        "num_layers": ("int", 1, 3, False),
+        "pooling": ("categorical", ("mean", "mean_max")),
+    },
 }
 _MODEL_COMMON = {"dropout": ("float", 0.0, 0.5, False), "positions": ("categorical", (False, True))}
 

@@ -52,6 +52,15 @@ def _masked_mean(x, mask):
     return ops.sum(x * weights, axis=1) / ops.maximum(ops.sum(weights, axis=1), 1.0)
 
 
+def _stem(x, mask, filters: tuple[int, ...], kernel_size: int):
+    """Return ``x`` through a convolutional stem: a ``Conv1D`` + ReLU per entry of ``filters`` (none: ``x``
+    as it is), the padded steps zeroed after each. Local shape features for the layers after it, as in
+    TensorFlow's quickdraw tutorial model."""
+    for n in filters:
+        x = _zero_padding(layers.Conv1D(n, kernel_size, padding="same", activation="relu")(x), mask)
+    return x
+
+
 def _masked_max(x, mask):
     """Return the maximum of ``x`` over the valid time steps (every sketch has at least one)."""
     weights = ops.expand_dims(ops.cast(mask, x.dtype), -1)
@@ -96,9 +105,12 @@ def build_simple_rnn(
     dropout: float = 0.0,
     pooling: str = "last",
     positions: bool = False,
+    stem_filters: tuple[int, ...] = (),
+    stem_kernel: int = 5,
 ) -> keras.Model:
     """Return stacked SimpleRNN layers over the masked strokes."""
     inputs, x, mask = _inputs_and_mask(positions)
+    x = _stem(x, mask, stem_filters, stem_kernel)
     x = _recurrent_stack(x, mask, lambda seq: layers.SimpleRNN(units, return_sequences=seq), num_layers, pooling)
     return _classifier(inputs, x, num_classes, dropout, "simple_rnn")
 
@@ -110,9 +122,12 @@ def build_lstm(
     dropout: float = 0.0,
     pooling: str = "last",
     positions: bool = False,
+    stem_filters: tuple[int, ...] = (),
+    stem_kernel: int = 5,
 ) -> keras.Model:
     """Return stacked LSTM layers over the masked strokes."""
     inputs, x, mask = _inputs_and_mask(positions)
+    x = _stem(x, mask, stem_filters, stem_kernel)
     x = _recurrent_stack(x, mask, lambda seq: layers.LSTM(units, return_sequences=seq), num_layers, pooling)
     return _classifier(inputs, x, num_classes, dropout, "lstm")
 
@@ -124,9 +139,12 @@ def build_gru(
     dropout: float = 0.0,
     pooling: str = "last",
     positions: bool = False,
+    stem_filters: tuple[int, ...] = (),
+    stem_kernel: int = 5,
 ) -> keras.Model:
     """Return stacked GRU layers over the masked strokes."""
     inputs, x, mask = _inputs_and_mask(positions)
+    x = _stem(x, mask, stem_filters, stem_kernel)
     x = _recurrent_stack(x, mask, lambda seq: layers.GRU(units, return_sequences=seq), num_layers, pooling)
     return _classifier(inputs, x, num_classes, dropout, "gru")
 
@@ -138,9 +156,12 @@ def build_bilstm(
     dropout: float = 0.0,
     pooling: str = "last",
     positions: bool = False,
+    stem_filters: tuple[int, ...] = (),
+    stem_kernel: int = 5,
 ) -> keras.Model:
     """Return stacked bidirectional LSTMs, as in TensorFlow's quickdraw tutorial."""
     inputs, x, mask = _inputs_and_mask(positions)
+    x = _stem(x, mask, stem_filters, stem_kernel)
     x = _recurrent_stack(
         x, mask, lambda seq: layers.Bidirectional(layers.LSTM(units, return_sequences=seq)), num_layers, pooling
     )
@@ -203,9 +224,12 @@ def build_transformer(
     dropout: float = 0.0,
     positions: bool = False,
     pooling: str = "mean",
+    stem_filters: tuple[int, ...] = (),
+    stem_kernel: int = 5,
 ) -> keras.Model:
     """Return a small Transformer encoder (sinusoidal positions, padding-masked attention, masked pooling)."""
     inputs, x, mask = _inputs_and_mask(positions)
+    x = _stem(x, mask, stem_filters, stem_kernel)
     x = layers.Dense(dim)(x) + _sinusoidal_positions(inputs, dim)
     attention_mask = ops.logical_and(ops.expand_dims(mask, 1), ops.expand_dims(mask, 2))
     for _ in range(num_layers):

@@ -45,9 +45,10 @@ RECURRENT = ["simple_rnn", "lstm", "gru", "conv_lstm", "bilstm"]
     ("name", "extra"),
     [(name, {"positions": True}) for name in ARCHITECTURES]
     + [(name, {"pooling": "mean", "positions": True}) for name in RECURRENT]
-    + [(name, {"pooling": "mean_max"}) for name in ARCHITECTURES],
+    + [(name, {"pooling": "mean_max"}) for name in ARCHITECTURES]
+    + [(name, {"stem_filters": [8, 8], "stem_kernel": 3}) for name in [*RECURRENT[:3], "bilstm", "transformer"]],
 )
-def test_padding_never_changes_a_prediction_with_positions_or_pooling(name, extra):
+def test_padding_never_changes_a_prediction_with_positions_pooling_or_a_stem(name, extra):
     # positions are running sums, which would carry on through the padding if it were not masked
     rng = np.random.default_rng(7)
     model = build_model(name, 4, {**TINY_MODELS[name], **extra})

@@ -35,10 +35,13 @@ SETTINGS_SPACE: dict[str, tuple] = {
     "augment_jitter": ("float", 0.0, 0.05, False),
     "augment_stroke_dropout": ("float", 0.0, 0.2, False),
 }
+# a convolutional stem's filters, as text (Optuna's choices are plain values): "none" or "48-64"
+_STEM = ("categorical", ("none", "32-48", "48-64"))
 _RECURRENT = {
     "units": ("categorical", (32, 64, 128)),
     "num_layers": ("int", 1, 3, False),
     "pooling": ("categorical", ("last", "mean", "mean_max")),
+    "stem": _STEM,
 }
 # model hyperparameters per architecture (every one also gets dropout and positions)
 MODEL_SPACE: dict[str, dict[str, tuple]] = {
@@ -46,7 +49,7 @@ MODEL_SPACE: dict[str, dict[str, tuple]] = {
     "lstm": _RECURRENT,
     "gru": _RECURRENT,
     "bilstm": {**_RECURRENT, "units": ("categorical", (32, 48, 64, 96))},
-    "conv_lstm": {**_RECURRENT, "kernel_size": ("categorical", (3, 5))},
+    "conv_lstm": {**{k: v for k, v in _RECURRENT.items() if k != "stem"}, "kernel_size": ("categorical", (3, 5))},
     "wavenet": {
         "filters": ("categorical", (32, 48, 64, 96)),
         "kernel_size": ("categorical", (2, 3)),
@@ -56,6 +59,7 @@ MODEL_SPACE: dict[str, dict[str, tuple]] = {
         "dim": ("categorical", (32, 64, 96)),
         "num_layers": ("int", 1, 3, False),
         "pooling": ("categorical", ("mean", "mean_max")),
+        "stem": _STEM,
     },
 }
 _MODEL_COMMON = {"dropout": ("float", 0.0, 0.5, False), "positions": ("categorical", (False, True))}
@@ -83,7 +87,11 @@ def settings_of(params: Mapping[str, Any], settings: Settings, architecture: str
     """Return ``settings`` with a trial's parameters applied (model hyperparameters over the configured
     ones of ``architecture``), training that architecture only."""
     model = dict(settings.models.get(architecture, {}))
-    model.update({name.removeprefix("model_"): v for name, v in params.items() if name.startswith("model_")})
+    for name, value in params.items():
+        if name == "model_stem":
+            model["stem_filters"] = [] if value == "none" else [int(n) for n in value.split("-")]
+        elif name.startswith("model_"):
+            model[name.removeprefix("model_")] = value
     shared = {name: v for name, v in params.items() if not name.startswith("model_")}
     return settings.replace(**shared, models={**settings.models, architecture: model}, architectures=(architecture,))
 

@@ -122,3 +122,25 @@ def test_real_raw_drawings_of_345_classes_run_end_to_end(tmp_path):
     assert peak_mb < 2500, f"peak RSS {peak_mb:.0f} MB"
     rows = [line.split()[0] for line in process.stdout.splitlines() if line.startswith(("wavenet ", "conv_lstm "))]
     assert sorted(rows) == ["conv_lstm", "wavenet"]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not REAL_DATA.is_dir(), reason=f"real Quick, Draw! sample not found at {REAL_DATA}")
+def test_the_real_data_profile_trains_on_real_drawings(tmp_path):
+    profile = Path(__file__).resolve().parents[2] / "configs" / "quickdraw.yaml"
+    process, _ = _run_cli(
+        tmp_path,
+        ["run", "--config", str(profile), "--source", "ndjson", "--data-dir", str(REAL_DATA), "--epochs", "6",
+         "--progress", "off"],
+    )  # fmt: skip
+    row = next(line for line in process.stdout.splitlines() if line.startswith("wavenet "))
+    accuracy = float(row.split()[1])
+    assert accuracy > 10 / 345, row  # ten times chance after 6 epochs on ~14 drawings per class
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}")
+    run = client.search_runs(
+        [client.get_experiment_by_name("sketchpipe").experiment_id], "tags.architecture = 'wavenet'"
+    )[0]
+    params = run.data.params
+    assert params["label_smoothing"] == "0.1" and params["model_positions"] == "True"
+    assert params["augment_rotation"] == "10.0" or params["augment_rotation"] == "10"
+    assert "val_cross_entropy" in run.data.metrics  # the plain cross-entropy beside the smoothed loss

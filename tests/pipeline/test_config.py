@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import ConfigError, Settings, configure_runtime, load_settings
+from pipeline.config import ARCHITECTURES, ConfigError, Settings, configure_runtime, load_settings
 
 
 def test_defaults_without_a_file(in_tmp_cwd):
@@ -137,3 +137,15 @@ def test_regularisation_settings_reach_the_training_config():
         "cosine",
         2,
     )
+
+
+def test_the_real_data_profile_loads_and_builds_every_architecture():
+    from pipeline.models import build_model
+
+    profile = Path(__file__).resolve().parents[2] / "configs" / "quickdraw.yaml"
+    settings = load_settings(profile, environ={})
+    assert settings.label_smoothing > 0 and settings.augment_rotation > 0 and settings.epochs >= 20
+    assert set(settings.models) == set(ARCHITECTURES)
+    for name in ARCHITECTURES:
+        model = build_model(name, 345, settings.models[name])
+        assert model.output_shape == (None, 345)

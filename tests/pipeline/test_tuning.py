@@ -87,4 +87,12 @@ def test_the_search_space_covers_every_architecture():
         assert {"learning_rate", "weight_decay", "label_smoothing", "model_dropout", "model_positions"} <= set(space)
         # every model parameter drawn is one the builder takes
         builder = MODEL_BUILDERS[architecture].__code__.co_varnames
-        assert {name.removeprefix("model_") for name in space if name.startswith("model_")} <= set(builder)
+        drawn = {name.removeprefix("model_") for name in space if name.startswith("model_")} - {"stem"}
+        assert drawn <= set(builder)
+        assert "stem" not in space or "stem_filters" in builder
+
+
+def test_a_drawn_stem_becomes_the_models_stem_filters():
+    settings = load_settings(overrides={"architectures": "gru"}, environ={})
+    assert tuning.settings_of({"model_stem": "48-64"}, settings, "gru").models["gru"]["stem_filters"] == [48, 64]
+    assert tuning.settings_of({"model_stem": "none"}, settings, "gru").models["gru"]["stem_filters"] == []

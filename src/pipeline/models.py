@@ -87,6 +87,11 @@ def _classifier(inputs, x, num_classes: int, dropout: float, name: str) -> keras
     return keras.Model(inputs, outputs, name=name)
 
 
+def _directions(layer: layers.Layer, bidirectional: bool) -> layers.Layer:
+    """Return a recurrent layer, or the layer run both ways (``Bidirectional``, outputs concatenated)."""
+    return layers.Bidirectional(layer) if bidirectional else layer
+
+
 def _recurrent_stack(x, mask, make_layer: Callable[[bool], layers.Layer], num_layers: int, pooling: str = "last"):
     """Apply ``num_layers`` recurrent layers and return one vector per sketch: the last layer's final
     state (``pooling="last"``), or its outputs pooled over the real steps (``"mean"``, ``"mean_max"``,
@@ -107,11 +112,18 @@ def build_simple_rnn(
     positions: bool = False,
     stem_filters: tuple[int, ...] = (),
     stem_kernel: int = 5,
+    bidirectional: bool = False,
 ) -> keras.Model:
     """Return stacked SimpleRNN layers over the masked strokes."""
     inputs, x, mask = _inputs_and_mask(positions)
     x = _stem(x, mask, stem_filters, stem_kernel)
-    x = _recurrent_stack(x, mask, lambda seq: layers.SimpleRNN(units, return_sequences=seq), num_layers, pooling)
+    x = _recurrent_stack(
+        x,
+        mask,
+        lambda seq: _directions(layers.SimpleRNN(units, return_sequences=seq), bidirectional),
+        num_layers,
+        pooling,
+    )
     return _classifier(inputs, x, num_classes, dropout, "simple_rnn")
 
 
@@ -124,11 +136,14 @@ def build_lstm(
     positions: bool = False,
     stem_filters: tuple[int, ...] = (),
     stem_kernel: int = 5,
+    bidirectional: bool = False,
 ) -> keras.Model:
     """Return stacked LSTM layers over the masked strokes."""
     inputs, x, mask = _inputs_and_mask(positions)
     x = _stem(x, mask, stem_filters, stem_kernel)
-    x = _recurrent_stack(x, mask, lambda seq: layers.LSTM(units, return_sequences=seq), num_layers, pooling)
+    x = _recurrent_stack(
+        x, mask, lambda seq: _directions(layers.LSTM(units, return_sequences=seq), bidirectional), num_layers, pooling
+    )
     return _classifier(inputs, x, num_classes, dropout, "lstm")
 
 
@@ -141,11 +156,14 @@ def build_gru(
     positions: bool = False,
     stem_filters: tuple[int, ...] = (),
     stem_kernel: int = 5,
+    bidirectional: bool = False,
 ) -> keras.Model:
     """Return stacked GRU layers over the masked strokes."""
     inputs, x, mask = _inputs_and_mask(positions)
     x = _stem(x, mask, stem_filters, stem_kernel)
-    x = _recurrent_stack(x, mask, lambda seq: layers.GRU(units, return_sequences=seq), num_layers, pooling)
+    x = _recurrent_stack(
+        x, mask, lambda seq: _directions(layers.GRU(units, return_sequences=seq), bidirectional), num_layers, pooling
+    )
     return _classifier(inputs, x, num_classes, dropout, "gru")
 
 
@@ -177,6 +195,7 @@ def build_conv_lstm(
     dropout: float = 0.0,
     pooling: str = "last",
     positions: bool = False,
+    bidirectional: bool = False,
 ) -> keras.Model:
     """Return a Conv1D + BatchNorm front end followed by LSTMs (the classic quickdraw solution)."""
     inputs, x, mask = _inputs_and_mask(positions)
@@ -184,7 +203,9 @@ def build_conv_lstm(
         x = layers.Conv1D(n, kernel_size, padding="same")(x)
         x = layers.BatchNormalization()(x)
         x = _zero_padding(layers.Activation("relu")(x), mask)
-    x = _recurrent_stack(x, mask, lambda seq: layers.LSTM(units, return_sequences=seq), num_layers, pooling)
+    x = _recurrent_stack(
+        x, mask, lambda seq: _directions(layers.LSTM(units, return_sequences=seq), bidirectional), num_layers, pooling
+    )
     return _classifier(inputs, x, num_classes, dropout, "conv_lstm")
 
 

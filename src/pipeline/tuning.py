@@ -42,13 +42,17 @@ _RECURRENT = {
     "num_layers": ("int", 1, 3, False),
     "pooling": ("categorical", ("last", "mean", "mean_max")),
     "stem": _STEM,
+    "bidirectional": ("categorical", (False, True)),
 }
 # model hyperparameters per architecture (every one also gets dropout and positions)
 MODEL_SPACE: dict[str, dict[str, tuple]] = {
     "simple_rnn": _RECURRENT,
     "lstm": _RECURRENT,
     "gru": _RECURRENT,
-    "bilstm": {**_RECURRENT, "units": ("categorical", (32, 48, 64, 96))},
+    "bilstm": {
+        **{k: v for k, v in _RECURRENT.items() if k != "bidirectional"},  # always both ways
+        "units": ("categorical", (32, 48, 64, 96)),
+    },
     "conv_lstm": {**{k: v for k, v in _RECURRENT.items() if k != "stem"}, "kernel_size": ("categorical", (3, 5))},
     "wavenet": {
         "filters": ("categorical", (32, 48, 64, 96)),

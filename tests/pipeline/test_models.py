@@ -46,7 +46,8 @@ RECURRENT = ["simple_rnn", "lstm", "gru", "conv_lstm", "bilstm"]
     [(name, {"positions": True}) for name in ARCHITECTURES]
     + [(name, {"pooling": "mean", "positions": True}) for name in RECURRENT]
     + [(name, {"pooling": "mean_max"}) for name in ARCHITECTURES]
-    + [(name, {"stem_filters": [8, 8], "stem_kernel": 3}) for name in [*RECURRENT[:3], "bilstm", "transformer"]],
+    + [(name, {"stem_filters": [8, 8], "stem_kernel": 3}) for name in [*RECURRENT[:3], "bilstm", "transformer"]]
+    + [(name, {"bidirectional": True, "pooling": "mean"}) for name in ["simple_rnn", "lstm", "gru", "conv_lstm"]],
 )
 def test_padding_never_changes_a_prediction_with_positions_pooling_or_a_stem(name, extra):
     # positions are running sums, which would carry on through the padding if it were not masked

@@ -10,6 +10,7 @@ are known to be valid.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from pathlib import Path
 from typing import Any, NoReturn
@@ -173,21 +174,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _cmd_run(args: argparse.Namespace) -> None:
-    settings, overrides = _settings(args, list(_SETTING_FLAGS))
-    _import_tensorflow_quietly(settings, args)
-    from flows.training_pipeline import pipeline_with_task_runner
+@contextlib.contextmanager
+def _flow_errors():
+    """Turn a flow's failures that the user can act on into one line: exit 2 for a wrong class selection,
+    file or download (the message names it), 1 for data that failed validation or an unreachable store."""
     from pipeline.download import DownloadError
     from pipeline.ingest import ClassSelectionError
-    from pipeline.report import promotion_line, results_table
     from pipeline.strokes import StrokeFormatError
     from pipeline.tracking import TrackingStoreUnavailableError
     from pipeline.validation import DataValidationError
 
     try:
-        result = pipeline_with_task_runner(settings)(
-            config_file=args.config, overrides=overrides, resume_run_id=args.resume
-        )
+        yield
     except ClassSelectionError as exc:
         _fail(f"--{exc.field.replace('_', '-')}: {exc}")
     except (StrokeFormatError, DownloadError) as exc:  # the message names the file or class and URL
@@ -195,6 +193,18 @@ def _cmd_run(args: argparse.Namespace) -> None:
     except (DataValidationError, TrackingStoreUnavailableError) as exc:
         print(f"sketchpipe: error: {exc}", file=sys.stderr)  # Prefect has logged the details above
         raise SystemExit(1) from exc
+
+
+def _cmd_run(args: argparse.Namespace) -> None:
+    settings, overrides = _settings(args, list(_SETTING_FLAGS))
+    _import_tensorflow_quietly(settings, args)
+    from flows.training_pipeline import pipeline_with_task_runner
+    from pipeline.report import promotion_line, results_table
+
+    with _flow_errors():
+        result = pipeline_with_task_runner(settings)(
+            config_file=args.config, overrides=overrides, resume_run_id=args.resume
+        )
     print()
     print(f"dataset: {result.dataset_dir} ({result.records_in} sketches, {result.quarantined} quarantined)")
     print(results_table(result.rows))
@@ -219,14 +229,9 @@ def _cmd_tune(args: argparse.Namespace) -> None:
             _fail(f"--study: {exc}")
     _import_tensorflow_quietly(settings, args)
     from flows.tuning import tuning_with_task_runner
-    from pipeline.download import DownloadError
-    from pipeline.ingest import ClassSelectionError
-    from pipeline.strokes import StrokeFormatError
-    from pipeline.tracking import TrackingStoreUnavailableError
     from pipeline.tuning import OBJECTIVE
-    from pipeline.validation import DataValidationError
 
-    try:
+    with _flow_errors():
         result = tuning_with_task_runner(settings, args.parallel)(
             architecture=args.architecture,
             trials=args.trials,
@@ -236,13 +241,6 @@ def _cmd_tune(args: argparse.Namespace) -> None:
             study_name=args.study,
             output=args.output,
         )
-    except ClassSelectionError as exc:
-        _fail(f"--{exc.field.replace('_', '-')}: {exc}")
-    except (StrokeFormatError, DownloadError) as exc:
-        _fail(str(exc))
-    except (DataValidationError, TrackingStoreUnavailableError) as exc:
-        print(f"sketchpipe: error: {exc}", file=sys.stderr)
-        raise SystemExit(1) from exc
     best = result["best"]
     print()
     if result["resumed_from"]:

@@ -3,6 +3,7 @@ evaluate -> register (beside it: the evaluation figures) -> promote."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from prefect import Flow, Task, flow
@@ -15,7 +16,7 @@ from pipeline.download import DownloadError
 from pipeline.report import PipelineResult
 from pipeline.stages.data import outputs_present
 from pipeline.stages.registry import result_row
-from pipeline.validation import DataValidationError
+from pipeline.validation import DataValidationError, ValidationReport
 from tasks.data import download_task, ingest_task, preprocess_task, serialized, validate_task
 from tasks.registry import (
     compare_task,
@@ -40,11 +41,7 @@ def training_pipeline(
             continue from their last completed epoch, and finished ones are not trained again.
     """
     settings: Settings = load_settings(config_file, overrides)
-    if settings.download:
-        download_task(settings)
-    dataset_dir = _cached_while_present(ingest_task, settings, outputs_present, settings)
-    report = _cached_while_present(validate_task, settings, outputs_present, settings, dataset_dir)
-    features_dir = _cached_while_present(preprocess_task, settings, outputs_present, settings, report)
+    report, features_dir = data_stages(settings)
     run_name = flow_run.get_name() or "training_pipeline"
     start_tracking_run = _with_retries(start_tracking_run_task, settings)
     parent_run_id = start_tracking_run(settings, report, features_dir, run_name, resume_run_id)
@@ -66,7 +63,7 @@ def training_pipeline(
         raise
     _with_retries(finish_tracking_run_task, settings)(settings, parent_run_id, decision, ok=True)
     return PipelineResult(
-        dataset_dir=str(dataset_dir),
+        dataset_dir=str(report.dataset_dir),
         features_dir=str(features_dir),
         parent_run_id=parent_run_id,
         records_in=report.records_in,
@@ -89,6 +86,16 @@ def _worth_retrying(task: Task, task_run, state) -> bool:
     """Return whether a failed I/O task may pass on a retry (connection, timeout, lock, busy store)."""
     error = state.data
     return not isinstance(error, _LASTING_ERRORS) and getattr(error, "error_code", None) not in _LASTING_MLFLOW_CODES
+
+
+def data_stages(settings: Settings) -> tuple[ValidationReport, Path]:
+    """Run (download ->) ingest -> validate -> preprocess in the current flow, each cached while its
+    outputs exist; return the validation report and the features folder."""
+    if settings.download:
+        download_task(settings)
+    dataset_dir = _cached_while_present(ingest_task, settings, outputs_present, settings)
+    report = _cached_while_present(validate_task, settings, outputs_present, settings, dataset_dir)
+    return report, _cached_while_present(preprocess_task, settings, outputs_present, settings, report)
 
 
 def _cached_while_present(task: Task, settings: Settings, present, *args):

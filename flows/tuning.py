@@ -8,11 +8,9 @@ from typing import Any
 
 from prefect import Flow, flow
 
-from flows.training_pipeline import _cached_while_present, task_runner_for
+from flows.training_pipeline import data_stages, task_runner_for
 from pipeline import tuning
 from pipeline.config import Settings, load_settings
-from pipeline.stages.data import outputs_present
-from tasks.data import download_task, ingest_task, preprocess_task, validate_task
 from tasks.tuning import export_best_task, prepare_study_task, trial_task
 
 
@@ -36,11 +34,7 @@ def tuning_flow(
         The study's name and parent run id, trial counts, the best trial and the exported file.
     """
     settings: Settings = load_settings(config_file, overrides)
-    if settings.download:
-        download_task(settings)
-    dataset_dir = _cached_while_present(ingest_task, settings, outputs_present, settings)
-    report = _cached_while_present(validate_task, settings, outputs_present, settings, dataset_dir)
-    features_dir = _cached_while_present(preprocess_task, settings, outputs_present, settings, report)
+    _, features_dir = data_stages(settings)
     ref = prepare_study_task(settings, architecture, study_name)
     already = tuning.finished_trials(ref)
     study = tuning.open_study(ref, seed_offset=len(tuning.open_study(ref).trials))  # asks every trial of this run

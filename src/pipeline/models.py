@@ -103,6 +103,29 @@ def _recurrent_stack(x, mask, make_layer: Callable[[bool], layers.Layer], num_la
     return x if pooling == "last" else _pool(x, mask, pooling)
 
 
+def _recurrent_model(
+    name: str,
+    make_layer: Callable[..., layers.Layer],
+    num_classes: int,
+    units: int,
+    num_layers: int,
+    dropout: float,
+    pooling: str,
+    positions: bool,
+    stem_filters: tuple[int, ...],
+    stem_kernel: int,
+    bidirectional: bool,
+) -> keras.Model:
+    """Return stacked recurrent layers (``make_layer(units, return_sequences=...)``) over the masked
+    strokes, after an optional convolutional stem, one way or both."""
+    inputs, x, mask = _inputs_and_mask(positions)
+    x = _stem(x, mask, stem_filters, stem_kernel)
+    x = _recurrent_stack(
+        x, mask, lambda seq: _directions(make_layer(units, return_sequences=seq), bidirectional), num_layers, pooling
+    )
+    return _classifier(inputs, x, num_classes, dropout, name)
+
+
 def build_simple_rnn(
     num_classes: int,
     units: int = 64,
@@ -115,16 +138,7 @@ def build_simple_rnn(
     bidirectional: bool = False,
 ) -> keras.Model:
     """Return stacked SimpleRNN layers over the masked strokes."""
-    inputs, x, mask = _inputs_and_mask(positions)
-    x = _stem(x, mask, stem_filters, stem_kernel)
-    x = _recurrent_stack(
-        x,
-        mask,
-        lambda seq: _directions(layers.SimpleRNN(units, return_sequences=seq), bidirectional),
-        num_layers,
-        pooling,
-    )
-    return _classifier(inputs, x, num_classes, dropout, "simple_rnn")
+    return _recurrent_model("simple_rnn", layers.SimpleRNN, **locals())  # the arguments above
 
 
 def build_lstm(
@@ -139,12 +153,7 @@ def build_lstm(
     bidirectional: bool = False,
 ) -> keras.Model:
     """Return stacked LSTM layers over the masked strokes."""
-    inputs, x, mask = _inputs_and_mask(positions)
-    x = _stem(x, mask, stem_filters, stem_kernel)
-    x = _recurrent_stack(
-        x, mask, lambda seq: _directions(layers.LSTM(units, return_sequences=seq), bidirectional), num_layers, pooling
-    )
-    return _classifier(inputs, x, num_classes, dropout, "lstm")
+    return _recurrent_model("lstm", layers.LSTM, **locals())  # the arguments above
 
 
 def build_gru(
@@ -159,12 +168,7 @@ def build_gru(
     bidirectional: bool = False,
 ) -> keras.Model:
     """Return stacked GRU layers over the masked strokes."""
-    inputs, x, mask = _inputs_and_mask(positions)
-    x = _stem(x, mask, stem_filters, stem_kernel)
-    x = _recurrent_stack(
-        x, mask, lambda seq: _directions(layers.GRU(units, return_sequences=seq), bidirectional), num_layers, pooling
-    )
-    return _classifier(inputs, x, num_classes, dropout, "gru")
+    return _recurrent_model("gru", layers.GRU, **locals())  # the arguments above
 
 
 def build_bilstm(

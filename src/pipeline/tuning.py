@@ -35,7 +35,8 @@ SETTINGS_SPACE: dict[str, tuple] = {
     "augment_jitter": ("float", 0.0, 0.05, False),
     "augment_stroke_dropout": ("float", 0.0, 0.2, False),
 }
-# a convolutional stem's filters, as text (Optuna's choices are plain values): "none" or "48-64"
+# a convolutional stem's filters, as text (Optuna's choices are plain values): "none" or "48-64"; the
+# transformer's dilated stem likewise ("1-2-4-8": its dilation rates)
 _STEM = ("categorical", ("none", "32-48", "48-64"))
 _RECURRENT = {
     "units": ("categorical", (32, 64, 128)),
@@ -46,7 +47,7 @@ _RECURRENT = {
 }
 # model hyperparameters per architecture (every one also gets dropout and positions)
 MODEL_SPACE: dict[str, dict[str, tuple]] = {
-    "simple_rnn": _RECURRENT,
+    "simple_rnn": {**_RECURRENT, "activation": ("categorical", ("tanh", "relu"))},
     "lstm": _RECURRENT,
     "gru": _RECURRENT,
     "bilstm": {
@@ -58,12 +59,16 @@ MODEL_SPACE: dict[str, dict[str, tuple]] = {
         "filters": ("categorical", (32, 48, 64, 96)),
         "kernel_size": ("categorical", (2, 3)),
         "pooling": ("categorical", ("mean", "mean_max")),
+        "gated": ("categorical", (False, True)),
+        "norm": ("categorical", (False, True)),
     },
     "transformer": {
         "dim": ("categorical", (32, 64, 96)),
         "num_layers": ("int", 1, 3, False),
         "pooling": ("categorical", ("mean", "mean_max")),
         "stem": _STEM,
+        "norm_first": ("categorical", (False, True)),
+        "stem_dilations": ("categorical", ("none", "1-2-4-8")),
     },
 }
 _MODEL_COMMON = {"dropout": ("float", 0.0, 0.5, False), "positions": ("categorical", (False, True))}
@@ -92,8 +97,9 @@ def settings_of(params: Mapping[str, Any], settings: Settings, architecture: str
     ones of ``architecture``), training that architecture only."""
     model = dict(settings.models.get(architecture, {}))
     for name, value in params.items():
-        if name == "model_stem":
-            model["stem_filters"] = [] if value == "none" else [int(n) for n in value.split("-")]
+        if name in ("model_stem", "model_stem_dilations"):  # text choices of a list of numbers
+            key = "stem_filters" if name == "model_stem" else "stem_dilations"
+            model[key] = [] if value == "none" else [int(n) for n in value.split("-")]
         elif name.startswith("model_"):
             model[name.removeprefix("model_")] = value
     shared = {name: v for name, v in params.items() if not name.startswith("model_")}

@@ -47,7 +47,10 @@ RECURRENT = ["simple_rnn", "lstm", "gru", "conv_lstm", "bilstm"]
     + [(name, {"pooling": "mean", "positions": True}) for name in RECURRENT]
     + [(name, {"pooling": "mean_max"}) for name in ARCHITECTURES]
     + [(name, {"stem_filters": [8, 8], "stem_kernel": 3}) for name in [*RECURRENT[:3], "bilstm", "transformer"]]
-    + [(name, {"bidirectional": True, "pooling": "mean"}) for name in ["simple_rnn", "lstm", "gru", "conv_lstm"]],
+    + [(name, {"bidirectional": True, "pooling": "mean"}) for name in ["simple_rnn", "lstm", "gru", "conv_lstm"]]
+    + [("wavenet", {"gated": True}), ("wavenet", {"norm": True}), ("wavenet", {"gated": True, "norm": True})]
+    + [("transformer", {"norm_first": True}), ("transformer", {"stem_dilations": [1, 2, 4], "norm_first": True})]
+    + [("simple_rnn", {"activation": "relu", "bidirectional": True, "pooling": "mean", "positions": True})],
 )
 def test_padding_never_changes_a_prediction_with_positions_pooling_or_a_stem(name, extra):
     # positions are running sums, which would carry on through the padding if it were not masked
@@ -77,6 +80,59 @@ def test_positions_are_the_running_sum_of_the_offsets_and_the_stroke_index():
 def test_a_model_with_positions_survives_a_save_and_load(tmp_path):
     model = build_model("wavenet", 3, {**TINY_MODELS["wavenet"], "positions": True, "dropout": 0.2})
     batch = pad_batch(_sketches(np.random.default_rng(1), 3))
+    model.save(tmp_path / "m.keras")
+    restored = keras.saving.load_model(tmp_path / "m.keras")
+    np.testing.assert_allclose(model(batch).numpy(), restored(batch).numpy(), atol=1e-6)
+
+
+def test_relu_simple_rnn_starts_with_identity_recurrent_weights():
+    model = build_model("simple_rnn", 3, {"units": 6, "num_layers": 2, "activation": "relu"})
+    cells = [layer.cell for layer in model.layers if isinstance(layer, keras.layers.SimpleRNN)]
+    assert len(cells) == 2
+    for cell in cells:
+        assert cell.activation is keras.activations.relu
+        np.testing.assert_array_equal(cell.recurrent_kernel.numpy(), np.eye(6))
+    default = build_model("simple_rnn", 3, {"units": 6, "num_layers": 1})
+    cell = next(layer.cell for layer in default.layers if isinstance(layer, keras.layers.SimpleRNN))
+    assert cell.activation is keras.activations.tanh
+    assert not np.allclose(cell.recurrent_kernel.numpy(), np.eye(6))  # orthogonal, not the identity
+
+
+def test_unknown_rnn_activation_is_refused():
+    with pytest.raises(ValueError, match="unknown activation 'sigmoid'"):
+        build_model("simple_rnn", 3, {"units": 4, "num_layers": 1, "activation": "sigmoid"})
+
+
+def test_gated_wavenet_blocks_are_tanh_times_sigmoid_then_a_1x1_convolution():
+    plain = build_model("wavenet", 3, {"filters": 8, "dilation_rates": [1, 2]})
+    gated = build_model("wavenet", 3, {"filters": 8, "dilation_rates": [1, 2], "gated": True, "norm": True})
+
+    def convolutions(model):
+        conv = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv1D)]
+        return [(layer.kernel_size[0], layer.dilation_rate[0]) for layer in conv]
+
+    assert convolutions(plain) == [(1, 1), (2, 1), (2, 2)]
+    # the input projection, then per block the tanh and sigmoid halves of the gate, then the 1x1 mix
+    assert convolutions(gated) == [(1, 1), (2, 1), (2, 1), (2, 2), (2, 2)]
+    activations = [layer.activation.__name__ for layer in gated.layers if isinstance(layer, keras.layers.Conv1D)]
+    assert activations[1:3] == ["tanh", "sigmoid"]
+    mixes = [layer for layer in gated.layers if isinstance(layer, keras.layers.Dense) and layer.name != "probabilities"]
+    assert [tuple(layer.kernel.shape) for layer in mixes] == [(8, 8), (8, 8)]
+    assert sum(isinstance(layer, keras.layers.LayerNormalization) for layer in gated.layers) == 2
+    assert gated.count_params() > plain.count_params()
+
+
+@pytest.mark.parametrize(
+    ("name", "extra"),
+    [
+        ("wavenet", {"gated": True, "norm": True, "positions": True}),
+        ("transformer", {"stem_dilations": [1, 2], "norm_first": True, "positions": True}),
+        ("simple_rnn", {"activation": "relu", "bidirectional": True, "pooling": "mean"}),
+    ],
+)
+def test_the_real_data_options_survive_a_save_and_load(tmp_path, name, extra):
+    model = build_model(name, 3, {**TINY_MODELS[name], **extra})
+    batch = pad_batch(_sketches(np.random.default_rng(2), 3))
     model.save(tmp_path / "m.keras")
     restored = keras.saving.load_model(tmp_path / "m.keras")
     np.testing.assert_allclose(model(batch).numpy(), restored(batch).numpy(), atol=1e-6)

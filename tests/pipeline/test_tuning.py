@@ -89,10 +89,12 @@ def test_the_search_space_covers_every_architecture():
         builder = MODEL_BUILDERS[architecture].__code__.co_varnames
         drawn = {name.removeprefix("model_") for name in space if name.startswith("model_")} - {"stem"}
         assert drawn <= set(builder)
-        assert "stem" not in space or "stem_filters" in builder
+        assert "model_stem" not in space or "stem_filters" in builder
 
 
 def test_a_drawn_stem_becomes_the_models_stem_filters():
     settings = load_settings(overrides={"architectures": "gru"}, environ={})
     assert tuning.settings_of({"model_stem": "48-64"}, settings, "gru").models["gru"]["stem_filters"] == [48, 64]
     assert tuning.settings_of({"model_stem": "none"}, settings, "gru").models["gru"]["stem_filters"] == []
+    dilated = tuning.settings_of({"model_stem_dilations": "1-2-4-8"}, settings, "transformer").models["transformer"]
+    assert dilated["stem_dilations"] == [1, 2, 4, 8]

@@ -65,6 +65,9 @@ class Settings:
     epochs: int = 5
     learning_rate: float = 3e-3
     clipnorm: float = 1.0
+    # training steps per call into TensorFlow (Keras's steps_per_execution): the same updates, less
+    # Python between them; batch callbacks (the progress bar) then run once per call
+    steps_per_execution: int = 1
     # Training-time augmentation (training split only; 0 turns each off): each axis scaled by a factor
     # in [1 - s, 1 + s], a rotation of up to this many degrees, Gaussian jitter of the absolute points
     # (in normalised units), and each stroke dropped with this probability (never all of a sketch's)
@@ -211,6 +214,8 @@ def check_settings(settings: Settings) -> Settings:
             raise ConfigError(name, f"must be between {low:g} and {high:g} (got {getattr(settings, name)})")
     if settings.lr_schedule not in ("plateau", "cosine"):
         raise ConfigError("lr_schedule", f"unknown schedule {settings.lr_schedule!r}; choose from plateau, cosine")
+    if settings.steps_per_execution < 1:
+        raise ConfigError("steps_per_execution", f"must be at least 1 (got {settings.steps_per_execution})")
     if settings.warmup_epochs < 0:
         raise ConfigError("warmup_epochs", f"must be at least 0 (got {settings.warmup_epochs})")
     if settings.learning_rate <= 0:

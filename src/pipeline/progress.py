@@ -73,6 +73,7 @@ def _training_progress_class() -> type:
             self.name = name
             self._bar = None
             self._position = None
+            self._epoch_start = 0
 
         def on_train_begin(self, logs=None):
             epochs, steps = self.params.get("epochs") or 0, self.params.get("steps") or 0
@@ -81,12 +82,16 @@ def _training_progress_class() -> type:
 
         def on_epoch_begin(self, epoch, logs=None):
             epochs, steps = self.params.get("epochs") or 0, self.params.get("steps") or 0
-            if steps:  # a resumed run starts past its completed epochs
-                self._bar.n = epoch * steps
+            # a resumed run starts past its completed epochs
+            self._epoch_start = self._bar.n = epoch * steps if steps else self._bar.n
             self._bar.set_description(f"{self.name} epoch {epoch + 1}/{epochs}")
 
         def on_train_batch_end(self, batch, logs=None):
-            self._bar.update(1)
+            # with steps_per_execution > 1 this runs once per call, ``batch`` being the call's last step
+            # (as if every call were whole: Keras counts past the epoch's end on its last one)
+            steps = self.params.get("steps") or 0
+            done = min(batch + 1, steps) if steps else batch + 1
+            self._bar.update(self._epoch_start + done - self._bar.n)
 
         def on_epoch_end(self, epoch, logs=None):
             shown = ("loss", "accuracy", "val_loss", "val_accuracy")

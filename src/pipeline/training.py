@@ -36,6 +36,7 @@ class TrainingConfig:
     label_smoothing: float = 0.0
     lr_schedule: str = "plateau"  # plateau: halve on a val_loss plateau | cosine: warm-up, then cosine decay
     warmup_epochs: int = 0  # cosine only: linear warm-up from 0 over this many epochs
+    steps_per_execution: int = 1  # training steps per call into TensorFlow (same updates, less Python)
     model_params: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     @property
@@ -111,10 +112,11 @@ def compile_model(
     clipnorm: float,
     weight_decay: float = 0.0,
     label_smoothing: float = 0.0,
+    steps_per_execution: int = 1,
 ) -> keras.Model:
     """Compile with Adam, or AdamW with ``weight_decay`` (both clipping gradients by norm), cross-entropy
     (label-smoothed when asked, with the plain cross-entropy as a metric beside it), accuracy and top-3
-    accuracy. ``learning_rate`` may be a schedule."""
+    accuracy. ``learning_rate`` may be a schedule; ``steps_per_execution`` is Keras's."""
     if weight_decay:
         optimizer = keras.optimizers.AdamW(learning_rate=learning_rate, weight_decay=weight_decay, clipnorm=clipnorm)
     else:
@@ -128,6 +130,7 @@ def compile_model(
             # the loss is smoothed: this is the plain cross-entropy, comparable with unsmoothed runs
             *([keras.metrics.SparseCategoricalCrossentropy(name="cross_entropy")] if label_smoothing else []),
         ],
+        steps_per_execution=steps_per_execution,
     )
     return model
 
@@ -152,6 +155,7 @@ def seeded_model(config: TrainingConfig, num_classes: int, steps_per_epoch: int 
                 config.clipnorm,
                 config.weight_decay,
                 config.label_smoothing,
+                config.steps_per_execution,
             )
 
 

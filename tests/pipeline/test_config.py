@@ -115,6 +115,7 @@ def test_augmentation_out_of_range_names_the_setting(name, value):
         ("label_smoothing", 0.6, "must be between"),
         ("lr_schedule", "step", "unknown schedule 'step'"),
         ("warmup_epochs", -1, "at least 0"),
+        ("steps_per_execution", 0, "at least 1"),
     ],
 )
 def test_regularisation_settings_are_checked_and_named(name, value, message):
@@ -127,10 +128,17 @@ def test_regularisation_settings_reach_the_training_config():
     from pipeline.stages.training import training_config
 
     settings = load_settings(
-        overrides={"weight_decay": 0.01, "label_smoothing": 0.1, "lr_schedule": "cosine", "warmup_epochs": 2},
+        overrides={
+            "weight_decay": 0.01,
+            "label_smoothing": 0.1,
+            "lr_schedule": "cosine",
+            "warmup_epochs": 2,
+            "steps_per_execution": 4,
+        },
         environ={},
     )
     config = training_config(settings, "lstm")
+    assert config.steps_per_execution == 4
     assert (config.weight_decay, config.label_smoothing, config.lr_schedule, config.warmup_epochs) == (
         0.01,
         0.1,

@@ -44,3 +44,25 @@ def test_training_bar_shows_epochs_and_validation_metrics(tiny_features, tmp_pat
     err = capsys.readouterr().err
     assert "gru epoch 2/2" in err and "val_loss=" in err and "val_accuracy=" in err
     assert progress._taken == set()  # the bar's terminal line was given back
+
+
+def test_several_steps_per_execution_train_alike_and_the_bar_still_counts_every_batch(tiny_features, tmp_path, capsys):
+    import numpy as np
+
+    histories = {}
+    for steps in (1, 3):
+        keras.utils.set_random_seed(0)
+        config = TrainingConfig(
+            "gru", epochs=2, batch_size=16, model_params=TINY_MODELS["gru"], steps_per_execution=steps
+        )
+        trained = train_model(
+            config, tiny_features, tmp_path / f"spe{steps}", callbacks=[progress.training_progress(f"spe{steps}")]
+        )
+        histories[steps] = trained.history
+    err = capsys.readouterr().err.replace("\r", "\n")
+    # the same updates: the same losses, however many steps run per call
+    np.testing.assert_allclose(histories[3]["loss"], histories[1]["loss"], rtol=1e-4)
+    np.testing.assert_allclose(histories[3]["val_loss"], histories[1]["val_loss"], rtol=1e-4)
+    finals = [line for line in err.splitlines() if line.startswith("spe3 epoch 2/2")]
+    done, total = finals[-1].split("|")[2].split()[0].split("/")  # "... 100%|#####| 34/34 [..."
+    assert int(total) > 3 and done == total  # every batch counted, though callbacks ran once per 3

@@ -46,6 +46,7 @@ def training_config(settings: Settings, architecture: str) -> TrainingConfig:
         label_smoothing=settings.label_smoothing,
         lr_schedule=settings.lr_schedule,
         warmup_epochs=settings.warmup_epochs,
+        steps_per_execution=settings.steps_per_execution,
         model_params=dict(settings.models.get(architecture, {})),
     )
 

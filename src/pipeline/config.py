@@ -18,6 +18,25 @@ SOURCES = ("synthetic", "sketchrnn", "ndjson", "tfrecord")
 # the names of pipeline.models.MODEL_BUILDERS, here so that checking settings does not load Keras
 ARCHITECTURES = ("simple_rnn", "lstm", "gru", "conv_lstm", "bilstm", "wavenet", "transformer")
 TASK_RUNNERS = ("thread", "dask", "ray")
+# each architecture's model hyperparameters: its builder's arguments but num_classes (a test keeps them equal)
+_RECURRENT_PARAMS = ("units", "num_layers", "dropout", "pooling", "positions", "stem_filters", "stem_kernel")
+MODEL_PARAMETERS: dict[str, tuple[str, ...]] = {
+    "simple_rnn": (*_RECURRENT_PARAMS, "bidirectional", "activation"),
+    "lstm": (*_RECURRENT_PARAMS, "bidirectional"),
+    "gru": (*_RECURRENT_PARAMS, "bidirectional"),
+    "conv_lstm": ("filters", "kernel_size", "units", "num_layers", "dropout", "pooling", "positions", "bidirectional"),
+    "bilstm": _RECURRENT_PARAMS,
+    "wavenet": ("filters", "kernel_size", "dilation_rates", "dropout", "positions", "pooling", "gated", "norm"),
+    "transformer": (
+        *("dim", "heads", "num_layers", "ff_dim", "dropout", "positions", "pooling"),
+        *("stem_filters", "stem_kernel", "stem_dilations", "norm_first"),
+    ),
+}
+# the model hyperparameters that take one of a few words (pooling "last": recurrent models only), and
+# those that are yes or no
+_MODEL_CHOICES = {"pooling": ("last", "mean", "mean_max"), "activation": ("tanh", "relu")}
+_POOLING_OF_ALL_STEPS = ("wavenet", "transformer")
+_MODEL_FLAGS = ("positions", "bidirectional", "gated", "norm", "norm_first")
 ENV_PREFIX = "SKETCHPIPE_"
 
 
@@ -165,6 +184,7 @@ def check_settings(settings: Settings) -> Settings:
             "architectures",
             f"unknown architecture {', '.join(unknown) or '(none given)'}; choose from {', '.join(ARCHITECTURES)}",
         )
+    _check_models(settings.models)
     if settings.classes and len(set(settings.classes)) != len(settings.classes):
         raise ConfigError("classes", "a class is named twice")
     from pipeline.synthetic import SHAPES
@@ -231,6 +251,29 @@ def check_settings(settings: Settings) -> Settings:
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
+
+
+def _check_models(models: Mapping[str, Any]) -> None:
+    """Refuse a ``models:`` entry that no architecture takes, now rather than when its training starts:
+    an unknown architecture or hyperparameter, a word not among its choices, a flag that is not yes/no."""
+    for architecture, params in models.items():
+        if architecture not in MODEL_PARAMETERS:
+            choices = ", ".join(ARCHITECTURES)
+            raise ConfigError("models", f"unknown architecture {architecture!r}; choose from {choices}")
+        if not isinstance(params, Mapping):
+            raise ConfigError("models", f"{architecture}: expected hyperparameters as name: value, got {params!r}")
+        for name, value in params.items():
+            where = f"{architecture}.{name}"
+            if name not in MODEL_PARAMETERS[architecture]:
+                known = ", ".join(MODEL_PARAMETERS[architecture])
+                raise ConfigError("models", f"{architecture} takes no {name!r}; it takes {known}")
+            choices = _MODEL_CHOICES.get(name, ())
+            if name == "pooling" and architecture in _POOLING_OF_ALL_STEPS:
+                choices = choices[1:]
+            if choices and value not in choices:
+                raise ConfigError("models", f"{where}: {value!r} is not one of {', '.join(choices)}")
+            if name in _MODEL_FLAGS and not isinstance(value, bool):
+                raise ConfigError("models", f"{where}: expected true or false, got {value!r}")
 
 
 def _coerce(name: str, value: Any) -> Any:

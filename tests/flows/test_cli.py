@@ -97,6 +97,17 @@ def test_predict_on_a_bad_sketch_file_is_one_line_naming_it(in_tmp_cwd, capsys, 
     assert not (in_tmp_cwd / "mlflow").exists()  # refused before any store is opened
 
 
+def test_a_config_file_with_a_wrong_model_hyperparameter_fails_before_anything_runs(in_tmp_cwd, capsys):
+    (in_tmp_cwd / "bad.yaml").write_text("architectures: [wavenet]\nmodels:\n  wavenet: {filtres: 8}\n")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["run", "--config", "bad.yaml"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("sketchpipe: error: models (config file or SKETCHPIPE_MODELS): wavenet takes no 'filtres'")
+    assert len(err.strip().splitlines()) == 1, err
+    assert not (in_tmp_cwd / "data").exists()  # nothing ran
+
+
 def test_asking_a_real_source_for_more_classes_than_it_has_names_the_flag(in_tmp_cwd, capsys):
     import numpy as np
 

@@ -1,3 +1,4 @@
+import re
 from pathlib import Path
 
 import pytest
@@ -157,3 +158,31 @@ def test_the_real_data_profile_loads_and_builds_every_architecture():
     for name in ARCHITECTURES:
         model = build_model(name, 345, settings.models[name])
         assert model.output_shape == (None, 345)
+
+
+@pytest.mark.parametrize(
+    ("models", "message"),
+    [
+        ({"resnet": {}}, "unknown architecture 'resnet'"),
+        ({"wavenet": {"filtres": 8}}, "wavenet takes no 'filtres'; it takes filters, kernel_size"),
+        ({"simple_rnn": {"activation": "sigmoid"}}, "simple_rnn.activation: 'sigmoid' is not one of tanh, relu"),
+        ({"wavenet": {"pooling": "last"}}, "wavenet.pooling: 'last' is not one of mean, mean_max"),
+        ({"gru": {"bidirectional": "yes"}}, "gru.bidirectional: expected true or false, got 'yes'"),
+        ({"lstm": [64, 2]}, "lstm: expected hyperparameters as name: value"),
+    ],
+)
+def test_model_hyperparameters_are_checked_when_the_settings_load(models, message):
+    with pytest.raises(ConfigError, match=re.escape(message)) as caught:
+        load_settings(overrides={"models": models}, environ={})
+    assert caught.value.field == "models"
+
+
+def test_the_checked_model_hyperparameters_are_the_builders_arguments():
+    import inspect
+
+    from pipeline.config import MODEL_PARAMETERS
+    from pipeline.models import MODEL_BUILDERS
+
+    for name, builder in MODEL_BUILDERS.items():
+        arguments = [p for p in inspect.signature(builder).parameters if p != "num_classes"]
+        assert sorted(MODEL_PARAMETERS[name]) == sorted(arguments), name

@@ -186,3 +186,9 @@ def test_the_checked_model_hyperparameters_are_the_builders_arguments():
     for name, builder in MODEL_BUILDERS.items():
         arguments = [p for p in inspect.signature(builder).parameters if p != "num_classes"]
         assert sorted(MODEL_PARAMETERS[name]) == sorted(arguments), name
+
+
+def test_the_checked_choices_are_the_builders_choices():
+    from pipeline import config, models
+
+    assert config._MODEL_CHOICES == {"pooling": models.POOLINGS, "activation": models.RNN_ACTIVATIONS}

@@ -99,6 +99,9 @@ class Settings:
     # warmup_epochs, then a cosine decay to 0 at the last epoch). Dropout is a model hyperparameter.
     weight_decay: float = 0.0
     label_smoothing: float = 0.0
+    # Polyak averaging: validation, checkpoints and the saved model use an exponential moving average
+    # of the weights (this momentum per step; 0: off, the last weights as they are)
+    ema_momentum: float = 0.0
     lr_schedule: str = "plateau"
     warmup_epochs: int = 0
     early_stopping_patience: int = 3
@@ -232,6 +235,8 @@ def check_settings(settings: Settings) -> Settings:
     for name, low, high in (("weight_decay", 0.0, 1.0), ("label_smoothing", 0.0, 0.5)):
         if not low <= getattr(settings, name) <= high:
             raise ConfigError(name, f"must be between {low:g} and {high:g} (got {getattr(settings, name)})")
+    if not 0.0 <= settings.ema_momentum < 1.0:
+        raise ConfigError("ema_momentum", f"must be at least 0 and below 1 (got {settings.ema_momentum})")
     if settings.lr_schedule not in ("plateau", "cosine"):
         raise ConfigError("lr_schedule", f"unknown schedule {settings.lr_schedule!r}; choose from plateau, cosine")
     if settings.steps_per_execution < 1:

@@ -34,6 +34,7 @@ class TrainingConfig:
     augment_stroke_dropout: float = 0.0
     weight_decay: float = 0.0  # decoupled (AdamW) when above 0
     label_smoothing: float = 0.0
+    ema_momentum: float = 0.0  # above 0: evaluate, checkpoint and save the weights' moving average
     lr_schedule: str = "plateau"  # plateau: halve on a val_loss plateau | cosine: warm-up, then cosine decay
     warmup_epochs: int = 0  # cosine only: linear warm-up from 0 over this many epochs
     steps_per_execution: int = 1  # training steps per call into TensorFlow (same updates, less Python)
@@ -113,14 +114,20 @@ def compile_model(
     weight_decay: float = 0.0,
     label_smoothing: float = 0.0,
     steps_per_execution: int = 1,
+    ema_momentum: float = 0.0,
 ) -> keras.Model:
     """Compile with Adam, or AdamW with ``weight_decay`` (both clipping gradients by norm), cross-entropy
     (label-smoothed when asked, with the plain cross-entropy as a metric beside it), accuracy and top-3
-    accuracy. ``learning_rate`` may be a schedule; ``steps_per_execution`` is Keras's."""
+    accuracy. ``learning_rate`` may be a schedule; ``steps_per_execution`` is Keras's. ``ema_momentum``
+    above 0 has the optimizer keep a moving average of the weights (Keras's ``use_ema``); training
+    swaps it in with ``SwapEMAWeights``."""
+    ema = {"use_ema": True, "ema_momentum": ema_momentum} if ema_momentum else {}
     if weight_decay:
-        optimizer = keras.optimizers.AdamW(learning_rate=learning_rate, weight_decay=weight_decay, clipnorm=clipnorm)
+        optimizer = keras.optimizers.AdamW(
+            learning_rate=learning_rate, weight_decay=weight_decay, clipnorm=clipnorm, **ema
+        )
     else:
-        optimizer = keras.optimizers.Adam(learning_rate=learning_rate, clipnorm=clipnorm)
+        optimizer = keras.optimizers.Adam(learning_rate=learning_rate, clipnorm=clipnorm, **ema)
     model.compile(
         optimizer=optimizer,
         loss=SparseSmoothedCrossentropy(label_smoothing) if label_smoothing else "sparse_categorical_crossentropy",
@@ -156,6 +163,7 @@ def seeded_model(config: TrainingConfig, num_classes: int, steps_per_epoch: int 
                 config.weight_decay,
                 config.label_smoothing,
                 config.steps_per_execution,
+                config.ema_momentum,
             )
 
 
@@ -211,8 +219,12 @@ def train_model(
         # lets Keras run batch hooks off the training loop instead of syncing every batch's metrics
         # to Python, which cost ~8% of fit time on CPU.
         callback.async_safe = True
+    # With a moving average of the weights, it is what validation scores and what early stopping,
+    # the checkpoints and the saved model keep (swapped in after the backup has the raw weights)
+    averaging = [keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] if config.ema_momentum else []
     standard = [
         backup,
+        *averaging,
         keras.callbacks.EarlyStopping(
             monitor="val_loss", patience=config.early_stopping_patience, restore_best_weights=True
         ),
@@ -221,7 +233,7 @@ def train_model(
     ]
     if config.lr_schedule != "cosine":  # a schedule sets the rate itself
         standard.insert(
-            2,
+            2 + len(averaging),
             keras.callbacks.ReduceLROnPlateau(
                 monitor="val_loss", factor=0.5, patience=max(1, config.early_stopping_patience - 1)
             ),

@@ -170,3 +170,27 @@ def test_regularised_training_uses_adamw_the_schedule_and_reloads(tiny_features,
     model = keras.saving.load_model(trained.model_path)  # the loss class is registered with Keras
     assert isinstance(model.optimizer, keras.optimizers.AdamW) and model.optimizer.weight_decay == 0.01
     assert float(model.optimizer.learning_rate) == pytest.approx(0.0, abs=1e-9)  # decayed to 0 at the end
+
+
+def test_the_weights_moving_average_is_what_validation_scores_and_the_saved_model_keeps(
+    tiny_features, dataset_settings, tmp_path
+):
+    """Averaging the weights leaves training itself alone (the same losses, step for step) and changes
+    what is evaluated; early stopping, the checkpoint and the saved model keep the averaged weights
+    of the best epoch, so the saved model scores exactly the best validation loss that was logged."""
+    import keras
+
+    from pipeline.features import make_dataset
+
+    settings = dataset_settings.replace(epochs=3, early_stopping_patience=5)  # no rate change
+    plain = train_model(training_config(settings, "gru"), tiny_features, tmp_path / "plain")
+    config = training_config(settings.replace(ema_momentum=0.9), "gru")
+    averaged = train_model(config, tiny_features, tmp_path / "ema")
+    assert averaged.history["loss"] == plain.history["loss"]
+    assert averaged.history["val_loss"] != plain.history["val_loss"]
+    valid = make_dataset(tiny_features, "valid", config.batch_size)
+    for path in (averaged.model_path, tmp_path / "ema" / "best.keras"):
+        model = keras.saving.load_model(path)
+        assert model.optimizer.use_ema
+        scored = model.evaluate(valid, verbose=0, return_dict=True)["loss"]
+        assert scored == pytest.approx(min(averaged.history["val_loss"]), rel=1e-5)

@@ -44,6 +44,7 @@ def training_config(settings: Settings, architecture: str) -> TrainingConfig:
         augment_stroke_dropout=settings.augment_stroke_dropout,
         weight_decay=settings.weight_decay,
         label_smoothing=settings.label_smoothing,
+        ema_momentum=settings.ema_momentum,
         lr_schedule=settings.lr_schedule,
         warmup_epochs=settings.warmup_epochs,
         steps_per_execution=settings.steps_per_execution,

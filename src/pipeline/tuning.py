@@ -30,13 +30,14 @@ SETTINGS_SPACE: dict[str, tuple] = {
     "learning_rate": ("float", 3e-4, 1e-2, True),
     "weight_decay": ("float", 1e-4, 0.1, True),
     "label_smoothing": ("float", 0.0, 0.2, False),
+    "ema_momentum": ("categorical", (0.0, 0.99, 0.999)),
     "augment_scale": ("float", 0.0, 0.3, False),
     "augment_rotation": ("float", 0.0, 20.0, False),
     "augment_jitter": ("float", 0.0, 0.05, False),
     "augment_stroke_dropout": ("float", 0.0, 0.2, False),
 }
 # a convolutional stem's filters, as text (Optuna's choices are plain values): "none" or "48-64"; the
-# transformer's dilated stem likewise ("1-2-4-8": its dilation rates)
+# transformer's dilated stem and wavenet's dilation rates likewise ("1-2-4-8")
 _STEM = ("categorical", ("none", "32-48", "48-64"))
 _RECURRENT = {
     "units": ("categorical", (32, 64, 128)),
@@ -58,6 +59,7 @@ MODEL_SPACE: dict[str, dict[str, tuple]] = {
     "wavenet": {
         "filters": ("categorical", (32, 48, 64, 96)),
         "kernel_size": ("categorical", (2, 3)),
+        "dilation_rates": ("categorical", ("1-2-4-8", "1-2-4-8-16", "1-2-4-8-16-32", "1-2-4-8-1-2-4-8")),
         "pooling": ("categorical", ("mean", "mean_max")),
         "gated": ("categorical", (False, True)),
         "norm": ("categorical", (False, True)),
@@ -70,6 +72,12 @@ MODEL_SPACE: dict[str, dict[str, tuple]] = {
         "norm_first": ("categorical", (False, True)),
         "stem_dilations": ("categorical", ("none", "1-2-4-8")),
     },
+}
+# the drawn text choices that stand for a list of numbers -> the builder argument they become
+_LIST_CHOICES = {
+    "model_stem": "stem_filters",
+    "model_stem_dilations": "stem_dilations",
+    "model_dilation_rates": "dilation_rates",
 }
 _MODEL_COMMON = {"dropout": ("float", 0.0, 0.5, False), "positions": ("categorical", (False, True))}
 
@@ -97,9 +105,8 @@ def settings_of(params: Mapping[str, Any], settings: Settings, architecture: str
     ones of ``architecture``), training that architecture only."""
     model = dict(settings.models.get(architecture, {}))
     for name, value in params.items():
-        if name in ("model_stem", "model_stem_dilations"):  # text choices of a list of numbers
-            key = "stem_filters" if name == "model_stem" else "stem_dilations"
-            model[key] = [] if value == "none" else [int(n) for n in value.split("-")]
+        if name in _LIST_CHOICES:  # text choices of a list of numbers
+            model[_LIST_CHOICES[name]] = [] if value == "none" else [int(n) for n in value.split("-")]
         elif name.startswith("model_"):
             model[name.removeprefix("model_")] = value
     shared = {name: v for name, v in params.items() if not name.startswith("model_")}

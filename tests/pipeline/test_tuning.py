@@ -98,3 +98,6 @@ def test_a_drawn_stem_becomes_the_models_stem_filters():
     assert tuning.settings_of({"model_stem": "none"}, settings, "gru").models["gru"]["stem_filters"] == []
     dilated = tuning.settings_of({"model_stem_dilations": "1-2-4-8"}, settings, "transformer").models["transformer"]
     assert dilated["stem_dilations"] == [1, 2, 4, 8]
+    wavenet = tuning.settings_of({"model_dilation_rates": "1-2-4-8-16", "ema_momentum": 0.99}, settings, "wavenet")
+    assert wavenet.models["wavenet"]["dilation_rates"] == [1, 2, 4, 8, 16] and wavenet.ema_momentum == 0.99
+    assert wavenet.architectures == ("wavenet",)

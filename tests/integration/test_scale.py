@@ -143,5 +143,6 @@ def test_the_real_data_profile_trains_on_real_drawings(tmp_path):
     params = run.data.params
     assert params["label_smoothing"] == "0.1" and params["model_positions"] == "True"
     assert params["model_gated"] == "True" and params["steps_per_execution"] == "8"
+    assert params["model_dilation_rates"] == "[1, 2, 4, 8, 16]"
     assert params["augment_rotation"] == "10.0" or params["augment_rotation"] == "10"
     assert "val_cross_entropy" in run.data.metrics  # the plain cross-entropy beside the smoothed loss

@@ -17,7 +17,7 @@ Expectations over the per-sketch table in chunks, duplicate ids over the whole d
 (normalising scale, normalise and crop, flat feature arrays).
 
 Input pipeline: the first ``--input-sketches`` training sketches of the first size, as our features
-(``make_dataset``: whole-split shuffle, length-sorted windows, padded batches) and as tutorial-format
+(``make_dataset``: whole-split shuffle, length buckets, padded batches) and as tutorial-format
 TFRecord shards read by the book's pipeline (Geron, Hands-On Machine Learning, chapter 16 exercise:
 ``TFRecordDataset`` -> shuffle -> ``batch`` -> ``parse_example`` -> ``sparse.to_dense`` -> ``reshape``,
 crop to 100 steps), the anchor, built only here. Both are iterated for one epoch, alternating, in

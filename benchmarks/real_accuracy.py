@@ -18,7 +18,7 @@ learning rate halved on plateaus, early stopping on validation loss, no augmenta
   0.3 before each), three bidirectional LSTM layers of 128 units, the outputs summed over the real steps;
 - ``book``: the solution of Geron's chapter 16 exercise: three strided Conv1D (32/64/128) each with
   batch normalisation, two LSTM layers of 128, trained with Adam as the issue measured it ("same"
-  padding here: "valid" leaves no steps of the short sketches that are batched together by length).
+  padding here: "valid" leaves no steps of the short sketches that bucketing batches together).
 
 Every model is scored as it would be served (raw stroke-3 in) on the test split: top-1, top-3 and
 macro F1; training throughput is sketches per second over the epochs after the first, the validation

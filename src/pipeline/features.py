@@ -164,16 +164,13 @@ def read_spec(features_dir: Path) -> FeatureSpec:
     return FeatureSpec(**json.loads((Path(features_dir) / "spec.json").read_text()))
 
 
-SORT_WINDOW = 8  # batches whose sketches are sorted by length together (see make_dataset)
-
-
 def make_dataset(
     features_dir: Path,
     split: str,
     batch_size: int,
     shuffle: bool = False,
     seed: int = 0,
-    sort_window: int | None = SORT_WINDOW,
+    bucket_boundaries: tuple[int, ...] | None = (20, 40, 60, 80),
     augmentation: Augmentation | None = None,
 ):
     """Return a ``tf.data.Dataset`` of ``(strokes, label)`` batches, ``strokes`` (batch, time, 3) float32.
@@ -181,15 +178,11 @@ def make_dataset(
     ``augmentation`` (for the training split only) transforms every block of sketches on the fly,
     seeded by ``seed`` and the epoch (see :func:`augment_rows`); evaluation and serving never get it.
 
-    Every batch is zero-padded to its longest sketch. So that padding costs little, sketches of about
-    the same length are batched together: each run of ``sort_window`` batches' worth of sketches (in
-    the epoch's order) is sorted by length and then cut into batches, whatever the length distribution
-    or ``max_len``. A wider window pads less but makes batches of fewer classes (length says much about
-    the class): on the real 345-class sample, windows of 8 batches pad 14% of the steps (fixed buckets
-    20 steps wide padded 20%) at the same accuracy, windows of 64 pad 3% and lost 0.016 top-1.
-    ``sort_window=None`` keeps the split's order instead (for paired evaluation). With ``shuffle``,
-    every epoch draws a new permutation of the whole split (seeded by ``seed`` and the epoch) before
-    the windows are sorted, and the batches come out in random order.
+    Sketches are grouped by length into buckets (``bucket_boundaries``) and each bucket is cut into
+    batches, zero-padded to the batch's longest sketch, as ``tf.data``'s ``bucket_by_sequence_length``
+    does; ``bucket_boundaries=None`` keeps the split's order instead (for paired evaluation). With
+    ``shuffle``, every epoch draws a new permutation of the whole split (seeded by ``seed`` and the
+    epoch) before bucketing, and the batches come out in random order.
 
     The batches are made in blocks of :data:`BATCHES_PER_BLOCK`: numpy gathers a block's sketches from
     the memory-mapped flat arrays in one fancy index (on a background thread, while the model trains),
@@ -198,7 +191,7 @@ def make_dataset(
     """
     import tensorflow as tf
 
-    batches = BlockBatches(Path(features_dir), split, batch_size, shuffle, seed, sort_window, augmentation)
+    batches = BlockBatches(Path(features_dir), split, batch_size, shuffle, seed, bucket_boundaries, augmentation)
 
     def to_batches(rows, lengths, labels, sizes):
         sketches = tf.RaggedTensor.from_row_lengths(rows, lengths)
@@ -294,7 +287,7 @@ class BlockBatches:
         batch_size: int,
         shuffle: bool = False,
         seed: int = 0,
-        sort_window: int | None = None,
+        bucket_boundaries: tuple[int, ...] | None = None,
         augmentation: Augmentation | None = None,
     ):
         folder = Path(features_dir) / split
@@ -306,21 +299,26 @@ class BlockBatches:
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.seed = seed
-        self.sort_window = sort_window
+        self.bucket_boundaries = bucket_boundaries
         self._epochs = 0
 
     def __len__(self) -> int:
-        # a window holds whole batches, so sorting never adds a partial batch
-        return -(-len(self.labels) // self.batch_size)
+        if self.bucket_boundaries is None:
+            return -(-len(self.labels) // self.batch_size)
+        return count_batches(self.lengths, self.batch_size, self.bucket_boundaries)
 
     def batch_indices(self, epoch: int) -> list[np.ndarray]:
         """Return the sketch indices of each batch of ``epoch``, in the order they are served."""
         rng = np.random.default_rng([self.seed, epoch])
         order = rng.permutation(len(self.labels)) if self.shuffle else np.arange(len(self.labels))
-        if self.sort_window is not None:  # by length within each window, stable: ties keep the epoch's order
-            window = np.arange(len(order)) // (self.sort_window * self.batch_size)
-            order = order[np.lexsort((self.lengths[order], window))]
-        batches = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        if self.bucket_boundaries is None:
+            return [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        bucket = np.searchsorted(self.bucket_boundaries, self.lengths[order], side="right")
+        order = order[np.argsort(bucket, kind="stable")]  # by bucket, the permutation's order within one
+        ends = np.cumsum(np.bincount(bucket, minlength=len(self.bucket_boundaries) + 1))
+        batches = []
+        for start, stop in zip(np.concatenate([[0], ends[:-1]]), ends, strict=True):
+            batches.extend(order[i : min(i + self.batch_size, stop)] for i in range(start, stop, self.batch_size))
         if self.shuffle:
             batches = [batches[i] for i in rng.permutation(len(batches))]
         return batches
@@ -352,6 +350,14 @@ class BlockBatches:
                 rows, lengths = augment_rows(rows, lengths, self.augmentation, rng)
             sizes = np.fromiter(map(len, group), dtype=np.int64, count=len(group))
             yield rows, lengths, self.labels[order], sizes
+
+
+def count_batches(lengths: np.ndarray, batch_size: int, bucket_boundaries: tuple[int, ...]) -> int:
+    """Return how many batches bucketing yields: each bucket is batched on its own, remainders included."""
+    per_bucket = np.bincount(
+        np.searchsorted(bucket_boundaries, lengths, side="right"), minlength=len(bucket_boundaries) + 1
+    )
+    return int(np.sum(-(-per_bucket // batch_size)))
 
 
 def normalising_layer(scale: float):

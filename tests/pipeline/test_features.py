@@ -1,5 +1,3 @@
-import itertools
-
 import numpy as np
 
 from pipeline.dataset import open_split
@@ -53,7 +51,7 @@ def test_pad_batch():
 def test_declared_cardinality_matches_the_batches(tiny_features):
     for split in ("train", "valid", "test"):
         for batch_size in (7, 32):
-            dataset = make_dataset(tiny_features, split, batch_size=batch_size, sort_window=2)
+            dataset = make_dataset(tiny_features, split, batch_size=batch_size, bucket_boundaries=(10, 20, 30))
             assert int(dataset.cardinality()) == sum(1 for _ in dataset)
 
 
@@ -83,43 +81,19 @@ def test_chunked_preprocessing_writes_the_same_features(tiny_dataset, tiny_repor
 def test_every_epoch_serves_each_sketch_once_in_a_new_order(tiny_features):
     from pipeline.features import BlockBatches
 
-    batches = BlockBatches(tiny_features, "train", batch_size=16, shuffle=True, seed=3, sort_window=2)
+    batches = BlockBatches(tiny_features, "train", batch_size=16, shuffle=True, seed=3, bucket_boundaries=(10, 20))
     epochs = [batches.batch_indices(epoch) for epoch in range(3)]
     for batch_list in epochs:
         served = np.concatenate(batch_list)
         assert sorted(served.tolist()) == list(range(len(batches.labels)))
-        assert len(batch_list) == len(batches) == -(-len(batches.labels) // 16)
-        assert sorted(map(len, batch_list))[1:] == [16] * (len(batch_list) - 1)  # one partial batch at most
+        assert len(batch_list) == len(batches)
+        for indices in batch_list:  # one bucket per batch
+            assert len(set(np.searchsorted((10, 20), batches.lengths[indices], side="right").tolist())) == 1
     assert not np.array_equal(np.concatenate(epochs[0]), np.concatenate(epochs[1]))
-    again = BlockBatches(tiny_features, "train", batch_size=16, shuffle=True, seed=3, sort_window=2)
+    again = BlockBatches(tiny_features, "train", batch_size=16, shuffle=True, seed=3, bucket_boundaries=(10, 20))
     assert all(np.array_equal(a, b) for a, b in zip(again.batch_indices(1), epochs[1], strict=True))
-    ordered = BlockBatches(tiny_features, "valid", batch_size=16, sort_window=None)
+    ordered = BlockBatches(tiny_features, "valid", batch_size=16, bucket_boundaries=None)
     assert np.concatenate(ordered.batch_indices(0)).tolist() == list(range(len(ordered.labels)))
-
-
-def _padded_steps(batches: list[np.ndarray], lengths: np.ndarray) -> int:
-    return sum(int(lengths[b].max()) * len(b) for b in batches)
-
-
-def test_sketches_of_about_the_same_length_share_a_batch(tiny_features):
-    """Sorting windows of batches by length cuts padding; one window over the whole split batches
-    neighbours in the sorted lengths, as few padded steps as any batching can have."""
-    from pipeline.features import BlockBatches
-
-    def epoch(sort_window, seed=0):
-        batches = BlockBatches(tiny_features, "train", batch_size=8, shuffle=True, seed=seed, sort_window=sort_window)
-        return batches.batch_indices(0), batches.lengths
-
-    unsorted, lengths = epoch(None)
-    windows, _ = epoch(2)
-    whole, _ = epoch(10_000)
-    assert _padded_steps(whole, lengths) <= _padded_steps(windows, lengths) < _padded_steps(unsorted, lengths)
-    runs = sorted((int(lengths[b].min()), int(lengths[b].max())) for b in whole)
-    assert all(high <= next_low for (_, high), (next_low, _) in itertools.pairwise(runs))
-    by_length = np.sort(lengths)
-    assert _padded_steps(whole, lengths) == sum(int(by_length[i : i + 8].max()) * len(by_length[i : i + 8])
-                                                for i in range(0, len(by_length), 8))  # fmt: skip
-    assert not np.array_equal(np.concatenate(whole), np.concatenate(epoch(10_000, seed=1)[0]))  # still shuffled
 
 
 def _strokes_block(rng, sketches=40):
@@ -182,7 +156,7 @@ def test_augmentation_reaches_training_batches_only_and_is_reproducible(tiny_fea
     from pipeline.features import Augmentation, BlockBatches
 
     def first_block(augmentation, seed=0):
-        batches = BlockBatches(tiny_features, "train", 16, shuffle=True, seed=seed, sort_window=2,
+        batches = BlockBatches(tiny_features, "train", 16, shuffle=True, seed=seed, bucket_boundaries=(10, 20),
                                augmentation=augmentation)  # fmt: skip
         return next(iter(batches.blocks()))
 

@@ -170,7 +170,7 @@ def make_dataset(
     batch_size: int,
     shuffle: bool = False,
     seed: int = 0,
-    bucket_boundaries: tuple[int, ...] | None = (20, 40, 60, 80),
+    bucket_boundaries: tuple[int, ...] | str | None = "auto",
     augmentation: Augmentation | None = None,
 ):
     """Return a ``tf.data.Dataset`` of ``(strokes, label)`` batches, ``strokes`` (batch, time, 3) float32.
@@ -178,9 +178,11 @@ def make_dataset(
     ``augmentation`` (for the training split only) transforms every block of sketches on the fly,
     seeded by ``seed`` and the epoch (see :func:`augment_rows`); evaluation and serving never get it.
 
-    Sketches are grouped by length into buckets (``bucket_boundaries``) and each bucket is cut into
-    batches, zero-padded to the batch's longest sketch, as ``tf.data``'s ``bucket_by_sequence_length``
-    does; ``bucket_boundaries=None`` keeps the split's order instead (for paired evaluation). With
+    Sketches are grouped by length into buckets (``bucket_boundaries``; ``"auto"``: every
+    :data:`BUCKET_WIDTH` steps up to the split's longest sketch, see :func:`length_buckets`) and each
+    bucket is cut into batches, zero-padded to the batch's longest sketch, as ``tf.data``'s
+    ``bucket_by_sequence_length`` does; ``bucket_boundaries=None`` keeps the split's order instead (for
+    paired evaluation). With
     ``shuffle``, every epoch draws a new permutation of the whole split (seeded by ``seed`` and the
     epoch) before bucketing, and the batches come out in random order.
 
@@ -287,7 +289,7 @@ class BlockBatches:
         batch_size: int,
         shuffle: bool = False,
         seed: int = 0,
-        bucket_boundaries: tuple[int, ...] | None = None,
+        bucket_boundaries: tuple[int, ...] | str | None = None,
         augmentation: Augmentation | None = None,
     ):
         folder = Path(features_dir) / split
@@ -299,7 +301,7 @@ class BlockBatches:
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.seed = seed
-        self.bucket_boundaries = bucket_boundaries
+        self.bucket_boundaries = length_buckets(self.lengths) if bucket_boundaries == "auto" else bucket_boundaries
         self._epochs = 0
 
     def __len__(self) -> int:
@@ -350,6 +352,16 @@ class BlockBatches:
                 rows, lengths = augment_rows(rows, lengths, self.augmentation, rng)
             sizes = np.fromiter(map(len, group), dtype=np.int64, count=len(group))
             yield rows, lengths, self.labels[order], sizes
+
+
+BUCKET_WIDTH = 20  # steps per length bucket (fixed buckets beat length-sorted batches on real drawings)
+
+
+def length_buckets(lengths: np.ndarray, width: int = BUCKET_WIDTH) -> tuple[int, ...]:
+    """Return bucket boundaries every ``width`` steps below the longest of ``lengths``: (20, 40, 60, 80)
+    when the longest sketch has 81-100 points (``max_len`` 100), and more for longer sketches (a larger
+    ``max_len``), which fixed boundaries would all put into one bucket."""
+    return tuple(range(width, int(lengths.max(initial=0)), width))
 
 
 def count_batches(lengths: np.ndarray, batch_size: int, bucket_boundaries: tuple[int, ...]) -> int:

@@ -78,6 +78,18 @@ def test_chunked_preprocessing_writes_the_same_features(tiny_dataset, tiny_repor
         assert labels[row] == test.labels[index]
 
 
+def test_length_buckets_follow_the_longest_sketch(tiny_features):
+    from pipeline.features import BlockBatches, length_buckets
+
+    assert length_buckets(np.array([3, 100, 57])) == (20, 40, 60, 80)  # max_len 100: the buckets as ever
+    assert length_buckets(np.array([250, 12])) == tuple(range(20, 250, 20))  # max_len 250: up to 240
+    assert length_buckets(np.array([15, 7])) == ()  # all in one bucket
+    batches = BlockBatches(tiny_features, "train", 16, shuffle=True, bucket_boundaries="auto")
+    assert batches.bucket_boundaries == length_buckets(batches.lengths)
+    for indices in batches.batch_indices(0):  # one bucket per batch
+        assert len(set(np.searchsorted(batches.bucket_boundaries, batches.lengths[indices], side="right"))) == 1
+
+
 def test_every_epoch_serves_each_sketch_once_in_a_new_order(tiny_features):
     from pipeline.features import BlockBatches
 

@@ -186,8 +186,9 @@ def test_the_weights_moving_average_is_what_validation_scores_and_the_saved_mode
     plain = train_model(training_config(settings, "gru"), tiny_features, tmp_path / "plain")
     config = training_config(settings.replace(ema_momentum=0.9), "gru")
     averaged = train_model(config, tiny_features, tmp_path / "ema")
-    assert averaged.history["loss"] == plain.history["loss"]
-    assert averaged.history["val_loss"] != plain.history["val_loss"]
+    # the same updates (up to multithreaded float sums), other weights evaluated
+    assert averaged.history["loss"] == pytest.approx(plain.history["loss"], rel=1e-5)
+    assert averaged.history["val_loss"] != pytest.approx(plain.history["val_loss"], rel=1e-4)
     valid = make_dataset(tiny_features, "valid", config.batch_size)
     for path in (averaged.model_path, tmp_path / "ema" / "best.keras"):
         model = keras.saving.load_model(path)

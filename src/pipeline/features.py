@@ -182,9 +182,8 @@ def make_dataset(
     :data:`BUCKET_WIDTH` steps up to the split's longest sketch, see :func:`length_buckets`) and each
     bucket is cut into batches, zero-padded to the batch's longest sketch, as ``tf.data``'s
     ``bucket_by_sequence_length`` does; ``bucket_boundaries=None`` keeps the split's order instead (for
-    paired evaluation). With
-    ``shuffle``, every epoch draws a new permutation of the whole split (seeded by ``seed`` and the
-    epoch) before bucketing, and the batches come out in random order.
+    paired evaluation). With ``shuffle``, every epoch draws a new permutation of the whole split (seeded
+    by ``seed`` and the epoch) before bucketing, and the batches come out in random order.
 
     The batches are made in blocks of :data:`BATCHES_PER_BLOCK`: numpy gathers a block's sketches from
     the memory-mapped flat arrays in one fancy index (on a background thread, while the model trains),

@@ -229,7 +229,7 @@ def _cmd_tune(args: argparse.Namespace) -> None:
             _fail(f"--study: {exc}")
     _import_tensorflow_quietly(settings, args)
     from flows.tuning import tuning_with_task_runner
-    from pipeline.tuning import OBJECTIVE
+    from pipeline.tuning import OBJECTIVE, trial_line
 
     with _flow_errors():
         result = tuning_with_task_runner(settings, args.parallel)(
@@ -246,7 +246,7 @@ def _cmd_tune(args: argparse.Namespace) -> None:
     if result["resumed_from"]:
         print(f"study {result['study']!r} resumed with {result['resumed_from']} finished trials")
     for trial in result["trials"]:
-        print(f"trial {trial['number']:>3}  {trial['state']:<8}  {OBJECTIVE} {trial['value']:.4f}")
+        print(trial_line(trial))
     print(f"best: trial {best['number']} ({OBJECTIVE} {best['value']:.4f}) of study {result['study']!r}")
     print(f"best settings: {best['path']} (use them with `sketchpipe run --config {best['path']}`)")
     print(f"MLflow run {result['study_run_id']} in experiment {settings.experiment_name!r} (a nested run per trial)")

@@ -1,4 +1,4 @@
-"""Terminal progress bars (tqdm) for ingest and training.
+"""Terminal progress bars (tqdm) for ingest and training, and lines between them (a finished trial).
 
 ``progress`` settings: ``on``, ``off``, or ``auto`` (on when standard error is a terminal, so logs of
 scheduled runs and CI stay free of bar redraws). Architectures training at the same time each get
@@ -51,6 +51,12 @@ def counted(
         for item in items:
             yield item
             bar.update(1 if weight is None else weight(item))
+
+
+def note(message: str, show: bool) -> None:
+    """Write one line to standard error when ``show``, above any live bars (which stay where they are)."""
+    if show:
+        tqdm.write(message, file=sys.stderr)
 
 
 def training_progress(name: str):

@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from pipeline import tracking
+from pipeline import progress, tracking
 from pipeline.config import Settings
 
 OBJECTIVE = "val_cross_entropy"
@@ -260,23 +260,42 @@ def run_trial(settings: Settings, ref: StudyRef, asked: AskedTrial, features_dir
     client = tracking.client_for(ref.tracking_uri)
     client.set_tag(asked.trial_id, "mlflow.runName", f"{ref.architecture}-trial-{asked.number}")
     client.set_tag(asked.trial_id, "architecture", ref.architecture)
+    show = progress.enabled(settings.progress)
+    name = f"trial {asked.number}"
     try:
         config = training_config(settings_of(asked.params, settings, ref.architecture), ref.architecture)
         reporter = _pruning_callback(trial)
         out_dir = Path(settings.work_dir) / "tuning" / ref.name / f"trial-{asked.number}"
-        train_model(config, features_dir, out_dir, callbacks=[tracking.epoch_logger(client, asked.trial_id), reporter])
-    except Exception:
+        callbacks = [tracking.epoch_logger(client, asked.trial_id), reporter]
+        train_model(config, features_dir, out_dir, callbacks=callbacks + ([progress.training_progress(name)] if show else []))
+    except Exception as exc:
         study.tell(trial, state=TrialState.FAIL)
+        progress.note(f"{name} FAILED: {type(exc).__name__}: {str(exc)[:200]}", show)
         raise
     result = {"number": asked.number, "value": reporter.best, "params": asked.params}
     if reporter.pruned:
         study.tell(trial, state=TrialState.PRUNED)
-        return {**result, "state": "PRUNED"}
-    if not math.isfinite(reporter.best):
+        result["state"] = "PRUNED"
+    elif not math.isfinite(reporter.best):
         study.tell(trial, state=TrialState.FAIL)
+        progress.note(f"{name} FAILED: no finite {OBJECTIVE}", show)
         raise optuna.TrialPruned(f"trial {asked.number} reached no finite {OBJECTIVE}")
-    study.tell(trial, reporter.best)
-    return {**result, "state": "COMPLETE"}
+    else:
+        study.tell(trial, reporter.best)
+        result["state"] = "COMPLETE"
+    if show:
+        try:
+            best = study.best_trial
+        except ValueError:  # no trial has completed yet
+            best = None
+        progress.note(trial_line(result, best), show)
+    return result
+
+
+def trial_line(result: dict[str, Any], best=None) -> str:
+    """Return a finished trial's line: its number, state and objective (and the study's best so far)."""
+    line = f"trial {result['number']:>3}  {result['state']:<8}  {OBJECTIVE} {result['value']:.4f}"
+    return line if best is None else line + f"  (best so far: trial {best.number}, {best.value:.4f})"
 
 
 def export_best(ref: StudyRef, settings: Settings, path: Path) -> dict[str, Any]:

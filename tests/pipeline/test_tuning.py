@@ -57,11 +57,20 @@ def test_trials_are_nested_runs_hopeless_ones_are_pruned_and_the_study_resumes(t
     assert tuning.finished_trials(again) == 6
 
 
-def test_the_best_trial_is_exported_as_a_settings_file_that_run_loads(tune_settings, tiny_features, tmp_path):
-    settings = tune_settings
+def test_each_trial_is_shown_as_it_ends_and_the_best_is_exported_as_a_settings_file_that_run_loads(
+    tune_settings, tiny_features, tmp_path, capsys
+):
+    settings = tune_settings.replace(progress="on")
     ref = tuning.prepare_study(settings, "gru", "study-b", startup_trials=2)
     done = _run(settings, ref, tiny_features, 2)
     best = min((t for t in done if t["state"] == "COMPLETE"), key=lambda t: t["value"])
+    # live on the terminal: a training bar per trial, then its line with the best so far
+    err = capsys.readouterr().err.replace("\r", "\n")
+    assert "trial 0 epoch 3/3" in err and "trial 1 epoch 3/3" in err
+    lines = [line for line in err.splitlines() if line.startswith("trial ") and "val_cross_entropy" in line]
+    assert [line.split()[:2] for line in lines] == [["trial", "0"], ["trial", "1"]]
+    assert f"val_cross_entropy {done[1]['value']:.4f}" in lines[1]
+    assert lines[1].endswith(f"(best so far: trial {best['number']}, {best['value']:.4f})")
     exported = tuning.export_best(ref, settings, tmp_path / "tuned.yaml")
     assert exported["number"] == best["number"]
     loaded = load_settings(tmp_path / "tuned.yaml", environ={})

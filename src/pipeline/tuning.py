@@ -267,7 +267,9 @@ def run_trial(settings: Settings, ref: StudyRef, asked: AskedTrial, features_dir
         reporter = _pruning_callback(trial)
         out_dir = Path(settings.work_dir) / "tuning" / ref.name / f"trial-{asked.number}"
         callbacks = [tracking.epoch_logger(client, asked.trial_id), reporter]
-        train_model(config, features_dir, out_dir, callbacks=callbacks + ([progress.training_progress(name)] if show else []))
+        train_model(
+            config, features_dir, out_dir, callbacks=callbacks + ([progress.training_progress(name)] if show else [])
+        )
     except Exception as exc:
         study.tell(trial, state=TrialState.FAIL)
         progress.note(f"{name} FAILED: {type(exc).__name__}: {str(exc)[:200]}", show)

@@ -71,7 +71,7 @@ class Settings:
     seed: int = 42
     work_dir: str = "data"
     # Validation
-    min_points: int = 2
+    min_points: int = 1  # one offset: a straight line, a real drawing of `line`
     max_points: int = 1000
     max_abs_delta: float = 1000.0
     max_invalid_fraction: float = 0.05

@@ -7,6 +7,7 @@ Readers yield :class:`~pipeline.dataset.SketchRecord` for usable sketches and
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import json
 from collections import Counter
@@ -149,6 +150,8 @@ def iter_ndjson_records(
         seen_keys: set[str] = set()  # per file: a class file is where a drawing is repeated
         with open(path, "rb") as lines:
             for number, raw_line in enumerate(lines, start=1):
+                if number == 1:
+                    raw_line = raw_line.removeprefix(codecs.BOM_UTF8)  # a file saved by an editor that marks UTF-8
                 if not raw_line.strip():
                     continue
                 outcome = _ndjson_record(path.name, number, raw_line, label_of, recognized_only, seen_keys)

@@ -280,7 +280,7 @@ def class_balance_failures(class_counts: dict[str, int], max_ratio: float) -> li
 def validate_dataset(
     dataset_dir: Path,
     output_dir: Path,
-    min_points: int = 2,
+    min_points: int = 1,
     max_points: int = 1000,
     max_abs_delta: float = 1000.0,
     max_invalid_fraction: float = 0.05,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import resource
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ import pytest
 from pipeline.dataset import read_info
 from pipeline.ingest import ingest
 from pipeline.quickdraw_formats import MAX_RAW_POINTS, MAX_RECORD_BYTES, write_tfrecord
+from pipeline.stages.data import validate
 from pipeline.strokes import StrokeFormatError, write_sketchrnn_npz
 from tests.conftest import tiny_settings
 
@@ -92,6 +94,15 @@ def test_a_bad_ndjson_record_is_quarantined_with_its_reason_and_the_rest_kept(tm
     _accounted(info, lines=4)
 
 
+def test_a_file_saved_with_a_utf8_byte_order_mark_and_windows_line_ends_reads_in_full(tmp_path):
+    (tmp_path / "data").mkdir()
+    lines = [_line(key_id=f"good-{i}") for i in range(3)]
+    (tmp_path / "data" / "cat.ndjson").write_bytes(b"\xef\xbb\xbf" + b"\r\n".join(lines) + b"\r\n")
+    info = read_info(ingest(_settings(tmp_path, "ndjson")))
+    assert (info.num_sketches, info.num_rejected) == (3, 0)
+    _accounted(info, lines=3)
+
+
 def test_points_that_do_not_move_are_dropped_and_a_sketch_of_nothing_is_quarantined(tmp_path):
     (tmp_path / "data").mkdir()
     lines = [
@@ -112,6 +123,28 @@ def test_points_that_do_not_move_are_dropped_and_a_sketch_of_nothing_is_quaranti
     assert all(np.any(sketch != 0, axis=1).all() for sketch in sketches)  # no row looks like padding
     assert sorted(len(s) for s in sketches) == [1, 2, 2]
     _accounted(info, lines=3)
+
+
+def test_a_straight_line_drawn_in_one_stroke_is_a_sketch_not_a_bad_record(tmp_path):
+    # as in the real raw `line` file: one stroke, left to right, that simplifies to its two ends; its
+    # first point is the origin (a no-op row), so one offset is all it has after ingest
+    (tmp_path / "data").mkdir()
+    xs, ys = [302, 336, 430, 668, 802, 893], [288.87, 288.87, 290.87, 290.87, 289.87, 288.87]
+    lines = [
+        _line(word="line", key_id=f"{i}", drawing=[[xs, [y + i for y in ys], list(range(0, 600, 100))]])
+        for i in range(4)
+    ]
+    (tmp_path / "data" / "line.ndjson").write_bytes(b"\n".join(lines) + b"\n")
+    settings = _settings(tmp_path, "ndjson")
+    report = validate(settings, ingest(settings))
+    assert (report.records_in, report.accepted, report.quarantined) == (4, 4, 0)
+    from pipeline.dataset import open_split
+
+    dataset = Path(report.dataset_dir)
+    sketches = [
+        s.sketch(i) for s in (open_split(dataset, split) for split in ("train", "valid", "test")) for i in range(len(s))
+    ]
+    assert [sketch.tolist() for sketch in sketches] == [[[255, 0, 1]]] * 4
 
 
 def test_a_sketch_of_only_padding_like_rows_is_quarantined(tmp_path):

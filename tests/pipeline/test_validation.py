@@ -32,13 +32,13 @@ def test_table_describes_each_sketch(tmp_path):
 
 def test_every_bad_sketch_is_quarantined_with_its_reason(tmp_path):
     bad = {
-        2: np.array([[1, 1, 1]], np.float32),  # too few points
+        2: np.array([[1, 1, 1]], np.float32),  # too few points for min_points=2
         5: np.array([[1, np.inf, 0], [1, 1, 1]], np.float32),  # not finite
         7: np.array([[1, 1, 2], [1, 1, 1]], np.float32),  # pen value 2
         9: np.array([[5000, 1, 0], [1, 1, 1]], np.float32),  # huge step
     }
     folder = _dataset(tmp_path, bad, labels={11: 7}, ids={12: "dup", 13: "dup"})
-    report = validate_dataset(folder, tmp_path / "out", max_invalid_fraction=0.5)
+    report = validate_dataset(folder, tmp_path / "out", min_points=2, max_invalid_fraction=0.5)
     assert report.records_in == 40
     assert report.quarantined == 6  # of the two sketches with id "dup", the first is kept
     assert report.accepted + report.quarantined == report.records_in
@@ -72,7 +72,7 @@ def test_chunked_validation_matches_one_chunk(tmp_path, monkeypatch):
     """Chunks of 7 rows: duplicates are found across chunks and across splits, and nothing else changes."""
     import pipeline.validation as validation
 
-    bad = {3: np.array([[1, 1, 1]], np.float32), 20: np.array([[1, np.nan, 0], [1, 1, 1]], np.float32)}
+    bad = {3: np.array([[1, 1, 2]], np.float32), 20: np.array([[1, np.nan, 0], [1, 1, 1]], np.float32)}
     ids = {5: "same", 18: "same", 33: "same", 10: "twice", 36: "twice"}  # 33 and 36 are test sketches
     folder = _dataset(tmp_path, bad, ids=ids)
     whole = _outcome(validate_dataset(folder, tmp_path / "whole", max_invalid_fraction=0.5))
@@ -103,7 +103,7 @@ def test_hash_ids_tells_ids_apart():
 
 
 def test_too_many_failures_stop_with_one_clear_message(tmp_path):
-    bad = {i: np.array([[1, 1, 1]], np.float32) for i in range(5)}
+    bad = {i: np.array([[1, 1, 2]], np.float32) for i in range(5)}  # pen value 2
     folder = _dataset(tmp_path, bad)
     with pytest.raises(DataValidationError, match=r"12\.5% of 40 records .* failed validation \(limit 5\.0%\)"):
         validate_dataset(folder, tmp_path / "out", max_invalid_fraction=0.05)

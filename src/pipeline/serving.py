@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import dataclasses
 import hashlib
 import json
@@ -14,7 +15,13 @@ from pipeline.config import Settings
 from pipeline.evaluation import compiled_inference
 from pipeline.features import normalising_layer, pad_batch
 from pipeline.promotion import CHAMPION
-from pipeline.strokes import StrokeFormatError, drop_noop_points, load_sketchrnn_npz, stroke3_sketches
+from pipeline.strokes import (
+    StrokeFormatError,
+    check_stroke3,
+    drop_noop_points,
+    load_sketchrnn_npz,
+    stroke3_sketches,
+)
 
 # MLflow (pipeline.registry, pipeline.tracking) is imported only where the store is asked: a predict
 # served from the local cache need not pay for its import
@@ -155,18 +162,27 @@ def _read_ndjson_sketches(path: str) -> dict[str, np.ndarray]:
     from pipeline.quickdraw_formats import drawing_to_stroke3
 
     sketches = {}
-    with open(path, encoding="utf-8") as lines:
-        for number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
+    with open(path, "rb") as lines:
+        for number, raw_line in enumerate(lines, start=1):
             try:
+                line = _decode(raw_line.removeprefix(codecs.BOM_UTF8) if number == 1 else raw_line)
+                if not line.strip():
+                    continue
                 item = json.loads(line)
                 if not isinstance(item, dict) or "drawing" not in item:
                     raise ValueError("no 'drawing' field")
                 sketches[f"{path}:{number}"] = drawing_to_stroke3(item["drawing"]).astype(np.float32)
-            except ValueError as exc:  # json.JSONDecodeError is one
+            except ValueError as exc:  # json.JSONDecodeError and UnicodeDecodeError are ones
                 raise StrokeFormatError(f"{path}: line {number}: {exc}") from exc
     return sketches
+
+
+def _decode(data: bytes) -> str:
+    """Return UTF-8 bytes as text; other bytes raise a ValueError that says where (no exception chain)."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"not UTF-8 (byte {exc.start}: {data[exc.start : exc.start + 4]!r})") from None
 
 
 def read_sketch_files(paths: list[str]) -> dict[str, np.ndarray]:
@@ -182,8 +198,13 @@ def read_sketch_files(paths: list[str]) -> dict[str, np.ndarray]:
         elif path.endswith(".npz"):
             for split, items in load_sketchrnn_npz(Path(path)).items():
                 for i, sketch in enumerate(items):
+                    check_stroke3(sketch, f"{path}:{split}[{i}]")
                     sketches[f"{path}:{split}[{i}]"] = sketch
         else:
-            for i, sketch in enumerate(_parse_json_sketches(Path(path).read_text(), path)):
+            try:
+                text = _decode(Path(path).read_bytes().removeprefix(codecs.BOM_UTF8))
+            except ValueError as exc:
+                raise StrokeFormatError(f"{path}: {exc}") from exc
+            for i, sketch in enumerate(_parse_json_sketches(text, path)):
                 sketches[f"{path}[{i}]"] = sketch
     return sketches

@@ -62,8 +62,24 @@ def stroke3_sketches(items, where: str = "") -> list[np.ndarray]:
             raise StrokeFormatError(f"{where}sketch {index} is not a list of [dx, dy, pen] rows") from exc
         if sketch.ndim != 2 or sketch.shape[1] != 3 or len(sketch) == 0:
             raise StrokeFormatError(f"{where}sketch {index} is not a non-empty list of [dx, dy, pen] rows")
+        check_stroke3(sketch, f"{where}sketch {index}")
         sketches.append(sketch)
     return sketches
+
+
+def check_stroke3(sketch: np.ndarray, name: str) -> None:
+    """Raise a :class:`StrokeFormatError` naming ``name`` and the row if a stroke-3 sketch is not one a
+    model can read: a value that is not finite, a pen value other than 0 or 1, or no movement at all
+    (every row ``0, 0, 0``, which reads as padding). Training validation rejects the same sketches."""
+    finite = np.isfinite(sketch).all(axis=1)
+    if not finite.all():
+        raise StrokeFormatError(f"{name}: row {int(np.argmin(finite))} has a value that is not finite")
+    pen_ok = (sketch[:, 2] == 0) | (sketch[:, 2] == 1)
+    if not pen_ok.all():
+        row = int(np.argmin(pen_ok))
+        raise StrokeFormatError(f"{name}: row {row} has pen value {sketch[row, 2]:g} (expected 0 or 1)")
+    if not sketch.any():
+        raise StrokeFormatError(f"{name}: no movement (every row is 0, 0, 0, which reads as padding)")
 
 
 def drop_noop_points(sketch: np.ndarray) -> np.ndarray:

@@ -63,3 +63,36 @@ def test_bad_ndjson_names_the_file_and_line(tmp_path):
     path.write_text('{"drawing": [[[0, 10], [0]]]}\n')
     with pytest.raises(StrokeFormatError, match=r"bad\.ndjson: line 1: stroke 0 has 2/1"):
         read_sketch_files([str(path)])
+
+
+@pytest.mark.parametrize(
+    ("sketch", "message"),
+    [
+        ([[1, 2, 0], [3, float("nan"), 1]], "row 1 has a value that is not finite"),
+        ([[1, 2, 0], [3, 4, 2]], r"row 1 has pen value 2 \(expected 0 or 1\)"),
+        ([[0, 0, 0], [0, 0, 0]], r"no movement"),
+    ],
+)
+def test_a_sketch_no_model_can_read_is_refused_by_name_not_scored(tmp_path, sketch, message):
+    from pipeline.pyfunc import sketches_of
+
+    (tmp_path / "bad.json").write_text(json.dumps(sketch))  # NaN as JSON's extension, as json.dumps writes it
+    with pytest.raises(StrokeFormatError, match=r"bad\.json: sketch 0: " + message):
+        read_sketch_files([str(tmp_path / "bad.json")])
+    with pytest.raises(StrokeFormatError, match="sketch 1: " + message):  # the served model's request path
+        sketches_of({"strokes": [[[1, 1, 1]], sketch]})
+    np.testing.assert_array_equal(sketches_of({"strokes": [[[1, 1, 1]]]})[0], [[1, 1, 1]])
+
+
+def test_files_with_a_byte_order_mark_read_and_bytes_that_are_not_utf8_are_named(tmp_path):
+    line = b'{"word": "cat", "drawing": [[[0, 10], [0, 5]]]}\n'
+    (tmp_path / "bom.ndjson").write_bytes(b"\xef\xbb\xbf" + line + line)
+    (tmp_path / "bom.json").write_bytes(b"\xef\xbb\xbf[[1, 2, 1]]")
+    read = read_sketch_files([str(tmp_path / "bom.ndjson"), str(tmp_path / "bom.json")])
+    assert len(read) == 3 and len({v.tobytes() for k, v in read.items() if "ndjson" in k}) == 1
+    (tmp_path / "latin.ndjson").write_bytes(line + b'{"word": "caf\xe9"}\n')
+    with pytest.raises(StrokeFormatError, match=r"latin\.ndjson: line 2: not UTF-8 \(byte 13"):
+        read_sketch_files([str(tmp_path / "latin.ndjson")])
+    (tmp_path / "latin.json").write_bytes(b"[[1, 2, 1]] \xe9")
+    with pytest.raises(StrokeFormatError, match=r"latin\.json: not UTF-8 \(byte 12"):
+        read_sketch_files([str(tmp_path / "latin.json")])

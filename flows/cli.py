@@ -76,14 +76,23 @@ def _settings(args: argparse.Namespace, names: list[str]) -> tuple[Settings, dic
     try:
         return load_settings(args.config, overrides), overrides
     except ConfigError as exc:
-        _fail(f"{_where_set(exc.field, names)}: {exc}")
+        _fail(f"{_where_set(exc, names)}: {exc}")
 
 
-def _where_set(field: str, flags: list[str]) -> str:
-    """Return how the user sets ``field``: its flag on this command, else the setting (config file or
-    ``SKETCHPIPE_*`` variable)."""
-    if field == "config" or field in flags:
-        return f"--{field.replace('_', '-')}"
+def _where_set(exc: ConfigError, flags: list[str]) -> str:
+    """Return where the user set the setting an error is about: the flag, the config file or the
+    ``SKETCHPIPE_*`` variable (for a value they did not set, such as one checked against another: the
+    flag if this command has one, else the setting's name and where it can be set)."""
+    field = exc.field
+    flag = f"--{field.replace('_', '-')}"
+    if field == "config" or exc.origin == "override":
+        return flag
+    if exc.origin == "environment":
+        return f"SKETCHPIPE_{field.upper()}"
+    if exc.origin is not None:
+        return f"{field} (in {exc.origin})"
+    if field in flags:
+        return flag
     return f"{field} (config file or SKETCHPIPE_{field.upper()})"
 
 
@@ -301,7 +310,8 @@ def _cmd_download(args: argparse.Namespace) -> None:
         settings = load_settings(args.config, overrides)
     except ConfigError as exc:
         flag = {"download_format": "--format", "download_base_url": "--base-url", "download_workers": "--workers"}
-        _fail(f"{flag.get(exc.field, '--' + exc.field.replace('_', '-'))}: {exc}")
+        given = exc.origin == "override" or (exc.origin is None and exc.field in flag)
+        _fail(f"{flag.get(exc.field, '--' + exc.field.replace('_', '-')) if given else _where_set(exc, [])}: {exc}")
     from pipeline import progress
     from pipeline.download import DownloadError, download_classes, resolve_classes
 

@@ -46,6 +46,7 @@ class ConfigError(ValueError):
     def __init__(self, field: str, message: str):
         super().__init__(message)
         self.field = field
+        self.origin: str | None = None  # where the value came from: "override", "environment" or a file path
 
 
 @dataclasses.dataclass(frozen=True)
@@ -326,23 +327,38 @@ def load_settings(
         ConfigError: an unknown field or a wrong value, naming the field.
     """
     values: dict[str, Any] = {}
+    origin: dict[str, str] = {}
     path = Path(config_file) if config_file else Path("sketchpipe.yaml")
     if config_file and not path.is_file():
         raise ConfigError("config", f"config file {path} does not exist")
     if path.is_file():
-        loaded = yaml.safe_load(path.read_text()) or {}
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+            problem = getattr(exc, "problem", None) or type(exc).__name__
+            raise ConfigError("config", f"{path} is not valid YAML: {problem}{where}") from None
         if not isinstance(loaded, dict):
             raise ConfigError("config", f"{path} must hold a mapping of settings")
         values.update(loaded)
+        origin.update(dict.fromkeys(loaded, str(path)))
     environ = os.environ if environ is None else environ
     for key, value in environ.items():
         if key.startswith(ENV_PREFIX) and key[len(ENV_PREFIX) :].lower() in _FIELDS:
             values[key[len(ENV_PREFIX) :].lower()] = value
-    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    for name in values:
-        if name not in _FIELDS:
-            raise ConfigError(name, f"unknown setting {name!r}")
-    return check_settings(Settings(**{name: _coerce(name, value) for name, value in values.items()}))
+            origin[key[len(ENV_PREFIX) :].lower()] = "environment"
+    given = {k: v for k, v in (overrides or {}).items() if v is not None}
+    values.update(given)
+    origin.update(dict.fromkeys(given, "override"))
+    try:
+        for name in values:
+            if name not in _FIELDS:
+                raise ConfigError(name, f"unknown setting {name!r}")
+        return check_settings(Settings(**{name: _coerce(name, value) for name, value in values.items()}))
+    except ConfigError as exc:
+        exc.origin = origin.get(exc.field)
+        raise
 
 
 def configure_runtime(environ: dict[str, str] | None = None) -> None:

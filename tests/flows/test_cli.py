@@ -1,5 +1,6 @@
 """Command-line contract: wrong values stop at once with one line naming the flag."""
 
+from pathlib import Path
 
 import pytest
 
@@ -136,3 +137,65 @@ def test_a_wrong_value_is_named_where_it_was_set(in_tmp_cwd, capsys, monkeypatch
     # with every setting right, the command gets as far as the unknown class
     expected = message or "--classes: unknown class nope"
     assert err.startswith(f"sketchpipe: error: {expected}"), err
+
+
+def test_asking_a_real_source_for_more_classes_than_it_has_names_the_flag(in_tmp_cwd, capsys):
+    import numpy as np
+
+    from pipeline.strokes import write_sketchrnn_npz
+
+    write_sketchrnn_npz(in_tmp_cwd / "raw" / "cat.npz", {"train": [np.ones((3, 3), np.int16)]})
+    with pytest.raises(SystemExit) as exit_info:
+        main(["validate", "--source", "sketchrnn", "--data-dir", "raw", "--num-classes", "2"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == "sketchpipe: error: --num-classes: asked for 2 classes but the source has 1\n"
+
+
+@pytest.mark.parametrize("argv", [["predict", "s.json"], ["promote", "--version", "1"], ["promote", "--rollback"]])
+def test_commands_that_need_a_store_do_not_create_an_empty_one(in_tmp_cwd, capsys, argv):
+    (in_tmp_cwd / "s.json").write_text("[[1, 2, 0], [3, 4, 1]]")
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err == (
+        f"sketchpipe: error: --tracking-uri: no tracking store at {in_tmp_cwd / 'mlflow' / 'mlflow.db'} "
+        "(train with `sketchpipe run` first)\n"
+    )
+    assert not (in_tmp_cwd / "mlflow").exists()
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (Linux) to fill a disk for real")
+def test_a_full_disk_is_named_in_one_line(in_tmp_cwd, capsys):
+    """A write that finds the disk full (``/dev/full`` answers every write with ENOSPC) ends in one
+    line that says so, however deep the OSError sits, and leaves no file under the final name."""
+    from tests.bucket_server import FakeBucket
+
+    (in_tmp_cwd / "raw").mkdir()
+    (in_tmp_cwd / "raw" / "cat.npz.part").symlink_to("/dev/full")  # the download's resumable part file
+    with FakeBucket() as bucket, pytest.raises(SystemExit) as exit_info:
+        bucket.put("sketchrnn/cat.npz", b"x" * 2_000)  # small: sent whole before the client gives up
+        main(["download", "--format", "sketchrnn", "--classes", "cat", "--dest", "raw", "--base-url", bucket.url,
+              "--progress", "off"])  # fmt: skip
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("sketchpipe: error: no space left on device"), err
+    assert not (in_tmp_cwd / "raw" / "cat.npz").exists()
+
+
+def test_an_unexpected_error_is_one_line_without_verbose_and_a_traceback_with_it(in_tmp_cwd, capsys, monkeypatch):
+    from pipeline.stages import data
+
+    def broken(settings):
+        raise RuntimeError("the reader broke\nwith a second line")
+
+    monkeypatch.setattr(data, "ingest", broken)  # a fault in the pipeline's own code, not a user error
+    with pytest.raises(SystemExit) as exit_info:
+        main(["validate"])
+    assert exit_info.value.code == 1
+    assert capsys.readouterr().err.splitlines() == [
+        "sketchpipe: error: RuntimeError: the reader broke",
+        "sketchpipe: (--verbose shows the traceback)",
+    ]
+    with pytest.raises(RuntimeError, match="the reader broke"):
+        main(["validate", "--verbose"])

@@ -79,12 +79,13 @@ def _settings(args: argparse.Namespace, names: list[str]) -> tuple[Settings, dic
         _fail(f"{_where_set(exc, names)}: {exc}")
 
 
-def _where_set(exc: ConfigError, flags: list[str]) -> str:
+def _where_set(exc: ConfigError, flags: list[str], flag_names: dict[str, str] | None = None) -> str:
     """Return where the user set the setting an error is about: the flag, the config file or the
     ``SKETCHPIPE_*`` variable (for a value they did not set, such as one checked against another: the
-    flag if this command has one, else the setting's name and where it can be set)."""
+    flag if this command has one, else the setting's name and where it can be set). A setting's flag is
+    ``--<name>`` unless ``flag_names`` says otherwise."""
     field = exc.field
-    flag = f"--{field.replace('_', '-')}"
+    flag = (flag_names or {}).get(field, f"--{field.replace('_', '-')}")
     if field == "config" or exc.origin == "override":
         return flag
     if exc.origin == "environment":
@@ -309,9 +310,8 @@ def _cmd_download(args: argparse.Namespace) -> None:
     try:
         settings = load_settings(args.config, overrides)
     except ConfigError as exc:
-        flag = {"download_format": "--format", "download_base_url": "--base-url", "download_workers": "--workers"}
-        given = exc.origin == "override" or (exc.origin is None and exc.field in flag)
-        _fail(f"{flag.get(exc.field, '--' + exc.field.replace('_', '-')) if given else _where_set(exc, [])}: {exc}")
+        flags = {"download_format": "--format", "download_base_url": "--base-url", "download_workers": "--workers"}
+        _fail(f"{_where_set(exc, list(flags), flags)}: {exc}")
     from pipeline import progress
     from pipeline.download import DownloadError, download_classes, resolve_classes
 

@@ -104,8 +104,9 @@ class Settings:
     # of the weights (this momentum per step; 0: off, the last weights as they are)
     ema_momentum: float = 0.0
     lr_schedule: str = "plateau"
+    lr_patience: int = 2  # plateau: epochs without a better val_loss before the rate halves
     warmup_epochs: int = 0
-    early_stopping_patience: int = 3
+    early_stopping_patience: int = 3  # epochs without a better val_loss before training stops
     models: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
     task_runner: str = "thread"
     distribute: str = "auto"  # tf.distribute: auto (mirrored when several GPUs are visible) | mirrored | default
@@ -219,6 +220,9 @@ def check_settings(settings: Settings) -> Settings:
     for name in ("epochs", "batch_size", "max_len", "min_points", "download_workers"):
         if getattr(settings, name) < 1:
             raise ConfigError(name, f"must be at least 1 (got {getattr(settings, name)})")
+    for name in ("lr_patience", "early_stopping_patience"):
+        if getattr(settings, name) < 0:
+            raise ConfigError(name, f"must be at least 0 (got {getattr(settings, name)})")
     if settings.max_per_class is not None and settings.max_per_class < 1:
         raise ConfigError("max_per_class", f"must be at least 1 (got {settings.max_per_class})")
     if not 0.0 <= settings.max_invalid_fraction <= 1.0:

@@ -36,6 +36,7 @@ class TrainingConfig:
     label_smoothing: float = 0.0
     ema_momentum: float = 0.0  # above 0: evaluate, checkpoint and save the weights' moving average
     lr_schedule: str = "plateau"  # plateau: halve on a val_loss plateau | cosine: warm-up, then cosine decay
+    lr_patience: int = 2  # plateau: epochs without a better val_loss before the rate halves
     warmup_epochs: int = 0  # cosine only: linear warm-up from 0 over this many epochs
     steps_per_execution: int = 1  # training steps per call into TensorFlow (same updates, less Python)
     model_params: dict[str, Any] = dataclasses.field(default_factory=dict)
@@ -234,9 +235,7 @@ def train_model(
     if config.lr_schedule != "cosine":  # a schedule sets the rate itself
         standard.insert(
             2 + len(averaging),
-            keras.callbacks.ReduceLROnPlateau(
-                monitor="val_loss", factor=0.5, patience=max(1, config.early_stopping_patience - 1)
-            ),
+            keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=config.lr_patience),
         )
     started = time.perf_counter()
     try:

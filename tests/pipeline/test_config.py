@@ -119,6 +119,8 @@ def test_augmentation_out_of_range_names_the_setting(name, value):
         ("steps_per_execution", 0, "at least 1"),
         ("ema_momentum", 1.0, "below 1"),
         ("ema_momentum", -0.5, "at least 0"),
+        ("lr_patience", -1, "at least 0"),
+        ("early_stopping_patience", -2, "at least 0"),
     ],
 )
 def test_regularisation_settings_are_checked_and_named(name, value, message):
@@ -138,11 +140,12 @@ def test_regularisation_settings_reach_the_training_config():
             "warmup_epochs": 2,
             "steps_per_execution": 4,
             "ema_momentum": 0.99,
+            "lr_patience": 4,
         },
         environ={},
     )
     config = training_config(settings, "lstm")
-    assert config.steps_per_execution == 4 and config.ema_momentum == 0.99
+    assert config.steps_per_execution == 4 and config.ema_momentum == 0.99 and config.lr_patience == 4
     assert (config.weight_decay, config.label_smoothing, config.lr_schedule, config.warmup_epochs) == (
         0.01,
         0.1,

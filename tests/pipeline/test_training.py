@@ -172,6 +172,27 @@ def test_regularised_training_uses_adamw_the_schedule_and_reloads(tiny_features,
     assert float(model.optimizer.learning_rate) == pytest.approx(0.0, abs=1e-9)  # decayed to 0 at the end
 
 
+def test_the_rate_halves_after_lr_patience_epochs_without_progress_while_training_goes_on(
+    tiny_features, dataset_settings, tmp_path
+):
+    # a rate far too high: validation stalls, so the schedule acts within a few epochs
+    settings = dataset_settings.replace(epochs=6, learning_rate=0.5, lr_patience=1, early_stopping_patience=6)
+    trained = train_model(training_config(settings, "gru"), tiny_features, tmp_path / "m")
+    assert trained.epochs_run == 6  # early stopping has its own, longer patience
+    losses, rates = trained.history["val_loss"], trained.history["learning_rate"]
+    # ReduceLROnPlateau's rule with patience 1: an epoch that does not improve on the best val_loss
+    # halves the rate of the next one (the history holds the rate each epoch trained with)
+    expected, rate, best = [], 0.5, float("inf")
+    for loss in losses:
+        expected.append(rate)
+        if loss < best - 1e-4:
+            best = loss
+        else:
+            rate *= 0.5
+    assert rates == pytest.approx(expected)
+    assert min(rates) < 0.5  # the case is not vacuous: the rate did halve
+
+
 def test_the_weights_moving_average_is_what_validation_scores_and_the_saved_model_keeps(
     tiny_features, dataset_settings, tmp_path
 ):

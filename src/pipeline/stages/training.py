@@ -46,6 +46,7 @@ def training_config(settings: Settings, architecture: str) -> TrainingConfig:
         label_smoothing=settings.label_smoothing,
         ema_momentum=settings.ema_momentum,
         lr_schedule=settings.lr_schedule,
+        lr_patience=settings.lr_patience,
         warmup_epochs=settings.warmup_epochs,
         steps_per_execution=settings.steps_per_execution,
         model_params=dict(settings.models.get(architecture, {})),

@@ -40,6 +40,7 @@ def main() -> None:
         "architectures": args.architecture,
         "epochs": args.epochs,
         "early_stopping_patience": args.epochs + 1,  # both sides run every epoch
+        "lr_patience": args.epochs + 1,  # at one rate
         "tracking_uri": f"sqlite:///{work / 'mlflow.db'}",
     }
     settings, features = prepared_features(work, args.per_class, **overrides)

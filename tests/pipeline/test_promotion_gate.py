@@ -21,7 +21,7 @@ from tests.conftest import tiny_settings
 def trained_model(tiny_features, dataset_settings, tmp_path_factory):
     # big enough to learn the tiny set (about 0.45 test accuracy on 4 classes; untrained: about 0.25)
     config = dataclasses.replace(
-        training_config(dataset_settings.replace(epochs=8, early_stopping_patience=20), "conv_lstm"),
+        training_config(dataset_settings.replace(epochs=8, early_stopping_patience=20, lr_patience=20), "conv_lstm"),
         model_params={"filters": [16], "kernel_size": 3, "units": 16, "num_layers": 1},
     )
     trained = train_model(config, tiny_features, tmp_path_factory.mktemp("trained"))

@@ -70,7 +70,7 @@ _KILLED_RUN = textwrap.dedent(
 
 
 def test_a_killed_run_resumes_from_its_last_completed_epoch(tiny_features, tmp_path, tracking_db):
-    settings = tiny_settings(tmp_path / "work", tracking_db, epochs=3, early_stopping_patience=10)
+    settings = tiny_settings(tmp_path / "work", tracking_db, epochs=3, early_stopping_patience=10, lr_patience=10)
     client = tracking.client_for(settings.resolved_tracking_uri)
     experiment_id = tracking.ensure_experiment(client, settings.experiment_name, settings.artifact_location)
     parent = tracking.start_parent_run(client, experiment_id, "resume-test", {}, {})
@@ -203,7 +203,7 @@ def test_the_weights_moving_average_is_what_validation_scores_and_the_saved_mode
 
     from pipeline.features import make_dataset
 
-    settings = dataset_settings.replace(epochs=3, early_stopping_patience=5)  # no rate change
+    settings = dataset_settings.replace(epochs=3, early_stopping_patience=5, lr_patience=5)  # no rate change
     plain = train_model(training_config(settings, "gru"), tiny_features, tmp_path / "plain")
     config = training_config(settings.replace(ema_momentum=0.9), "gru")
     averaged = train_model(config, tiny_features, tmp_path / "ema")

@@ -82,7 +82,9 @@ def simplify_raw_strokes(strokes: list[np.ndarray], epsilon: float = 2.0) -> lis
 
 def _parse_drawing(drawing) -> tuple[list[np.ndarray], bool]:
     """Return the strokes of an ndjson ``drawing`` as ``(k, 2)`` arrays and whether it is raw (has times)."""
-    if not isinstance(drawing, list) or not drawing:
+    if not isinstance(drawing, list):
+        raise ValueError("drawing is not a list of strokes")
+    if not drawing:
         raise ValueError("empty drawing")
     strokes, raw = [], False
     if (
@@ -98,13 +100,25 @@ def _parse_drawing(drawing) -> tuple[list[np.ndarray], bool]:
         if not stroke[0]:
             raise ValueError(f"stroke {index} is empty")
         raw = raw or len(stroke) == 3
-        try:
-            strokes.append(np.array(stroke[:2], dtype=np.float64).T)
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"stroke {index} has a non-numeric coordinate") from exc
+        strokes.append(_numeric_stroke(stroke, index)[:2].T)
     if not all(np.isfinite(s).all() for s in strokes):
         raise ValueError("non-finite coordinate")
     return strokes, raw
+
+
+_NUMBERS = frozenset({int, float})
+
+
+def _numeric_stroke(stroke: list, index: int) -> np.ndarray:
+    """Return one stroke's ``[xs, ys(, ts)]`` as a float array, or raise saying why it is not one.
+
+    Only JSON numbers count (checked by type, at C speed): numpy would read ``"12"`` as 12, ``true`` as
+    1 and a list nested one level deeper as a 3-d array, where a real drawing has none of these. An
+    integer too large for a float raises ``OverflowError``.
+    """
+    if not all(set(map(type, axis)) <= _NUMBERS for axis in stroke):
+        raise ValueError(f"stroke {index} has a non-numeric coordinate")
+    return np.array(stroke, dtype=np.float64)
 
 
 def drawing_to_stroke3(drawing) -> np.ndarray:

@@ -172,7 +172,7 @@ def _read_ndjson_sketches(path: str) -> dict[str, np.ndarray]:
                 if not isinstance(item, dict) or "drawing" not in item:
                     raise ValueError("no 'drawing' field")
                 sketches[f"{path}:{number}"] = drawing_to_stroke3(item["drawing"]).astype(np.float32)
-            except ValueError as exc:  # json.JSONDecodeError and UnicodeDecodeError are ones
+            except (ValueError, OverflowError) as exc:  # json.JSONDecodeError, UnicodeDecodeError are ValueErrors
                 raise StrokeFormatError(f"{path}: line {number}: {exc}") from exc
     return sketches
 

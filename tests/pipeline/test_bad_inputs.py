@@ -35,6 +35,8 @@ def _raw_line(key_id: str, first_x: str) -> bytes:
 _POINTS = MAX_RAW_POINTS + 1
 
 
+_NON_NUMERIC = "stroke 0 has a non-numeric coordinate"
+
 # name -> (the bad line, the reason it must be quarantined with)
 NDJSON_CASES = {
     "word is a list": (_line(word=["cat"], key_id="1"), "unknown class"),
@@ -49,6 +51,12 @@ NDJSON_CASES = {
     "xs and ys differ": (_line(drawing=[[[0, 1, 2], [0, 1]]], key_id="10"), "stroke 0 has 3/2 xs/ys/ts values"),
     "a text coordinate": (_line(drawing=[[["a", 1], [0, 1]]], key_id="11"), "stroke 0 has a non-numeric coordinate"),
     "an infinite coordinate": (_raw_line("12", "1e400"), "non-finite coordinate"),
+    "a numeric text coordinate": (_line(drawing=[[["1", "2"], [0, 1]]], key_id="18"), _NON_NUMERIC),
+    "true and false as coordinates": (_line(drawing=[[[True, False], [0, 1]]], key_id="19"), _NON_NUMERIC),
+    "coordinates one list deeper": (_line(drawing=[[[[1], [2]], [[3], [4]]]], key_id="20"), _NON_NUMERIC),
+    "a null coordinate": (_line(drawing=[[[None, 2], [0, 1]]], key_id="21"), _NON_NUMERIC),
+    "text times in a raw stroke": (_line(drawing=[[[0, 9], [0, 1], ["a", "b"]]], key_id="22"), _NON_NUMERIC),
+    "a drawing that is text": (_line(drawing="[[[0, 9], [0, 1]]]", key_id="23"), "drawing is not a list of strokes"),
     "a stroke that is a number": (_line(drawing=[5], key_id="13"), "stroke 0 is not [xs, ys] or [xs, ys, ts]"),
     "key_id of 100 characters": (_line(key_id="k" * 100), "key_id too long"),
     "key_id that is an object": (_line(key_id={"a": 1}), "key_id is not a string or number"),

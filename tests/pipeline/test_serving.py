@@ -63,6 +63,12 @@ def test_bad_ndjson_names_the_file_and_line(tmp_path):
     path.write_text('{"drawing": [[[0, 10], [0]]]}\n')
     with pytest.raises(StrokeFormatError, match=r"bad\.ndjson: line 1: stroke 0 has 2/1"):
         read_sketch_files([str(path)])
+    path.write_text('{"drawing": [[["0", "10"], [0, 5]]]}\n')  # numpy alone would read the text as numbers
+    with pytest.raises(StrokeFormatError, match=r"bad\.ndjson: line 1: stroke 0 has a non-numeric coordinate"):
+        read_sketch_files([str(path)])
+    path.write_text('{"drawing": [[[0, 1%s], [0, 5]]]}\n' % ("0" * 400))  # an integer no float holds
+    with pytest.raises(StrokeFormatError, match=r"bad\.ndjson: line 1: .*too large"):
+        read_sketch_files([str(path)])
 
 
 @pytest.mark.parametrize(

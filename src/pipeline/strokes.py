@@ -57,9 +57,14 @@ def stroke3_sketches(items, where: str = "") -> list[np.ndarray]:
     for index, item in enumerate(items):
         rows = item.tolist() if isinstance(item, np.ndarray) and item.dtype == object else item
         try:
-            sketch = np.asarray(rows, dtype=np.float32)
+            values = np.asarray(rows)
+            if values.dtype == object:  # rows that are arrays themselves (a DataFrame cell), or mixed values
+                values = np.asarray([np.asarray(row) for row in rows])
         except (TypeError, ValueError) as exc:
             raise StrokeFormatError(f"{where}sketch {index} is not a list of [dx, dy, pen] rows") from exc
+        if values.dtype.kind not in "iuf":  # numpy would read "12" as 12 and true as 1
+            raise StrokeFormatError(f"{where}sketch {index}: a value is not a number (text, true/false or null)")
+        sketch = values.astype(np.float32)
         if sketch.ndim != 2 or sketch.shape[1] != 3 or len(sketch) == 0:
             raise StrokeFormatError(f"{where}sketch {index} is not a non-empty list of [dx, dy, pen] rows")
         check_stroke3(sketch, f"{where}sketch {index}")

@@ -77,6 +77,9 @@ def test_bad_ndjson_names_the_file_and_line(tmp_path):
         ([[1, 2, 0], [3, float("nan"), 1]], "row 1 has a value that is not finite"),
         ([[1, 2, 0], [3, 4, 2]], r"row 1 has pen value 2 \(expected 0 or 1\)"),
         ([[0, 0, 0], [0, 0, 0]], r"no movement"),
+        ([[1, 2, 0], ["3", "4", "1"]], r"a value is not a number"),  # numpy alone reads the text as numbers
+        ([[True, False, True]], r"a value is not a number"),
+        ([[1, None, 0]], r"a value is not a number"),
     ],
 )
 def test_a_sketch_no_model_can_read_is_refused_by_name_not_scored(tmp_path, sketch, message):

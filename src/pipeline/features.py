@@ -226,10 +226,14 @@ class Augmentation:
     rotation: float = 0.0  # degrees, uniform in [-rotation, rotation]
     jitter: float = 0.0  # standard deviation of Gaussian noise on the absolute points (normalised units)
     stroke_dropout: float = 0.0  # probability of dropping each stroke (a sketch keeps at least one)
+    reverse_strokes: float = 0.0  # probability of drawing each stroke backwards (same points, same place)
+    point_dropout: float = 0.0  # probability of dropping each point inside a stroke (never its two ends)
 
     @property
     def active(self) -> bool:
-        return any((self.scale, self.rotation, self.jitter, self.stroke_dropout))
+        return any(
+            (self.scale, self.rotation, self.jitter, self.stroke_dropout, self.reverse_strokes, self.point_dropout)
+        )
 
 
 def augment_rows(
@@ -238,9 +242,12 @@ def augment_rows(
     """Return augmented copies of concatenated stroke-3 sketches and their new lengths, vectorised.
 
     Scale and rotation are one 2x2 matrix per sketch applied to its offsets. Jitter moves every
-    absolute point and rewrites the offsets from them. A dropped stroke's rows go, and its movement
-    is added to the next row kept, so the rest of the drawing stays where it was (the pen moves there
-    lifted: the row before ends a stroke). No row comes out all zero, which would read as padding.
+    absolute point and rewrites the offsets from them. A reversed stroke visits its points in the
+    opposite order (the pen now moves to its old end first). A dropped point's movement goes to the
+    next point of its stroke, as a coarser simplification would have drawn it. A dropped stroke's rows
+    go, and its movement is added to the next row kept, so the rest of the drawing stays where it was
+    (the pen moves there lifted: the row before ends a stroke). No row comes out all zero, which
+    would read as padding.
     """
     n = len(lengths)
     sketch_of = np.repeat(np.arange(n), lengths)
@@ -257,25 +264,60 @@ def augment_rows(
         previous = np.roll(noise, 1, axis=0)
         previous[starts[lengths > 0]] = 0.0  # a sketch's first point moves from the origin
         rows[:, :2] += noise - previous
+    if augmentation.reverse_strokes and len(rows):
+        first, stroke_of = _strokes(rows, starts)
+        stroke_first = np.flatnonzero(first)
+        stroke_last = np.append(stroke_first[1:], len(rows)) - 1
+        flipped = (rng.random(len(stroke_first)) < augmentation.reverse_strokes)[stroke_of]
+        index = np.arange(len(rows))
+        order = np.where(flipped, stroke_first[stroke_of] + stroke_last[stroke_of] - index, index)
+        rows[:, :2] = _offsets(_absolute_points(rows, lengths, starts)[order], sketch_of)  # pen flags stay
+    if augmentation.point_dropout and len(rows):
+        first, _ = _strokes(rows, starts)
+        inner = ~first & (rows[:, 2] < 0.5)  # neither a stroke's first point nor its last
+        keep = ~(inner & (rng.random(len(rows)) < augmentation.point_dropout))
+        kept_of = sketch_of[keep]
+        moves = _offsets(_absolute_points(rows, lengths, starts)[keep], kept_of)
+        rows = np.column_stack([moves, rows[keep, 2]]).astype(np.float32)
+        lengths = np.bincount(kept_of, minlength=n).astype(lengths.dtype)
+        sketch_of, starts = kept_of, np.cumsum(lengths) - lengths
     if augmentation.stroke_dropout:
-        ends = rows[:, 2] > 0.5
-        stroke_of = np.cumsum(np.concatenate([[False], ends[:-1]])) + sketch_of  # new id at a sketch's start too
-        _, stroke_of = np.unique(stroke_of, return_inverse=True)
+        _, stroke_of = _strokes(rows, starts)
         dropped = rng.random(stroke_of.max() + 1 if len(rows) else 0) < augmentation.stroke_dropout
         keep = ~dropped[stroke_of]
         kept_per_sketch = np.bincount(sketch_of[keep], minlength=n)
         keep |= (kept_per_sketch == 0)[sketch_of]  # a sketch that would lose every stroke keeps them all
-        absolute = np.cumsum(rows[:, :2], axis=0, dtype=np.float64)
-        absolute -= np.repeat(absolute[starts] - rows[starts, :2], lengths, axis=0)  # from each sketch's origin
-        kept_rows, kept_of = rows[keep], sketch_of[keep]
-        kept_absolute = absolute[keep]
-        first = np.concatenate([[True], kept_of[1:] != kept_of[:-1]])
-        moves = np.diff(kept_absolute, axis=0, prepend=np.zeros((1, 2)))
-        moves[first] = kept_absolute[first]
-        kept_rows[:, :2] = moves
+        kept_of = sketch_of[keep]
+        kept_rows = rows[keep]
+        kept_rows[:, :2] = _offsets(_absolute_points(rows, lengths, starts)[keep], kept_of)
         rows, lengths = kept_rows, np.bincount(kept_of, minlength=n).astype(lengths.dtype)
     rows[~rows.any(axis=1), 0] = 1e-4  # a real point that happens not to move must not read as padding
     return rows, lengths
+
+
+def _strokes(rows: np.ndarray, starts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Return which rows begin a stroke (after a pen lift, or a sketch's first) and each row's stroke number
+    (counted over the block, so strokes of different sketches never share one)."""
+    first = np.zeros(len(rows), dtype=bool)
+    first[1:] = rows[:-1, 2] > 0.5
+    first[starts[starts < len(rows)]] = True
+    return first, np.cumsum(first) - 1
+
+
+def _absolute_points(rows: np.ndarray, lengths: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """Return every row's absolute point, from its sketch's origin (float64: no drift over long blocks)."""
+    absolute = np.cumsum(rows[:, :2], axis=0, dtype=np.float64)
+    absolute -= np.repeat(absolute[starts] - rows[starts, :2], lengths, axis=0)
+    return absolute
+
+
+def _offsets(absolute: np.ndarray, sketch_of: np.ndarray) -> np.ndarray:
+    """Return absolute points back as offsets, each sketch's first from its origin."""
+    moves = np.diff(absolute, axis=0, prepend=np.zeros((1, 2)))
+    first = np.ones(len(absolute), dtype=bool)
+    first[1:] = sketch_of[1:] != sketch_of[:-1]
+    moves[first] = absolute[first]
+    return moves.astype(np.float32)
 
 
 class BlockBatches:

@@ -32,6 +32,8 @@ class TrainingConfig:
     augment_rotation: float = 0.0
     augment_jitter: float = 0.0
     augment_stroke_dropout: float = 0.0
+    augment_reverse_strokes: float = 0.0
+    augment_point_dropout: float = 0.0
     weight_decay: float = 0.0  # decoupled (AdamW) when above 0
     label_smoothing: float = 0.0
     ema_momentum: float = 0.0  # above 0: evaluate, checkpoint and save the weights' moving average
@@ -45,7 +47,12 @@ class TrainingConfig:
     def augmentation(self) -> Augmentation | None:
         """Return the training-time augmentation, or None when every kind is off."""
         augmentation = Augmentation(
-            self.augment_scale, self.augment_rotation, self.augment_jitter, self.augment_stroke_dropout
+            self.augment_scale,
+            self.augment_rotation,
+            self.augment_jitter,
+            self.augment_stroke_dropout,
+            self.augment_reverse_strokes,
+            self.augment_point_dropout,
         )
         return augmentation if augmentation.active else None
 

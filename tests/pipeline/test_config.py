@@ -101,8 +101,17 @@ def test_ray_is_never_started_on_all_interfaces_unasked():
     assert head.ray_address == "ray://head:10001"
 
 
-@pytest.mark.parametrize(("name", "value"), [("augment_scale", 1.5), ("augment_rotation", -1.0),
-                                             ("augment_jitter", 2.0), ("augment_stroke_dropout", 1.0)])  # fmt: skip
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("augment_scale", 1.5),
+        ("augment_rotation", -1.0),
+        ("augment_jitter", 2.0),
+        ("augment_stroke_dropout", 1.0),
+        ("augment_reverse_strokes", 1.5),
+        ("augment_point_dropout", 0.95),
+    ],
+)
 def test_augmentation_out_of_range_names_the_setting(name, value):
     with pytest.raises(ConfigError, match="must be between") as caught:
         load_settings(overrides={name: value}, environ={})

@@ -164,6 +164,56 @@ def test_jitter_moves_points_not_the_pen_and_dropped_strokes_leave_the_rest_in_p
         assert int(part_after[:, 2].sum()) <= int(part_before[:, 2].sum())
 
 
+def _strokes_of(part):
+    """Return a stroke-3 sketch's strokes, each as its absolute points ``(k, 2)``, float64."""
+    points = np.cumsum(part[:, :2].astype(np.float64), axis=0)
+    return [stroke for stroke in np.split(points, np.flatnonzero(part[:, 2] > 0.5) + 1) if len(stroke)]
+
+
+def _same(a, b) -> bool:
+    return a.shape == b.shape and np.allclose(a, b, atol=1e-4)
+
+
+def test_reversed_strokes_visit_the_same_points_backwards_and_keep_their_place():
+    from pipeline.features import Augmentation, augment_rows
+
+    rng = np.random.default_rng(0)
+    rows, lengths = _strokes_block(rng, sketches=200)
+    reversed_rows, same = augment_rows(rows, lengths, Augmentation(reverse_strokes=0.5), np.random.default_rng(4))
+    assert np.array_equal(same, lengths) and np.array_equal(reversed_rows[:, 2], rows[:, 2])  # pen lifts stay
+    flipped = kept = 0
+    for before, after in zip(
+        np.split(rows, np.cumsum(lengths)[:-1]), np.split(reversed_rows, np.cumsum(lengths)[:-1]), strict=True
+    ):
+        for stroke, new in zip(_strokes_of(before), _strokes_of(after), strict=True):
+            # every stroke: the same points, in one order or the other
+            assert _same(new, stroke) or _same(new, stroke[::-1])
+            flipped += not _same(new, stroke)
+            kept += _same(new, stroke)
+    assert 0.35 < flipped / (flipped + kept) < 0.65  # about half of them (a stroke of one point counts as kept)
+    everything, _ = augment_rows(rows, lengths, Augmentation(reverse_strokes=1.0), np.random.default_rng(4))
+    twice, _ = augment_rows(everything, lengths, Augmentation(reverse_strokes=1.0), np.random.default_rng(5))
+    np.testing.assert_allclose(twice, rows, atol=1e-4)  # backwards twice is the drawing as it was
+
+
+def test_point_dropout_keeps_every_stroke_s_ends_and_the_kept_points_in_place():
+    from pipeline.features import Augmentation, augment_rows
+
+    rng = np.random.default_rng(0)
+    rows, lengths = _strokes_block(rng, sketches=200)
+    thinned, new_lengths = augment_rows(rows, lengths, Augmentation(point_dropout=0.5), np.random.default_rng(6))
+    parts_before = np.split(rows, np.cumsum(lengths)[:-1])
+    inner = sum(max(len(stroke) - 2, 0) for part in parts_before for stroke in _strokes_of(part))
+    assert 0.35 < (lengths.sum() - new_lengths.sum()) / inner < 0.65  # about half of the inner points went
+    for before, after in zip(parts_before, np.split(thinned, np.cumsum(new_lengths)[:-1]), strict=True):
+        for stroke, new in zip(_strokes_of(before), _strokes_of(after), strict=True):  # no stroke lost
+            assert _same(new[[0, -1]], stroke[[0, -1]])  # its two ends stay
+            # the kept points are where they were, in their order: a subsequence of the stroke
+            where = [int(np.flatnonzero(np.all(np.isclose(stroke, point, atol=1e-4), axis=1))[0]) for point in new]
+            assert where == sorted(set(where))
+    assert not np.any(np.all(thinned == 0, axis=1))
+
+
 def test_augmentation_reaches_training_batches_only_and_is_reproducible(tiny_features):
     from pipeline.features import Augmentation, BlockBatches
 
@@ -184,6 +234,12 @@ def test_training_config_passes_augmentation_only_when_asked(dataset_settings):
     from pipeline.stages.training import training_config
 
     assert training_config(dataset_settings, "lstm").augmentation is None
-    config = training_config(dataset_settings.replace(augment_rotation=15.0, augment_stroke_dropout=0.1), "lstm")
+    config = training_config(
+        dataset_settings.replace(
+            augment_rotation=15.0, augment_stroke_dropout=0.1, augment_reverse_strokes=0.2, augment_point_dropout=0.3
+        ),
+        "lstm",
+    )
     assert config.augmentation.rotation == 15.0 and config.augmentation.stroke_dropout == 0.1
+    assert config.augmentation.reverse_strokes == 0.2 and config.augmentation.point_dropout == 0.3
     assert config.as_params()["augment_rotation"] == 15.0

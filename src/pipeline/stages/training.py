@@ -42,6 +42,8 @@ def training_config(settings: Settings, architecture: str) -> TrainingConfig:
         augment_rotation=settings.augment_rotation,
         augment_jitter=settings.augment_jitter,
         augment_stroke_dropout=settings.augment_stroke_dropout,
+        augment_reverse_strokes=settings.augment_reverse_strokes,
+        augment_point_dropout=settings.augment_point_dropout,
         weight_decay=settings.weight_decay,
         label_smoothing=settings.label_smoothing,
         ema_momentum=settings.ema_momentum,

@@ -91,14 +91,15 @@ class Settings:
     # Training-time augmentation (training split only; 0 turns each off): each axis scaled by a factor
     # in [1 - s, 1 + s], a rotation of up to this many degrees, Gaussian jitter of the absolute points
     # (in normalised units), and each stroke dropped with this probability (never all of a sketch's);
-    # each stroke drawn backwards, and each point inside a stroke dropped (as a coarser simplification
-    # would), with these probabilities
+    # each stroke drawn backwards, each point inside a stroke dropped (as a coarser simplification
+    # would), and a sketch's strokes drawn in a random order, with these probabilities
     augment_scale: float = 0.0
     augment_rotation: float = 0.0
     augment_jitter: float = 0.0
     augment_stroke_dropout: float = 0.0
     augment_reverse_strokes: float = 0.0
     augment_point_dropout: float = 0.0
+    augment_shuffle_strokes: float = 0.0
     # Regularisation and schedule: AdamW's decoupled weight decay (0: plain Adam), label smoothing, and
     # the learning rate's course: plateau (halved when val_loss stalls) or cosine (linear warm-up over
     # warmup_epochs, then a cosine decay to 0 at the last epoch). Dropout is a model hyperparameter.
@@ -240,6 +241,7 @@ def check_settings(settings: Settings) -> Settings:
         ("augment_stroke_dropout", 0.0, 0.9),
         ("augment_reverse_strokes", 0.0, 1.0),
         ("augment_point_dropout", 0.0, 0.9),
+        ("augment_shuffle_strokes", 0.0, 1.0),
     ):
         if not low <= getattr(settings, name) <= high:
             raise ConfigError(name, f"must be between {low:g} and {high:g} (got {getattr(settings, name)})")

@@ -228,12 +228,11 @@ class Augmentation:
     stroke_dropout: float = 0.0  # probability of dropping each stroke (a sketch keeps at least one)
     reverse_strokes: float = 0.0  # probability of drawing each stroke backwards (same points, same place)
     point_dropout: float = 0.0  # probability of dropping each point inside a stroke (never its two ends)
+    shuffle_strokes: float = 0.0  # probability of drawing a sketch's strokes in a random order
 
     @property
     def active(self) -> bool:
-        return any(
-            (self.scale, self.rotation, self.jitter, self.stroke_dropout, self.reverse_strokes, self.point_dropout)
-        )
+        return any(dataclasses.astuple(self))
 
 
 def augment_rows(
@@ -243,7 +242,8 @@ def augment_rows(
 
     Scale and rotation are one 2x2 matrix per sketch applied to its offsets. Jitter moves every
     absolute point and rewrites the offsets from them. A reversed stroke visits its points in the
-    opposite order (the pen now moves to its old end first). A dropped point's movement goes to the
+    opposite order (the pen now moves to its old end first). A shuffled sketch draws the same strokes,
+    each where it was, in another order (the pen lifts between them move). A dropped point's movement goes to the
     next point of its stroke, as a coarser simplification would have drawn it. A dropped stroke's rows
     go, and its movement is added to the next row kept, so the rest of the drawing stays where it was
     (the pen moves there lifted: the row before ends a stroke). No row comes out all zero, which
@@ -272,6 +272,16 @@ def augment_rows(
         index = np.arange(len(rows))
         order = np.where(flipped, stroke_first[stroke_of] + stroke_last[stroke_of] - index, index)
         rows[:, :2] = _offsets(_absolute_points(rows, lengths, starts)[order], sketch_of)  # pen flags stay
+    if augmentation.shuffle_strokes and len(rows):
+        first, stroke_of = _strokes(rows, starts)
+        sketch_of_stroke = sketch_of[first]
+        shuffled = (rng.random(n) < augmentation.shuffle_strokes)[sketch_of_stroke]
+        key = np.where(shuffled, rng.random(len(sketch_of_stroke)), np.arange(len(sketch_of_stroke)))
+        rank = np.empty(len(key), dtype=np.int64)
+        rank[np.lexsort((key, sketch_of_stroke))] = np.arange(len(key))  # each stroke's place, within its sketch
+        order = np.lexsort((np.arange(len(rows)), rank[stroke_of]))  # rows follow their stroke
+        absolute = _absolute_points(rows, lengths, starts)[order]
+        rows = np.column_stack([_offsets(absolute, sketch_of), rows[order, 2]]).astype(np.float32)
     if augmentation.point_dropout and len(rows):
         first, _ = _strokes(rows, starts)
         inner = ~first & (rows[:, 2] < 0.5)  # neither a stroke's first point nor its last

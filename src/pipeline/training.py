@@ -34,6 +34,7 @@ class TrainingConfig:
     augment_stroke_dropout: float = 0.0
     augment_reverse_strokes: float = 0.0
     augment_point_dropout: float = 0.0
+    augment_shuffle_strokes: float = 0.0
     weight_decay: float = 0.0  # decoupled (AdamW) when above 0
     label_smoothing: float = 0.0
     ema_momentum: float = 0.0  # above 0: evaluate, checkpoint and save the weights' moving average
@@ -53,6 +54,7 @@ class TrainingConfig:
             self.augment_stroke_dropout,
             self.augment_reverse_strokes,
             self.augment_point_dropout,
+            self.augment_shuffle_strokes,
         )
         return augmentation if augmentation.active else None
 

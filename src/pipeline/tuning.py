@@ -37,6 +37,7 @@ SETTINGS_SPACE: dict[str, tuple] = {
     "augment_stroke_dropout": ("float", 0.0, 0.2, False),
     "augment_reverse_strokes": ("float", 0.0, 0.5, False),
     "augment_point_dropout": ("float", 0.0, 0.3, False),
+    "augment_shuffle_strokes": ("float", 0.0, 0.5, False),
 }
 # a convolutional stem's filters, as text (Optuna's choices are plain values): "none" or "48-64"; the
 # transformer's dilated stem and wavenet's dilation rates likewise ("1-2-4-8")

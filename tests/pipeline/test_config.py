@@ -110,6 +110,7 @@ def test_ray_is_never_started_on_all_interfaces_unasked():
         ("augment_stroke_dropout", 1.0),
         ("augment_reverse_strokes", 1.5),
         ("augment_point_dropout", 0.95),
+        ("augment_shuffle_strokes", 1.01),
     ],
 )
 def test_augmentation_out_of_range_names_the_setting(name, value):

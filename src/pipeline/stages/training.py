@@ -44,6 +44,7 @@ def training_config(settings: Settings, architecture: str) -> TrainingConfig:
         augment_stroke_dropout=settings.augment_stroke_dropout,
         augment_reverse_strokes=settings.augment_reverse_strokes,
         augment_point_dropout=settings.augment_point_dropout,
+        augment_shuffle_strokes=settings.augment_shuffle_strokes,
         weight_decay=settings.weight_decay,
         label_smoothing=settings.label_smoothing,
         ema_momentum=settings.ema_momentum,

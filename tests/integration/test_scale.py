@@ -146,4 +146,6 @@ def test_the_real_data_profile_trains_on_real_drawings(tmp_path):
     assert params["model_dilation_rates"] == "[1, 2, 4, 8, 16]"
     assert params["early_stopping_patience"] == "6" and params["lr_patience"] == "2"
     assert params["augment_rotation"] == "10.0" or params["augment_rotation"] == "10"
+    assert params["augment_reverse_strokes"] == "0.1" and params["augment_shuffle_strokes"] == "0.1"
+    assert params["augment_point_dropout"] == "0.05"
     assert "val_cross_entropy" in run.data.metrics  # the plain cross-entropy beside the smoothed loss

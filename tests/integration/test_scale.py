@@ -149,3 +149,36 @@ def test_the_real_data_profile_trains_on_real_drawings(tmp_path):
     assert params["augment_reverse_strokes"] == "0.1" and params["augment_shuffle_strokes"] == "0.1"
     assert params["augment_point_dropout"] == "0.05"
     assert "val_cross_entropy" in run.data.metrics  # the plain cross-entropy beside the smoothed loss
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not REAL_DATA.is_dir(), reason=f"real Quick, Draw! sample not found at {REAL_DATA}")
+def test_real_drawings_at_full_length_pass_keras_cudnn_mask_check(tmp_path):
+    """On a GPU, Keras's LSTM/GRU run through cuDNN, which stops training on a batch whose mask is not
+    padding at the end alone (or masks a whole sketch); a CPU never runs that check. Every batch of the real
+    raw drawings, uncropped, with the profile's augmentation over two epochs, passes Keras's own check."""
+    import tensorflow as tf
+    from keras.src.backend.tensorflow.rnn import _assert_valid_mask
+
+    from pipeline.config import load_settings
+    from pipeline.features import make_dataset
+    from pipeline.ingest import ingest
+    from pipeline.stages import data
+    from pipeline.stages.training import training_config
+
+    profile = Path(__file__).resolve().parents[2] / "configs" / "quickdraw.yaml"
+    overrides = {"source": "ndjson", "data_dir": str(REAL_DATA), "work_dir": str(tmp_path), "max_len": 1000}
+    settings = load_settings(str(profile), overrides, environ={})
+    features = data.preprocess(settings, data.validate(settings, ingest(settings)))
+    augmentation = training_config(settings, "lstm").augmentation
+    assert augmentation is not None and augmentation.reverse_strokes > 0 and augmentation.shuffle_strokes > 0
+    longest, sketches = 0, 0
+    for split, epochs in (("train", 2), ("valid", 1), ("test", 1)):
+        dataset = make_dataset(features, split, settings.batch_size, shuffle=True, seed=settings.seed,
+                               augmentation=augmentation if split == "train" else None)  # fmt: skip
+        for _ in range(epochs):
+            for strokes, labels in dataset:
+                _assert_valid_mask(tf.constant(np.any(strokes.numpy() != 0, axis=-1)))
+                longest, sketches = max(longest, int(strokes.shape[1])), sketches + len(labels)
+    assert longest > 200  # real lengths: the longest raw drawings simplify to about 300 points
+    assert sketches > 2 * 4500 + 2000  # every sketch of every split went through the check

@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 
 from pipeline.dataset import open_split
 from pipeline.features import make_dataset, normalise_sketch, normalising_scale, pad_batch, read_spec
@@ -234,6 +235,60 @@ def test_point_dropout_keeps_every_stroke_s_ends_and_the_kept_points_in_place():
             where = [int(np.flatnonzero(np.all(np.isclose(stroke, point, atol=1e-4), axis=1))[0]) for point in new]
             assert where == sorted(set(where))
     assert not np.any(np.all(thinned == 0, axis=1))
+
+
+def _cudnn_mask_check():
+    """Return Keras's own check of an RNN mask before its cuDNN kernel (the TensorFlow backend's, run on a GPU
+    only): it raises unless every sequence is padded at its end alone and none is all padding."""
+    import tensorflow as tf
+    from keras.src.backend.tensorflow.rnn import _assert_valid_mask
+
+    return lambda strokes: _assert_valid_mask(tf.constant(np.any(np.asarray(strokes) != 0, axis=-1)))
+
+
+def test_touching_strokes_drawn_backwards_or_reordered_never_read_as_padding():
+    """A stroke drawn backwards that ends where the one before it ends, or reordered to start where another
+    ends: the pen's move between them is (0, 0) with the pen down, which the models' mask would read as
+    padding in the middle of a sketch (Keras's cuDNN LSTM/GRU refuses that batch)."""
+    import tensorflow as tf
+
+    from pipeline.features import Augmentation, augment_rows, pad_batch
+
+    # (1, 0) -> (2, 0), then (2, 2) -> (2, 0): backwards, the second stroke starts where the first ends
+    backwards = np.array([[1, 0, 0], [1, 0, 1], [0, 2, 0], [0, -2, 1]], np.float32)
+    # (1, 0) -> (2, 0), (5, 5) -> (6, 6), (2, 0) -> (3, 3): the third after the first starts where it ends
+    reordered = np.array([[1, 0, 0], [1, 0, 1], [3, 5, 0], [1, 1, 1], [-4, -6, 0], [1, 3, 1]], np.float32)
+    check = _cudnn_mask_check()
+    for sketch, kind in ((backwards, "reverse_strokes"), (reordered, "shuffle_strokes")):
+        rows, lengths = np.tile(sketch, (60, 1)), np.full(60, len(sketch))
+        moved, new_lengths = augment_rows(rows, lengths, Augmentation(**{kind: 0.5}), np.random.default_rng(0))
+        assert np.array_equal(new_lengths, lengths)
+        parts = np.split(moved, np.cumsum(lengths)[:-1])
+        still = sum(int(np.sum(np.all(np.abs(part[1:, :2]) < 1e-3, axis=1))) for part in parts)
+        assert still >= 5, kind  # the case happened: points where the pen did not move...
+        assert not np.any(np.all(moved == 0, axis=1)), kind  # ...and none of them reads as padding
+        check(pad_batch(parts))
+    with_zero = np.tile(backwards, (2, 1))
+    with_zero[2] = 0.0  # a move of nothing in the middle of a sketch: what cuDNN refuses
+    with pytest.raises(tf.errors.InvalidArgumentError, match="right-padded"):
+        check(pad_batch([with_zero[:4], with_zero[4:]]))
+
+
+def test_augmented_training_batches_pass_keras_cudnn_mask_check(tiny_features):
+    """Every training batch, with every kind of augmentation at full strength, passes the check Keras runs
+    before its cuDNN LSTM/GRU kernel (its default on a GPU; a CPU never runs the check)."""
+    from pipeline.features import Augmentation, make_dataset
+
+    every = Augmentation(scale=0.3, rotation=30, jitter=0.05, stroke_dropout=0.5, reverse_strokes=0.5,
+                         point_dropout=0.5, shuffle_strokes=0.5)  # fmt: skip
+    check = _cudnn_mask_check()
+    dataset = make_dataset(tiny_features, "train", batch_size=16, shuffle=True, augmentation=every)
+    batches = 0
+    for _ in range(2):  # two epochs: each draws new augmentation
+        for strokes, _ in dataset:
+            check(strokes)
+            batches += 1
+    assert batches == 2 * int(dataset.cardinality())
 
 
 def test_augmentation_reaches_training_batches_only_and_is_reproducible(tiny_features):

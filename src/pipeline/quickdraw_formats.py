@@ -8,8 +8,10 @@ Readers yield :class:`~pipeline.dataset.SketchRecord` for usable sketches and
 from __future__ import annotations
 
 import codecs
+import gzip
 import hashlib
 import json
+import zlib
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -157,13 +159,17 @@ def iter_ndjson_records(
     JSON, over :data:`MAX_RECORD_BYTES`, a ``key_id`` seen before in the file, a field of the wrong
     type, a coordinate out of range) with their reason, and those left out on purpose (not
     recognized, over ``max_per_class``) marked skipped. Limits are checked before the work they guard.
+    A gzip-compressed file is read through gzip; where it breaks off, the rest is one rejection.
     """
     label_of = {name: i for i, name in enumerate(classes)}
     taken: Counter[tuple[str, str]] = Counter()
     for path in files.values():
         seen_keys: set[str] = set()  # per file: a class file is where a drawing is repeated
-        with open(path, "rb") as lines:
-            for number, raw_line in enumerate(lines, start=1):
+        with open_ndjson(path) as lines:
+            for number, raw_line in _numbered_lines(lines, path.name):
+                if isinstance(raw_line, Rejection):
+                    yield raw_line
+                    break
                 if number == 1:
                     raw_line = raw_line.removeprefix(codecs.BOM_UTF8)  # a file saved by an editor that marks UTF-8
                 if not raw_line.strip():
@@ -184,6 +190,27 @@ def iter_ndjson_records(
                     continue
                 taken[word, split] += 1
                 yield SketchRecord(split, label_of[word], f"{path.name}:{number}:{key_id}", sketch)
+
+
+GZIP_MAGIC = b"\x1f\x8b"
+
+
+def open_ndjson(path: Path):
+    """Open an ndjson file for reading bytes, through gzip when it is gzip-compressed (whatever its name)."""
+    with open(path, "rb") as head:
+        compressed = head.read(2) == GZIP_MAGIC
+    return gzip.open(path, "rb") if compressed else open(path, "rb")
+
+
+def _numbered_lines(lines, source: str) -> Iterator[tuple[int, bytes | Rejection]]:
+    """Yield ``(number, line)`` from 1; a compressed file that breaks off ends with a :class:`Rejection`
+    for the rest of it (what was read before stays)."""
+    number = 0
+    try:
+        for number, raw_line in enumerate(lines, start=1):
+            yield number, raw_line
+    except (OSError, EOFError, zlib.error) as exc:  # gzip.BadGzipFile is an OSError
+        yield number + 1, Rejection(source, f"line {number + 1}", "compressed file broken here", str(exc)[:80])
 
 
 EXCERPT_CHARS = 32
@@ -216,13 +243,18 @@ def _ndjson_record(
         return Rejection(source, record, "not JSON", f"{exc.msg}: {_excerpt(line)}")
     except ValueError as exc:  # e.g. an integer longer than Python's digit limit
         return Rejection(source, record, "not JSON", str(exc)[:80])
+    except RecursionError:
+        return Rejection(source, record, "not JSON", "nested too deeply")
     if not isinstance(item, dict) or "drawing" not in item or "word" not in item:
         missing = "drawing" if not isinstance(item, dict) or "drawing" not in item else "word"
         return Rejection(source, record, f"no {missing!r} field")
     word = item["word"]
     if not isinstance(word, str) or word not in label_of:
         return Rejection(source, record, "unknown class", _excerpt(word))
-    if recognized_only and item.get("recognized") is False:
+    recognized = item.get("recognized")
+    if recognized is not None and not isinstance(recognized, bool):
+        return Rejection(source, record, "recognized is not true or false", _excerpt(recognized))
+    if recognized_only and recognized is False:
         return Rejection(source, record, "not recognized", word, skipped=True)
     key_id = item.get("key_id")
     if key_id is None or key_id == "":

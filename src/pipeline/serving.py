@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import codecs
 import dataclasses
+import gzip
 import hashlib
 import json
 import sys
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -151,6 +153,8 @@ def _parse_json_sketches(text: str, source: str) -> list[np.ndarray]:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise StrokeFormatError(f"{source}: not JSON ({exc})") from exc
+    except RecursionError:
+        raise StrokeFormatError(f"{source}: not JSON (nested too deeply)") from None
     if not isinstance(data, list) or not data:
         raise StrokeFormatError(f"{source}: expected a stroke-3 list of [dx, dy, pen] rows, or a list of them")
     items = data if isinstance(data[0], list) and data[0] and isinstance(data[0][0], list) else [data]
@@ -159,21 +163,28 @@ def _parse_json_sketches(text: str, source: str) -> list[np.ndarray]:
 
 def _read_ndjson_sketches(path: str) -> dict[str, np.ndarray]:
     """Return ``path:line N`` -> stroke-3 for every drawing of a Quick, Draw! ndjson file (simplified or raw)."""
-    from pipeline.quickdraw_formats import drawing_to_stroke3
+    from pipeline.quickdraw_formats import drawing_to_stroke3, open_ndjson
 
     sketches = {}
-    with open(path, "rb") as lines:
-        for number, raw_line in enumerate(lines, start=1):
-            try:
-                line = _decode(raw_line.removeprefix(codecs.BOM_UTF8) if number == 1 else raw_line)
-                if not line.strip():
-                    continue
-                item = json.loads(line)
-                if not isinstance(item, dict) or "drawing" not in item:
-                    raise ValueError("no 'drawing' field")
-                sketches[f"{path}:{number}"] = drawing_to_stroke3(item["drawing"]).astype(np.float32)
-            except (ValueError, OverflowError) as exc:  # json.JSONDecodeError, UnicodeDecodeError are ValueErrors
-                raise StrokeFormatError(f"{path}: line {number}: {exc}") from exc
+    number = 0
+    try:
+        with open_ndjson(Path(path)) as lines:
+            for number, raw_line in enumerate(lines, start=1):
+                try:
+                    line = _decode(raw_line.removeprefix(codecs.BOM_UTF8) if number == 1 else raw_line)
+                    if not line.strip():
+                        continue
+                    try:
+                        item = json.loads(line)
+                    except RecursionError:
+                        raise ValueError("not JSON (nested too deeply)") from None
+                    if not isinstance(item, dict) or "drawing" not in item:
+                        raise ValueError("no 'drawing' field")
+                    sketches[f"{path}:{number}"] = drawing_to_stroke3(item["drawing"]).astype(np.float32)
+                except (ValueError, OverflowError) as exc:  # json.JSONDecodeError, UnicodeDecodeError: ValueErrors
+                    raise StrokeFormatError(f"{path}: line {number}: {exc}") from exc
+    except (EOFError, gzip.BadGzipFile, zlib.error) as exc:  # a compressed file that breaks off
+        raise StrokeFormatError(f"{path}: line {number + 1}: compressed file broken here ({exc})") from exc
     return sketches
 
 

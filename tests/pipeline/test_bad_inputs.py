@@ -67,6 +67,9 @@ NDJSON_CASES = {
         f"more than {MAX_RAW_POINTS:,} points",
     ),
     "only a point that does not move": (_line(key_id="17", drawing=[[[0, 0], [0, 0]]]), None),  # kept: a pen lift
+    "nested 100,000 lists deep": (b"[" * 100_000 + b"]" * 100_000, "not JSON"),  # Python's parser recurses
+    "a drawing nested deeply": (b'{"word": "cat", "drawing": ' + b"[" * 50_000 + b"]" * 50_000 + b"}", "not JSON"),
+    "recognized as text": (_line(key_id="24", recognized="false"), "recognized is not true or false"),
 }  # fmt: skip
 
 
@@ -109,6 +112,27 @@ def test_a_file_saved_with_a_utf8_byte_order_mark_and_windows_line_ends_reads_in
     info = read_info(ingest(_settings(tmp_path, "ndjson")))
     assert (info.num_sketches, info.num_rejected) == (3, 0)
     _accounted(info, lines=3)
+
+
+def test_a_gzip_compressed_ndjson_file_reads_as_the_plain_one_and_a_broken_one_keeps_what_came_before(tmp_path):
+    import gzip
+
+    (tmp_path / "data").mkdir()
+    lines = b"".join(
+        _line(key_id=f"good-{i}", drawing=[[[0, 10 + i % 50, 20], [0, 5, i % 7]]]) + b"\n" for i in range(400)
+    )
+    path = tmp_path / "data" / "cat.ndjson"  # compressed under the plain name, as `gzip -c x > x.ndjson` leaves it
+    path.write_bytes(gzip.compress(lines))
+    info = read_info(ingest(_settings(tmp_path, "ndjson")))
+    assert (info.num_sketches, info.num_rejected) == (400, 0)
+
+    compressed = gzip.compress(lines)
+    path.write_bytes(compressed[: len(compressed) // 2])  # a download that stopped half-way
+    dataset = ingest(_settings(tmp_path, "ndjson", work_dir=str(tmp_path / "work2")))
+    info = read_info(dataset)
+    [quarantined] = _quarantine(dataset)
+    assert 100 < info.num_sketches < 400 and quarantined["reason"] == "compressed file broken here"
+    assert quarantined["record"] == f"line {info.num_sketches + 1}"  # the first line it could not read
 
 
 def test_points_that_do_not_move_are_dropped_and_a_sketch_of_nothing_is_quarantined(tmp_path):

@@ -69,6 +69,29 @@ def test_bad_ndjson_names_the_file_and_line(tmp_path):
     path.write_text('{"drawing": [[[0, 1%s], [0, 5]]]}\n' % ("0" * 400))  # an integer no float holds
     with pytest.raises(StrokeFormatError, match=r"bad\.ndjson: line 1: .*too large"):
         read_sketch_files([str(path)])
+    path.write_text("[" * 100_000 + "]" * 100_000 + "\n")  # deeper than Python's JSON parser recurses
+    with pytest.raises(StrokeFormatError, match=r"bad\.ndjson: line 1: not JSON \(nested too deeply\)"):
+        read_sketch_files([str(path)])
+    (tmp_path / "deep.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(StrokeFormatError, match=r"deep\.json: not JSON \(nested too deeply\)"):
+        read_sketch_files([str(tmp_path / "deep.json")])
+
+
+def test_gzip_compressed_ndjson_reads_as_the_plain_file_and_a_broken_one_names_the_line(tmp_path):
+    import gzip
+
+    lines = "".join(f'{{"drawing": [[[0, {10 + i % 50}], [0, {i % 7}]]]}}\n' for i in range(2000)).encode()
+    (tmp_path / "plain.ndjson").write_bytes(lines)
+    (tmp_path / "packed.ndjson").write_bytes(gzip.compress(lines))
+    plain = read_sketch_files([str(tmp_path / "plain.ndjson")])
+    packed = read_sketch_files([str(tmp_path / "packed.ndjson")])
+    assert len(packed) == 2000 and all(
+        np.array_equal(a, b) for a, b in zip(plain.values(), packed.values(), strict=True)
+    )
+    compressed = gzip.compress(lines)
+    (tmp_path / "cut.ndjson").write_bytes(compressed[: len(compressed) // 2])  # a download that stopped half-way
+    with pytest.raises(StrokeFormatError, match=r"cut\.ndjson: line \d+: compressed file broken here"):
+        read_sketch_files([str(tmp_path / "cut.ndjson")])
 
 
 @pytest.mark.parametrize(

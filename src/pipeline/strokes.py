@@ -228,6 +228,10 @@ def _read_splits(path: Path) -> dict[str, np.ndarray]:
     try:
         with zipfile.ZipFile(path) as archive:
             members = {Path(n).stem: n for n in archive.namelist() if n.endswith(".npy")}
+            unknown = sorted(set(members) - set(SPLITS))
+            if unknown:  # its sketches would be left out unseen and uncounted
+                names = ", ".join(repr(name[:32]) for name in unknown[:3])
+                raise StrokeFormatError(f"{path}: holds {names}, not one of the splits {', '.join(SPLITS)}")
             for split in SPLITS:
                 if split in members:
                     _check_member_size(path, archive.getinfo(members[split]))

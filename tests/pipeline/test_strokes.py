@@ -82,6 +82,18 @@ def test_truncated_npz_names_the_file(tmp_path):
         load_sketchrnn_npz(path)
 
 
+def test_an_npz_with_arrays_that_are_not_splits_is_refused_by_name_not_half_read(tmp_path):
+    """A file whose training sketches sit under another name would lose them unseen and uncounted."""
+    sketches = np.empty(2, dtype=object)
+    sketches[:] = [np.array([[1, 2, 1]], np.int16)] * 2
+    np.savez(tmp_path / "cat.npz", training=sketches, valid=sketches, test=sketches)
+    with pytest.raises(StrokeFormatError, match=r"cat\.npz: holds 'training', not one of the splits train, valid"):
+        load_sketchrnn_npz(tmp_path / "cat.npz")
+    np.savez(tmp_path / "none.npz", strokes=sketches)
+    with pytest.raises(StrokeFormatError, match=r"none\.npz: holds 'strokes'"):
+        load_sketchrnn_npz(tmp_path / "none.npz")
+
+
 def test_record_of_wrong_shape_names_split_and_index(tmp_path):
     path = tmp_path / "owl.npz"
     column = np.empty(2, dtype=object)

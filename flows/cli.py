@@ -270,6 +270,8 @@ def _cmd_validate(args: argparse.Namespace) -> None:
     from pipeline.strokes import StrokeFormatError
     from pipeline.validation import DataValidationError, read_report
 
+    if settings.source == "tfrecord":  # the shards are read with TensorFlow
+        _import_tensorflow_quietly(settings, args)
     try:
         data.download(settings)
         dataset_dir = data.ingest(settings)

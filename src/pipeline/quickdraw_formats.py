@@ -310,6 +310,9 @@ def tfrecord_classes(data_dir: Path) -> tuple[list[str], list[Path]]:
     if not lists:
         raise StrokeFormatError(f"{data_dir}: no .classes file lists the class names")
     names = [line.strip() for line in lists[0].read_text().splitlines() if line.strip()]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:  # a class index would mean two classes
+        raise StrokeFormatError(f"{lists[0]}: lists {_excerpt(repeated[0])} more than once")
     for other in lists[1:]:
         if [line.strip() for line in other.read_text().splitlines() if line.strip()] != names:
             raise StrokeFormatError(f"{data_dir}: {lists[0].name} and {other.name} list different classes")

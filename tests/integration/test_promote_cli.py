@@ -72,3 +72,22 @@ def test_validate_prints_two_lines_and_nothing_else(tmp_path):
     assert len(out) == 2 and out[0].startswith("dataset: data/datasets/synthetic-"), out
     assert out[1] == "records in: 1800  accepted: 1800  quarantined: 0  skipped: 0"
     assert done.stderr == ""  # no TensorFlow/absl, GX or Prefect lines
+
+
+def test_validate_of_tfrecord_shards_shows_no_native_start_up_lines(tmp_path):
+    """The TFRecord source reads its shards with TensorFlow, whose native runtime prints start-up lines
+    (oneDNN, CUDA probes) that look like errors: they go to the log, as for ``run``."""
+    import numpy as np
+
+    from pipeline.quickdraw_formats import write_tfrecord
+
+    rng = np.random.default_rng(0)
+    sketches = [np.column_stack([rng.integers(1, 9, (6, 2)), [0] * 5 + [1]]) for _ in range(60)]
+    write_tfrecord(tmp_path / "shards" / "train.tfrecord-00000-of-00001", sketches, [0, 1, 2] * 20)
+    (tmp_path / "shards" / "training.tfrecord.classes").write_text("cat\ndog\nowl\n")
+    done = run_sketchpipe(["validate", "--source", "tfrecord", "--data-dir", "shards"], cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.splitlines()[1] == "records in: 60  accepted: 60  quarantined: 0  skipped: 0"
+    assert done.stderr == "", done.stderr
+    logged = (tmp_path / "data" / "logs" / "tensorflow.log").read_text()  # under work_dir
+    assert any(marker in logged for marker in ("absl::InitializeLog", "oneDNN", "cudart_stub"))

@@ -198,3 +198,13 @@ def test_empty_folder_and_a_class_named_twice_are_clear_errors(tmp_path):
         class_files(tmp_path / "twice", "*.ndjson", ("full_simplified_",))
     with pytest.raises(ConfigError, match="named twice"):
         load_settings(overrides={"classes": "cat,dog,cat"}, environ={})
+
+
+def test_a_classes_file_that_names_a_class_twice_is_refused_by_name(tmp_path):
+    from pipeline.quickdraw_formats import tfrecord_classes, write_tfrecord
+    from pipeline.strokes import StrokeFormatError
+
+    write_tfrecord(tmp_path / "train.tfrecord-00000-of-00001", [np.array([[1, 2, 1]])], [0])
+    (tmp_path / "training.tfrecord.classes").write_text("cat\ndog\ncat\n")
+    with pytest.raises(StrokeFormatError, match=r"training\.tfrecord\.classes: lists 'cat' more than once"):
+        tfrecord_classes(tmp_path)

@@ -79,6 +79,15 @@ def _settings(args: argparse.Namespace, names: list[str]) -> tuple[Settings, dic
         _fail(f"{_where_set(exc, names)}: {exc}")
 
 
+def _make_work_dir(settings: Settings) -> None:
+    """Create ``work_dir`` now (the command would, a moment later), failing in one line that names the
+    setting when it cannot be: a bad path otherwise surfaces as a bare ``FileNotFoundError`` mid-run."""
+    try:
+        Path(settings.work_dir).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        _fail(f"work_dir: cannot create {settings.work_dir} ({exc.strerror or exc})")
+
+
 def _where_set(exc: ConfigError, flags: list[str], flag_names: dict[str, str] | None = None) -> str:
     """Return where the user set the setting an error is about: the flag, the config file or the
     ``SKETCHPIPE_*`` variable (for a value they did not set, such as one checked against another: the
@@ -207,6 +216,7 @@ def _flow_errors():
 
 def _cmd_run(args: argparse.Namespace) -> None:
     settings, overrides = _settings(args, list(_SETTING_FLAGS))
+    _make_work_dir(settings)
     _import_tensorflow_quietly(settings, args)
     from flows.training_pipeline import pipeline_with_task_runner
     from pipeline.report import promotion_line, results_table
@@ -226,6 +236,7 @@ def _cmd_run(args: argparse.Namespace) -> None:
 def _cmd_tune(args: argparse.Namespace) -> None:
     names = [n for n in _SETTING_FLAGS if n != "architectures"]
     settings, overrides = _settings(args, names)
+    _make_work_dir(settings)
     from pipeline.config import ARCHITECTURES
 
     if args.architecture not in ARCHITECTURES:
@@ -264,6 +275,7 @@ def _cmd_tune(args: argparse.Namespace) -> None:
 
 def _cmd_validate(args: argparse.Namespace) -> None:
     settings, _ = _settings(args, _DATA_FLAGS)
+    _make_work_dir(settings)
     from pipeline.download import DownloadError
     from pipeline.ingest import ClassSelectionError
     from pipeline.stages import data
@@ -396,6 +408,7 @@ def _cmd_promote(args: argparse.Namespace) -> None:
 
 def _cmd_serve(args: argparse.Namespace) -> None:
     settings, overrides = _settings(args, list(_SETTING_FLAGS))
+    _make_work_dir(settings)
     _import_tensorflow_quietly(settings, args)
     from prefect import serve
 
@@ -476,9 +489,12 @@ def main(argv: list[str] | None = None) -> None:
     if not args.verbose:
         import os
 
-        # Prefect's INFO lines (every task's start and end, GX's temporary folders) buried the results;
-        # the console shows warnings and errors, while the Prefect server keeps every run's full log
-        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
+        # Prefect's INFO lines (every task's start and end, GX's temporary folders) buried the results, and
+        # a failed task's ERROR lines carry its traceback (then one line per task it held up): the command
+        # says what went wrong in one line, and the Prefect server keeps every run's full log. A long-lived
+        # `serve` shows warnings and errors as they come.
+        level = "WARNING" if args.command == "serve" else "CRITICAL"
+        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", level)
         os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # e.g. a new store's migration notes
     command = {
         "run": _cmd_run,

@@ -52,6 +52,9 @@ def training_pipeline(
         figures = [plot_evaluation_task.submit(settings, runs[a], evaluations[a], features_dir) for a in runs]
         register = _with_retries(register_task, settings)
         versions = {a: register.submit(settings, runs[a], evaluations[a], features_dir) for a in runs}
+        for stage in (runs, evaluations, versions):  # a failure surfaces as its own error, not as an
+            for future in stage.values():  # "upstream task did not complete" of the tasks after it
+                future.result()
         promote = _with_retries(promote_task, settings)
         decision = promote(settings, [versions[a].result() for a in runs], features_dir)
         rows = [result_row(runs[a].result(), evaluations[a].result(), versions[a].result()) for a in runs]

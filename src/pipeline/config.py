@@ -7,6 +7,7 @@ time; :func:`load_settings` is the one place that reads the environment.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -37,6 +38,9 @@ MODEL_PARAMETERS: dict[str, tuple[str, ...]] = {
 _MODEL_CHOICES = {"pooling": ("last", "mean", "mean_max"), "activation": ("tanh", "relu")}
 _POOLING_OF_ALL_STEPS = ("wavenet", "transformer")
 _MODEL_FLAGS = ("positions", "bidirectional", "gated", "norm", "norm_first")
+_MODEL_SIZES = ("units", "num_layers", "dim", "heads", "ff_dim", "kernel_size", "stem_kernel")
+_MODEL_SIZE_LISTS = ("dilation_rates", "stem_filters", "stem_dilations")
+TRANSFORMER_DEFAULTS = {"dim": 64, "heads": 4}  # pipeline.models.build_transformer's (a test holds them equal)
 ENV_PREFIX = "SKETCHPIPE_"
 
 
@@ -199,8 +203,10 @@ def check_settings(settings: Settings) -> Settings:
         raise ConfigError("classes", "a class is named twice")
     from pipeline.synthetic import SHAPES
 
-    if settings.num_classes is not None and settings.num_classes < 1:
-        raise ConfigError("num_classes", f"must be at least 1 (got {settings.num_classes})")
+    if settings.num_classes is not None and settings.num_classes < 2:
+        raise ConfigError("num_classes", f"must be at least 2, for a classifier (got {settings.num_classes})")
+    if settings.classes and len(settings.classes) < 2:
+        raise ConfigError("classes", "name at least 2, for a classifier")
     if settings.source == "synthetic" and not settings.classes and (settings.num_classes or 0) > len(SHAPES):
         raise ConfigError("num_classes", f"the synthetic set has {len(SHAPES)} classes, not {settings.num_classes}")
     if settings.distribute not in ("auto", "mirrored", "default"):
@@ -292,6 +298,32 @@ def _check_models(models: Mapping[str, Any]) -> None:
                 raise ConfigError("models", f"{where}: {value!r} is not one of {', '.join(choices)}")
             if name in _MODEL_FLAGS and not isinstance(value, bool):
                 raise ConfigError("models", f"{where}: expected true or false, got {value!r}")
+            _check_model_value(architecture, name, value)
+        if architecture == "transformer":  # the builder's defaults where a value is not given
+            dim = params.get("dim", TRANSFORMER_DEFAULTS["dim"])
+            heads = params.get("heads", TRANSFORMER_DEFAULTS["heads"])
+            if dim % heads or dim % 2:
+                raise ConfigError("models", f"transformer.dim ({dim}) must be even and a multiple of heads ({heads})")
+
+
+def _whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def _check_model_value(architecture: str, name: str, value: Any) -> None:
+    """Refuse a size that is not a whole number of at least 1, a list of them that is not, or a dropout
+    outside [0, 1): Keras would refuse them only once that model's training had started."""
+    where = f"{architecture}.{name}"
+    if name in _MODEL_SIZE_LISTS or (name == "filters" and architecture == "conv_lstm"):
+        if not isinstance(value, list | tuple) or not all(_whole(v) for v in value):
+            raise ConfigError("models", f"{where}: expected a list of whole numbers of at least 1, got {value!r}")
+        if name == "dilation_rates" and not value:
+            raise ConfigError("models", f"{where}: needs at least one rate (one block each)")
+    elif name in _MODEL_SIZES or name == "filters":
+        if not _whole(value):
+            raise ConfigError("models", f"{where}: expected a whole number of at least 1, got {value!r}")
+    elif name == "dropout" and (isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < 1):
+        raise ConfigError("models", f"{where}: expected a number at least 0 and below 1, got {value!r}")
 
 
 def _coerce(name: str, value: Any) -> Any:
@@ -314,10 +346,15 @@ def _coerce(name: str, value: Any) -> Any:
         if kind.startswith("int"):
             return int(value)
         if kind.startswith("float"):
-            return float(value)
+            number = float(value)
+            if not math.isfinite(number):
+                raise ConfigError(name, f"must be a finite number (got {value!r})")
+            return number
         if kind.startswith("Mapping"):
             return dict(yaml.safe_load(value) if isinstance(value, str) else value)
         return str(value)
+    except ConfigError:
+        raise
     except (TypeError, ValueError, AttributeError) as exc:
         raise ConfigError(name, f"cannot read {value!r} as {kind}") from exc
 

@@ -37,6 +37,8 @@ from flows.cli import main
         (["tune", "--trials", "2"], "--architecture"),
         (["tune", "--architecture", "gru", "--trials", "2", "--study", "it's"], "--study: study name"),
         (["tune", "--architecture", "gru", "--trials", "2", "--parallel", "x"], "--parallel"),
+        (["validate", "--num-classes", "1"], "--num-classes: must be at least 2, for a classifier"),
+        (["run", "--classes", "circle"], "--classes: name at least 2, for a classifier"),
     ],
 )
 def test_wrong_values_fail_fast_naming_the_flag(in_tmp_cwd, capsys, argv, flag):
@@ -46,6 +48,28 @@ def test_wrong_values_fail_fast_naming_the_flag(in_tmp_cwd, capsys, argv, flag):
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1, err
     assert flag in err and err.startswith("sketchpipe")
+
+
+@pytest.mark.parametrize("command", ["run", "validate", "tune"])
+def test_a_work_dir_that_cannot_be_made_is_named_before_any_work(in_tmp_cwd, capsys, command):
+    Path("taken").write_text("a file where the work folder's parent should be\n")
+    Path("c.yaml").write_text("work_dir: taken/work\n")
+    with pytest.raises(SystemExit) as exit_info:
+        tune = ["--architecture", "gru", "--trials", "1"] if command == "tune" else []
+        main([command, "--config", "c.yaml", *tune])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == "sketchpipe: error: work_dir: cannot create taken/work (Not a directory)\n"
+
+
+def test_a_data_folder_of_one_class_is_refused_naming_it(in_tmp_cwd, capsys):
+    Path("one").mkdir()
+    Path("one/cat.ndjson").write_text('{"word": "cat", "key_id": "1", "drawing": [[[0, 9], [0, 9]]]}\n')
+    with pytest.raises(SystemExit) as exit_info:
+        main(["validate", "--source", "ndjson", "--data-dir", "one"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == (
+        "sketchpipe: error: --data-dir: the source has one class (cat); a classifier needs 2\n"
+    )
 
 
 def test_download_fetches_into_dest_and_reports_what_it_did(in_tmp_cwd, capsys):
@@ -131,7 +155,7 @@ def test_a_wrong_value_is_named_where_it_was_set(in_tmp_cwd, capsys, monkeypatch
     for key, value in environ.items():
         monkeypatch.setenv(key, value)
     with pytest.raises(SystemExit) as exit_info:
-        main(["validate", "--config", "bad.yaml", "--classes", "nope", *argv])
+        main(["validate", "--config", "bad.yaml", "--classes", "circle,nope", *argv])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1, err

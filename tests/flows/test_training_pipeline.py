@@ -129,3 +129,21 @@ def test_cli_trains_on_ndjson_simplified_and_raw_alike(pipeline_setup, tmp_path,
     assert registered.tags["architecture"] == "lstm"
     classifier = load_classifier(settings, f"models:/{settings.registered_model_name}/{version}")
     assert classifier.classes == sorted(list(SHAPES)[:5])
+
+
+def test_a_failed_training_task_surfaces_its_own_error_not_the_tasks_it_held_up(pipeline_setup, monkeypatch):
+    """When one architecture's training fails, the flow (and so ``sketchpipe run``) fails with that error:
+    before, it failed on the first task waiting for it ("Run is in PENDING state, its result is not
+    available"), which says nothing of what went wrong."""
+    from prefect.exceptions import UnfinishedRun
+
+    from pipeline import models
+
+    def cannot_build(num_classes, **params):
+        raise ValueError("planted: this model cannot be built")
+
+    monkeypatch.setitem(models.MODEL_BUILDERS, "conv_lstm", cannot_build)  # our builder, not Prefect's machinery
+    _, config_file = pipeline_setup
+    with pytest.raises(ValueError, match="planted: this model cannot be built") as raised:
+        training_pipeline(config_file=str(config_file), overrides={"epochs": 1})
+    assert not isinstance(raised.value, UnfinishedRun)

@@ -195,6 +195,16 @@ def test_the_benchmarks_extra_settings_files_load_and_build(name):
         ({"wavenet": {"pooling": "last"}}, "wavenet.pooling: 'last' is not one of mean, mean_max"),
         ({"gru": {"bidirectional": "yes"}}, "gru.bidirectional: expected true or false, got 'yes'"),
         ({"lstm": [64, 2]}, "lstm: expected hyperparameters as name: value"),
+        # sizes Keras refuses only once that model's training has started (the other models then trained)
+        ({"lstm": {"units": 0}}, "lstm.units: expected a whole number of at least 1, got 0"),
+        ({"wavenet": {"filters": -3}}, "wavenet.filters: expected a whole number of at least 1, got -3"),
+        ({"gru": {"num_layers": 1.5}}, "gru.num_layers: expected a whole number of at least 1, got 1.5"),
+        ({"conv_lstm": {"filters": [48, 0]}}, "conv_lstm.filters: expected a list of whole numbers"),
+        ({"wavenet": {"dilation_rates": []}}, "wavenet.dilation_rates: needs at least one rate"),
+        ({"transformer": {"stem_dilations": [1, "2"]}}, "transformer.stem_dilations: expected a list of whole"),
+        ({"bilstm": {"dropout": 1.0}}, "bilstm.dropout: expected a number at least 0 and below 1, got 1.0"),
+        ({"transformer": {"dim": 63}}, "transformer.dim (63) must be even and a multiple of heads (4)"),
+        ({"transformer": {"dim": 64, "heads": 5}}, "transformer.dim (64) must be even and a multiple of heads (5)"),
     ],
 )
 def test_model_hyperparameters_are_checked_when_the_settings_load(models, message):
@@ -212,6 +222,31 @@ def test_the_checked_model_hyperparameters_are_the_builders_arguments():
     for name, builder in MODEL_BUILDERS.items():
         arguments = [p for p in inspect.signature(builder).parameters if p != "num_classes"]
         assert sorted(MODEL_PARAMETERS[name]) == sorted(arguments), name
+
+
+def test_the_transformer_defaults_checked_are_the_builders():
+    import inspect
+
+    from pipeline.config import TRANSFORMER_DEFAULTS
+    from pipeline.models import build_transformer
+
+    parameters = inspect.signature(build_transformer).parameters
+    assert {name: parameters[name].default for name in TRANSFORMER_DEFAULTS} == TRANSFORMER_DEFAULTS
+
+
+@pytest.mark.parametrize(
+    ("overrides", "environ", "field", "message"),
+    [
+        ({"learning_rate": "inf"}, {}, "learning_rate", "must be a finite number (got 'inf')"),
+        ({}, {"SKETCHPIPE_CLIPNORM": "nan"}, "clipnorm", "must be a finite number (got 'nan')"),
+        ({"num_classes": 1}, {}, "num_classes", "must be at least 2, for a classifier (got 1)"),
+        ({"classes": "circle"}, {}, "classes", "name at least 2, for a classifier"),
+    ],
+)
+def test_values_no_run_can_use_are_refused_when_the_settings_load(in_tmp_cwd, overrides, environ, field, message):
+    with pytest.raises(ConfigError, match=re.escape(message)) as caught:
+        load_settings(overrides=overrides, environ=environ)
+    assert caught.value.field == field
 
 
 def test_the_checked_choices_are_the_builders_choices():

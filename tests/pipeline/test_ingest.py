@@ -18,6 +18,15 @@ def test_named_classes_must_exist_and_be_named_once():
         select_classes(available, ("cat", "cat"), None)
 
 
+def test_a_source_of_one_class_is_refused_naming_the_data_folder():
+    from pipeline.ingest import ClassSelectionError
+
+    with pytest.raises(ClassSelectionError, match=r"the source has one class \(cat\); a classifier needs 2") as caught:
+        select_classes(["cat"], None, None)
+    assert caught.value.field == "data_dir"
+    assert select_classes(["cat", "dog"], None, None) == ["cat", "dog"]
+
+
 def test_a_sketchrnn_folder_is_read_with_all_its_classes_by_default(tmp_path):
     rng = np.random.default_rng(0)
     for name in ("ant", "bee", "cat"):
@@ -30,8 +39,9 @@ def test_a_sketchrnn_folder_is_read_with_all_its_classes_by_default(tmp_path):
     info = read_info(ingest(settings))
     assert info.classes == ["ant", "bee", "cat"]
     assert info.counts["train"] == {"ant": 4, "bee": 4, "cat": 4} and info.num_sketches == 21
-    capped = read_info(ingest(settings.replace(max_per_class=1, classes=("cat",))))
-    assert capped.classes == ["cat"] and capped.counts == {"train": {"cat": 1}, "valid": {"cat": 1}, "test": {"cat": 1}}
+    capped = read_info(ingest(settings.replace(max_per_class=1, classes=("cat", "bee"))))
+    assert capped.classes == ["cat", "bee"]
+    assert capped.counts == {split: {"cat": 1, "bee": 1} for split in ("train", "valid", "test")}
 
 
 def test_the_same_settings_give_the_same_dataset_folder(tmp_path):

@@ -384,6 +384,12 @@ def _require_store(settings: Settings) -> None:
         _fail(
             f"--tracking-uri: no tracking store at {uri.removeprefix('sqlite:///')} (train with `sketchpipe run` first)"
         )
+    from pipeline.tracking import TrackingStoreUnavailableError, check_store
+
+    try:
+        check_store(uri)  # a server that does not answer: say so, not what MLflow's retries end with
+    except TrackingStoreUnavailableError as exc:
+        _fail(f"--tracking-uri: {exc}")
 
 
 def _cmd_promote(args: argparse.Namespace) -> None:
@@ -425,6 +431,12 @@ def _cmd_serve_model(args: argparse.Namespace) -> None:
     settings, _ = _settings(args, ["tracking_uri"])
     _require_store(settings)
     uri = args.model_uri or champion_uri(settings)
+    from pipeline import registry, tracking
+
+    try:  # here, in one line: the scoring server would print MLflow's traceback and exit
+        registry.model_source(tracking.client_for(settings.resolved_tracking_uri), uri)
+    except Exception as exc:
+        _fail(f"--model-uri: cannot load {uri}: {str(exc).splitlines()[0] if str(exc) else _one_line(exc)}")
     command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", uri, "--env-manager", "local"]
     command += ["--host", "127.0.0.1", "--port", str(args.port)]
     os.environ["MLFLOW_TRACKING_URI"] = settings.resolved_tracking_uri

@@ -35,6 +35,8 @@ def promote_model(
         try:
             registry.set_champion(client, name, str(version))
         except MlflowException as exc:
+            if exc.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+                raise  # the store failed: not an answer about the version
             raise ValueError(f"model {name!r} has no version {version}") from exc
         return str(version)
 

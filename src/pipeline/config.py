@@ -203,10 +203,8 @@ def check_settings(settings: Settings) -> Settings:
         raise ConfigError("classes", "a class is named twice")
     from pipeline.synthetic import SHAPES
 
-    if settings.num_classes is not None and settings.num_classes < 2:
-        raise ConfigError("num_classes", f"must be at least 2, for a classifier (got {settings.num_classes})")
-    if settings.classes and len(settings.classes) < 2:
-        raise ConfigError("classes", "name at least 2, for a classifier")
+    if settings.num_classes is not None and settings.num_classes < 1:
+        raise ConfigError("num_classes", f"must be at least 1 (got {settings.num_classes})")
     if settings.source == "synthetic" and not settings.classes and (settings.num_classes or 0) > len(SHAPES):
         raise ConfigError("num_classes", f"the synthetic set has {len(SHAPES)} classes, not {settings.num_classes}")
     if settings.distribute not in ("auto", "mirrored", "default"):

@@ -51,8 +51,6 @@ def select_classes(available: list[str], classes: tuple[str, ...] | None, num_cl
             raise ClassSelectionError("classes", f"unknown class {', '.join(missing)}; available: {shown}")
         return list(classes)
     if num_classes is None:
-        if len(available) == 1:  # a classifier of one class learns nothing (and is always right)
-            raise ClassSelectionError("data_dir", f"the source has one class ({available[0]}); a classifier needs 2")
         return list(available)
     if num_classes > len(available):
         raise ClassSelectionError("num_classes", f"asked for {num_classes} classes but the source has {len(available)}")

@@ -314,19 +314,34 @@ def download_model(client: mlflow.MlflowClient, model_uri: str, dst: Path) -> Pa
 
     Raises:
         MlflowException: the model, version or alias does not exist.
+        ValueError: a local folder that holds no logged model.
     """
     from mlflow.artifacts import download_artifacts
 
+    source = model_source(client, model_uri)
+    return Path(download_artifacts(artifact_uri=source, dst_path=str(dst), tracking_uri=client.tracking_uri))
+
+
+def model_source(client: mlflow.MlflowClient, model_uri: str) -> str:
+    """Return where a model URI's files are, checking that they exist without fetching them (see
+    :func:`download_model`): a registered version or alias, a logged model, a run, or a local folder
+    that holds an ``MLmodel`` file (any other folder would be copied whole, then refused)."""
+    from urllib.parse import urlparse
+
     match = _MODEL_URI.match(model_uri)
     if match and match["version"]:
-        version = client.get_model_version(match["name"], match["version"])
+        source = client.get_model_version(match["name"], match["version"]).source
     elif match and match["alias"]:
-        version = client.get_model_version_by_alias(match["name"], match["alias"])
+        source = client.get_model_version_by_alias(match["name"], match["alias"]).source
     else:
-        version = None
-    source = model_uri
-    if version is not None:
-        source = version.source
+        source = model_uri
     if source.startswith("models:/m-"):
         source = client.get_logged_model(source.removeprefix("models:/")).artifact_location
-    return Path(download_artifacts(artifact_uri=source, dst_path=str(dst), tracking_uri=client.tracking_uri))
+    elif source.startswith("runs:/"):
+        client.get_run(source.removeprefix("runs:/").split("/")[0])  # raises for an unknown run
+    parsed = urlparse(source)
+    if parsed.scheme in ("", "file"):
+        folder = Path(parsed.path if parsed.scheme else source)
+        if not (folder / "MLmodel").is_file():
+            raise ValueError(f"{folder} holds no MLmodel file (not a logged model)")
+    return source

@@ -64,7 +64,8 @@ def stroke3_sketches(items, where: str = "") -> list[np.ndarray]:
             raise StrokeFormatError(f"{where}sketch {index} is not a list of [dx, dy, pen] rows") from exc
         if values.dtype.kind not in "iuf":  # numpy would read "12" as 12 and true as 1
             raise StrokeFormatError(f"{where}sketch {index}: a value is not a number (text, true/false or null)")
-        sketch = values.astype(np.float32)
+        with np.errstate(over="ignore"):  # a value beyond float32 becomes inf, refused below by name
+            sketch = values.astype(np.float32)
         if sketch.ndim != 2 or sketch.shape[1] != 3 or len(sketch) == 0:
             raise StrokeFormatError(f"{where}sketch {index} is not a non-empty list of [dx, dy, pen] rows")
         check_stroke3(sketch, f"{where}sketch {index}")

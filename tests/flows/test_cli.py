@@ -37,8 +37,6 @@ from flows.cli import main
         (["tune", "--trials", "2"], "--architecture"),
         (["tune", "--architecture", "gru", "--trials", "2", "--study", "it's"], "--study: study name"),
         (["tune", "--architecture", "gru", "--trials", "2", "--parallel", "x"], "--parallel"),
-        (["validate", "--num-classes", "1"], "--num-classes: must be at least 2, for a classifier"),
-        (["run", "--classes", "circle"], "--classes: name at least 2, for a classifier"),
     ],
 )
 def test_wrong_values_fail_fast_naming_the_flag(in_tmp_cwd, capsys, argv, flag):
@@ -61,15 +59,26 @@ def test_a_work_dir_that_cannot_be_made_is_named_before_any_work(in_tmp_cwd, cap
     assert capsys.readouterr().err == "sketchpipe: error: work_dir: cannot create taken/work (Not a directory)\n"
 
 
-def test_a_data_folder_of_one_class_is_refused_naming_it(in_tmp_cwd, capsys):
+def test_training_on_one_class_is_refused_naming_where_it_was_chosen(in_tmp_cwd, capsys):
+    """A classifier of one class learns nothing and is always right: ``run`` stops before training,
+    naming the flag or the data folder; ``validate`` of one class file is fine."""
     Path("one").mkdir()
-    Path("one/cat.ndjson").write_text('{"word": "cat", "key_id": "1", "drawing": [[[0, 9], [0, 9]]]}\n')
-    with pytest.raises(SystemExit) as exit_info:
-        main(["validate", "--source", "ndjson", "--data-dir", "one"])
-    assert exit_info.value.code == 2
-    assert capsys.readouterr().err == (
-        "sketchpipe: error: --data-dir: the source has one class (cat); a classifier needs 2\n"
+    Path("one/cat.ndjson").write_text(
+        "".join(f'{{"word": "cat", "key_id": "{i}", "drawing": [[[0, 9, {i}], [0, 9, 3]]]}}\n' for i in range(40))
     )
+    main(["validate", "--source", "ndjson", "--data-dir", "one"])
+    assert "accepted: 40" in capsys.readouterr().out
+    for argv, flag in (
+        (["--source", "ndjson", "--data-dir", "one"], "--data-dir"),
+        (["--classes", "circle"], "--classes"),
+        (["--num-classes", "1"], "--num-classes"),
+    ):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["run", *argv, "--epochs", "1", "--progress", "off"])
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"sketchpipe: error: {flag}: the dataset has one class (") and err.count("\n") == 1, err
+        assert err.endswith("); training needs at least 2\n")
 
 
 def test_download_fetches_into_dest_and_reports_what_it_did(in_tmp_cwd, capsys):
@@ -224,3 +233,40 @@ def test_an_unexpected_error_is_one_line_without_verbose_and_a_traceback_with_it
     ]
     with pytest.raises(RuntimeError, match="the reader broke"):
         main(["validate", "--verbose"])
+
+
+def test_a_model_uri_that_is_no_model_is_refused_in_one_line(in_tmp_cwd, capsys, tracking_db):
+    """A folder that holds no logged model was copied whole into the serving cache (a minute and more for a
+    big one) before it was refused; ``serve-model`` left MLflow's traceback for a version that does not
+    exist. Both now stop at once, naming the flag."""
+    Path("s.json").write_text("[[1, 2, 0], [3, 4, 1]]")
+    Path("big").mkdir()
+    Path("big/data.bin").write_bytes(b"\0" * 1000)
+    for argv, message in (
+        (["predict", "--model-uri", "big", "s.json"], "--model-uri: cannot load big: big holds no MLmodel file"),
+        (["serve-model", "--model-uri", "big"], "--model-uri: cannot load big: big holds no MLmodel file"),
+        (["serve-model", "--model-uri", "models:/nope/3", "--tracking-uri", f"sqlite:///{tracking_db}"],
+         "--model-uri: cannot load models:/nope/3: Model Version (name=nope, version=3) not found"),
+    ):  # fmt: skip
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"sketchpipe: error: {message}") and len(err.strip().splitlines()) == 1, err
+    assert not Path("data/serving-cache").exists() or not any(Path("data/serving-cache").rglob("data.bin"))
+
+
+def test_a_tracking_server_that_does_not_answer_is_named_not_taken_for_a_missing_version(in_tmp_cwd, capsys):
+    import socket
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    for argv in (["promote", "--version", "1"], ["predict", "s.json"]):
+        Path("s.json").write_text("[[1, 2, 0], [3, 4, 1]]")
+        with pytest.raises(SystemExit) as exit_info:
+            main([*argv, "--tracking-uri", url])
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err
+        expected = f"--tracking-uri: MLflow tracking server {url} is unreachable (ConnectionError)"
+        assert err == f"sketchpipe: error: {expected}\n"

@@ -239,8 +239,6 @@ def test_the_transformer_defaults_checked_are_the_builders():
     [
         ({"learning_rate": "inf"}, {}, "learning_rate", "must be a finite number (got 'inf')"),
         ({}, {"SKETCHPIPE_CLIPNORM": "nan"}, "clipnorm", "must be a finite number (got 'nan')"),
-        ({"num_classes": 1}, {}, "num_classes", "must be at least 2, for a classifier (got 1)"),
-        ({"classes": "circle"}, {}, "classes", "name at least 2, for a classifier"),
     ],
 )
 def test_values_no_run_can_use_are_refused_when_the_settings_load(in_tmp_cwd, overrides, environ, field, message):

@@ -18,15 +18,6 @@ def test_named_classes_must_exist_and_be_named_once():
         select_classes(available, ("cat", "cat"), None)
 
 
-def test_a_source_of_one_class_is_refused_naming_the_data_folder():
-    from pipeline.ingest import ClassSelectionError
-
-    with pytest.raises(ClassSelectionError, match=r"the source has one class \(cat\); a classifier needs 2") as caught:
-        select_classes(["cat"], None, None)
-    assert caught.value.field == "data_dir"
-    assert select_classes(["cat", "dog"], None, None) == ["cat", "dog"]
-
-
 def test_a_sketchrnn_folder_is_read_with_all_its_classes_by_default(tmp_path):
     rng = np.random.default_rng(0)
     for name in ("ant", "bee", "cat"):

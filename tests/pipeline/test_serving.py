@@ -128,3 +128,13 @@ def test_files_with_a_byte_order_mark_read_and_bytes_that_are_not_utf8_are_named
     (tmp_path / "latin.json").write_bytes(b"[[1, 2, 1]] \xe9")
     with pytest.raises(StrokeFormatError, match=r"latin\.json: not UTF-8 \(byte 12"):
         read_sketch_files([str(tmp_path / "latin.json")])
+
+
+def test_a_value_beyond_float32_is_refused_by_name_without_a_numpy_warning(tmp_path):
+    import warnings
+
+    (tmp_path / "huge.json").write_text(json.dumps([[1e300, 2, 0], [3, 4, 1]]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # numpy's "overflow encountered in cast" was a second stderr line
+        with pytest.raises(StrokeFormatError, match=r"huge\.json: sketch 0: row 0 has a value that is not finite"):
+            read_sketch_files([str(tmp_path / "huge.json")])

@@ -6,11 +6,12 @@ from pathlib import Path
 
 from pipeline import progress
 from pipeline.config import Settings
+from pipeline.dataset import read_info
 from pipeline.download import DownloadedFile, download_classes, resolve_classes
 from pipeline.features import write_features
 from pipeline.files import parameters_digest
 from pipeline.fingerprints import VALIDATE_FIELDS
-from pipeline.ingest import ingest
+from pipeline.ingest import ClassSelectionError, ingest
 from pipeline.strokes import SPLITS
 from pipeline.validation import ValidationReport, validate_dataset
 
@@ -63,6 +64,10 @@ def validate(settings: Settings, dataset_dir: Path) -> ValidationReport:
 def preprocess(settings: Settings, report: ValidationReport) -> Path:
     """Write the model-ready features (flat arrays per split) of the accepted sketches; return their folder."""
     dataset_dir = Path(report.dataset_dir)
+    classes = read_info(dataset_dir).classes
+    if len(classes) < 2:  # a classifier of one class learns nothing (and is always right)
+        field = "classes" if settings.classes else "num_classes" if settings.num_classes else "data_dir"
+        raise ClassSelectionError(field, f"the dataset has one class ({classes[0]}); training needs at least 2")
     # named after the validation report (dataset + thresholds) and the crop length
     out_dir = Path(settings.work_dir) / "features" / f"{Path(report.output_dir).name}-len{settings.max_len}"
     accepted = {split: report.accepted_indices(split) for split in SPLITS}

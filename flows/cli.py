@@ -248,6 +248,16 @@ def _cmd_tune(args: argparse.Namespace) -> None:
             check_study_name(args.study)
         except ValueError as exc:
             _fail(f"--study: {exc}")
+    if args.output:  # written after the last trial: a place it cannot go would waste the whole study
+        import os
+
+        target = Path(args.output)
+        if target.is_dir():
+            _fail(f"--output: {target} is a folder; give a file name, such as {target / 'tuned.yaml'}")
+        if not target.parent.is_dir():
+            _fail(f"--output: no folder {target.parent} to write {target.name} in")
+        if not os.access(target.parent, os.W_OK):
+            _fail(f"--output: cannot write in {target.parent}")
     _import_tensorflow_quietly(settings, args)
     from flows.tuning import tuning_with_task_runner
     from pipeline.tuning import OBJECTIVE, trial_line

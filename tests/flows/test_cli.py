@@ -37,6 +37,8 @@ from flows.cli import main
         (["tune", "--trials", "2"], "--architecture"),
         (["tune", "--architecture", "gru", "--trials", "2", "--study", "it's"], "--study: study name"),
         (["tune", "--architecture", "gru", "--trials", "2", "--parallel", "x"], "--parallel"),
+        (["tune", "--architecture", "gru", "--trials", "1", "--output", "no/t.yaml"], "--output: no folder no to"),
+        (["tune", "--architecture", "gru", "--trials", "1", "--output", "."], "--output: . is a folder"),
     ],
 )
 def test_wrong_values_fail_fast_naming_the_flag(in_tmp_cwd, capsys, argv, flag):

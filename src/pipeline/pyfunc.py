@@ -55,7 +55,14 @@ class SketchClassifierModel:
         import pandas as pd
 
         k = max(1, min(int((params or {}).get("k", DEFAULT_TOP_K)), len(self.classifier.classes)))
-        top = self.classifier.top_k(sketches_of(model_input), k)
+        try:
+            sketches = sketches_of(model_input)
+        except ValueError as exc:  # StrokeFormatError too: the reason, as the answer's message (HTTP 400),
+            from mlflow.exceptions import MlflowException  # not "an unexpected error" and a stack trace
+            from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+            raise MlflowException(str(exc), error_code=INVALID_PARAMETER_VALUE) from exc
+        top = self.classifier.top_k(sketches, k)
         return pd.DataFrame(
             {
                 "class": [ranked[0][0] for ranked in top],

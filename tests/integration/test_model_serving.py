@@ -78,7 +78,14 @@ def test_serve_model_answers_a_ragged_batch_with_class_names(champion_store, tmp
             with pytest.raises(urllib.error.HTTPError) as refused:
                 _post(url, {"dataframe_records": [{"strokes": [[1, 2]]}]})
             assert refused.value.code == 400
-            assert "sketch 0 is not a non-empty list of [dx, dy, pen] rows" in refused.value.read().decode()
+            # the reason is the answer's message, not only somewhere in its stack trace
+            message = json.loads(refused.value.read())["message"]
+            assert message.endswith("Error: sketch 0 is not a non-empty list of [dx, dy, pen] rows"), message
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                _post(url, {"dataframe_records": [{"strokes": [[1, 2, 0], [3, 4, 5]]}]})
+            assert refused.value.code == 400
+            message = json.loads(refused.value.read())["message"]
+            assert message.endswith("Error: sketch 0: row 1 has pen value 5 (expected 0 or 1)"), message
         finally:
             server.terminate()
             server.wait(timeout=30)

@@ -79,6 +79,22 @@ def _settings(args: argparse.Namespace, names: list[str]) -> tuple[Settings, dic
         _fail(f"{_where_set(exc, names)}: {exc}")
 
 
+def _check_resumable(settings: Settings, run_id: str) -> None:
+    """Stop in one line, naming ``--resume``, unless ``run_id`` is a pipeline run of the settings' store."""
+    _require_store(settings)
+    from mlflow.exceptions import MlflowException
+
+    from pipeline import tracking
+
+    try:
+        run = tracking.client_for(settings.resolved_tracking_uri).get_run(run_id)
+    except MlflowException:
+        _fail(f"--resume: no run {run_id} in the tracking store {settings.resolved_tracking_uri}")
+    if run.data.tags.get("pipeline") != "training_pipeline":
+        name = run.data.tags.get("mlflow.runName", "?")
+        _fail(f"--resume: run {run_id} ({name}) is not a pipeline run; give the id `run` printed at its end")
+
+
 def _make_work_dir(settings: Settings) -> None:
     """Create ``work_dir`` now (the command would, a moment later), failing in one line that names the
     setting when it cannot be: a bad path otherwise surfaces as a bare ``FileNotFoundError`` mid-run."""
@@ -217,6 +233,8 @@ def _flow_errors():
 def _cmd_run(args: argparse.Namespace) -> None:
     settings, overrides = _settings(args, list(_SETTING_FLAGS))
     _make_work_dir(settings)
+    if args.resume:
+        _check_resumable(settings, args.resume)
     _import_tensorflow_quietly(settings, args)
     from flows.training_pipeline import pipeline_with_task_runner
     from pipeline.report import promotion_line, results_table

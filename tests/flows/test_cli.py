@@ -272,3 +272,20 @@ def test_a_tracking_server_that_does_not_answer_is_named_not_taken_for_a_missing
         err = capsys.readouterr().err
         expected = f"--tracking-uri: MLflow tracking server {url} is unreachable (ConnectionError)"
         assert err == f"sketchpipe: error: {expected}\n"
+
+
+def test_resuming_a_run_that_is_not_a_pipeline_run_is_refused_naming_the_flag(in_tmp_cwd, capsys, tracking_db):
+    import mlflow
+
+    uri = f"sqlite:///{tracking_db}"
+    client = mlflow.MlflowClient(uri)
+    child = client.create_run(client.create_experiment("elsewhere"), run_name="lstm").info.run_id
+    for run_id, message in (
+        ("abc", f"--resume: no run abc in the tracking store {uri}"),
+        (child, f"--resume: run {child} (lstm) is not a pipeline run; give the id `run` printed at its end"),
+    ):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["run", "--resume", run_id, "--tracking-uri", uri])
+        assert exit_info.value.code == 2
+        assert capsys.readouterr().err == f"sketchpipe: error: {message}\n"
+    assert not Path("data/datasets").exists()  # nothing ran

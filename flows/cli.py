@@ -51,6 +51,25 @@ def _fail(message: str) -> NoReturn:
     raise SystemExit(2)
 
 
+def _port(text: str) -> int:
+    """Return a TCP port given on the command line (1-65535), checked when the flags are parsed."""
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is a whole number from 1 to 65535 (got {text!r})")
+    return int(text)
+
+
+def _cron(text: str) -> str:
+    """Return a cron expression given on the command line, checked by Prefect's own schedule."""
+    from prefect.client.schemas.schedules import CronSchedule
+    from pydantic import ValidationError
+
+    try:
+        CronSchedule(cron=text)
+    except ValidationError:
+        raise argparse.ArgumentTypeError(f'not a cron expression: {text!r} (five fields, e.g. "0 3 * * *")') from None
+    return text
+
+
 def _version_number(text: str) -> str:
     """Return a model version number given on the command line, checked when the flags are parsed."""
     if not text.isdigit() or int(text) < 1:
@@ -183,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", help="serve the training flow as a scheduled deployment")
     _add_setting_flags(serve, list(_SETTING_FLAGS))
-    serve.add_argument("--cron", required=True, metavar="EXPR", help='cron schedule, e.g. "0 3 * * *"')
+    serve.add_argument("--cron", required=True, type=_cron, metavar="EXPR", help='cron schedule, e.g. "0 3 * * *"')
 
     serve_model = commands.add_parser(
         "serve-model", help="serve the champion (or --model-uri) over HTTP on 127.0.0.1: sketches in, class names out"
@@ -191,7 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve_model.add_argument("--config", metavar="FILE", help="YAML settings file")
     serve_model.add_argument("--tracking-uri", dest="tracking_uri", metavar="URI", help="MLflow tracking URI")
     serve_model.add_argument("--model-uri", metavar="URI", help="e.g. models:/NAME/3 (default: NAME@champion)")
-    serve_model.add_argument("--port", type=int, default=5001, help="port (default 5001)")
+    serve_model.add_argument("--port", type=_port, default=5001, help="port (default 5001)")
     ui = commands.add_parser("ui", help="the MLflow UI and tracking server on 127.0.0.1 over the configured store")
     ui.add_argument("--config", metavar="FILE", help="YAML settings file")
     ui.add_argument("--tracking-uri", dest="tracking_uri", metavar="URI", help="the store to serve (default mlflow/)")
@@ -201,7 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     ui.add_argument(
         "--artifacts-destination", metavar="URI", help="e.g. s3://bucket/mlflow (default: mlflow/artifacts)"
     )
-    ui.add_argument("--port", type=int, default=5000, help="port (default 5000)")
+    ui.add_argument("--port", type=_port, default=5000, help="port (default 5000)")
     for command in commands.choices.values():
         command.add_argument(
             "--verbose", action="store_true", help="show the libraries' logs live (Prefect's INFO lines, TensorFlow's)"
@@ -362,6 +381,10 @@ def _cmd_download(args: argparse.Namespace) -> None:
     except ValueError as exc:
         _fail(f"--classes: {exc}")
     dest = Path(args.dest or Path(settings.work_dir) / "raw" / args.download_format)
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        _fail(f"{'--dest' if args.dest else 'work_dir'}: cannot create {dest} ({exc.strerror or exc})")
     try:
         files = download_classes(
             names,
@@ -573,6 +596,9 @@ def _one_line(exc: BaseException) -> str:
 DISK_NEARLY_FULL_BYTES = 64 << 20
 
 
+_NOT_A_FULL_DISK = {2, 13, 20, 21, 30}  # ENOENT, EACCES, ENOTDIR, EISDIR, EROFS
+
+
 def disk_full(exc: BaseException, paths: list[Path]) -> str | None:
     """Return a one-line message if a failure comes from a full disk, else ``None``.
 
@@ -596,10 +622,14 @@ def disk_full(exc: BaseException, paths: list[Path]) -> str | None:
             return f"no space left on device{where} ({_one_line(exc)})"
         if "No space left on device" in str(error):  # a library's own error, quoting the OSError
             return f"no space left on device ({_one_line(error)})"
+        if isinstance(error, OSError) and error.errno in _NOT_A_FULL_DISK:
+            return None  # a missing file or folder, or no permission: the error says so itself
         pending += [error.__cause__, error.__context__, *getattr(error, "exceptions", ())]
     for path in paths:
         folder = next((p for p in [path, *path.resolve().parents] if p.exists()), None)
-        if folder is not None and (free := shutil.disk_usage(folder).free) < DISK_NEARLY_FULL_BYTES:
+        if folder is None or shutil.disk_usage(folder).total == 0:  # /proc and the like hold no files
+            continue
+        if (free := shutil.disk_usage(folder).free) < DISK_NEARLY_FULL_BYTES:
             return f"no space left on device: {folder} has {free // 1024} KB free ({_one_line(exc)})"
     return None
 

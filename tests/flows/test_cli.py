@@ -39,6 +39,10 @@ from flows.cli import main
         (["tune", "--architecture", "gru", "--trials", "2", "--parallel", "x"], "--parallel"),
         (["tune", "--architecture", "gru", "--trials", "1", "--output", "no/t.yaml"], "--output: no folder no to"),
         (["tune", "--architecture", "gru", "--trials", "1", "--output", "."], "--output: . is a folder"),
+        (["serve", "--cron", "61 * * * *"], "--cron: not a cron expression: '61 * * * *'"),
+        (["serve-model", "--port", "0"], "--port: a port is a whole number from 1 to 65535 (got '0')"),
+        (["ui", "--port", "99999"], "--port: a port is a whole number from 1 to 65535"),
+        (["download", "--format", "raw", "--classes", "cat", "--dest", "/proc/x"], "--dest: cannot create /proc/x"),
     ],
 )
 def test_wrong_values_fail_fast_naming_the_flag(in_tmp_cwd, capsys, argv, flag):
@@ -199,6 +203,21 @@ def test_commands_that_need_a_store_do_not_create_an_empty_one(in_tmp_cwd, capsy
         "(train with `sketchpipe run` first)\n"
     )
     assert not (in_tmp_cwd / "mlflow").exists()
+
+
+def test_a_missing_folder_is_not_taken_for_a_full_disk():
+    """``/proc`` has no free space (it holds no files): a folder missing there was reported as a full disk."""
+    import errno
+
+    from flows.cli import disk_full
+
+    missing = FileNotFoundError(errno.ENOENT, "No such file or directory", "/proc/x/raw")
+    assert disk_full(missing, [Path("/proc/x/raw")]) is None
+    assert disk_full(RuntimeError("wrapped"), [Path("/proc/x/raw")]) is None  # /proc's 0 bytes free mean nothing
+    full = OSError(errno.ENOSPC, "No space left on device", "/data/x")
+    wrapped = RuntimeError("could not write")
+    wrapped.__cause__ = full
+    assert disk_full(wrapped, [Path("/proc")]).startswith("no space left on device writing /data/x")
 
 
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (Linux) to fill a disk for real")

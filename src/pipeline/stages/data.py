@@ -67,7 +67,8 @@ def preprocess(settings: Settings, report: ValidationReport) -> Path:
     classes = read_info(dataset_dir).classes
     if len(classes) < 2:  # a classifier of one class learns nothing (and is always right)
         field = "classes" if settings.classes else "num_classes" if settings.num_classes else "data_dir"
-        raise ClassSelectionError(field, f"the dataset has one class ({classes[0]}); training needs at least 2")
+        held = f"one class ({classes[0]})" if classes else "no class"
+        raise ClassSelectionError(field, f"the dataset has {held}; training needs at least 2")
     # named after the validation report (dataset + thresholds) and the crop length
     out_dir = Path(settings.work_dir) / "features" / f"{Path(report.output_dir).name}-len{settings.max_len}"
     accepted = {split: report.accepted_indices(split) for split in SPLITS}

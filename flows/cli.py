@@ -245,7 +245,7 @@ def _flow_errors():
     except (StrokeFormatError, DownloadError) as exc:  # the message names the file or class and URL
         _fail(str(exc))
     except (DataValidationError, TrackingStoreUnavailableError) as exc:
-        print(f"sketchpipe: error: {exc}", file=sys.stderr)  # Prefect has logged the details above
+        print(f"sketchpipe: error: {exc}", file=sys.stderr)  # it names the summary file with the details
         raise SystemExit(1) from exc
 
 

@@ -115,12 +115,17 @@ def _check_resumable(settings: Settings, run_id: str) -> None:
 
 
 def _make_work_dir(settings: Settings) -> None:
-    """Create ``work_dir`` now (the command would, a moment later), failing in one line that names the
-    setting when it cannot be: a bad path otherwise surfaces as a bare ``FileNotFoundError`` mid-run."""
+    """Create ``work_dir`` now (the command would, a moment later); see :func:`_make_folder`."""
+    _make_folder(Path(settings.work_dir), "work_dir")
+
+
+def _make_folder(folder: Path, named_by: str) -> None:
+    """Create ``folder``, failing in one line that names the flag or setting (``named_by``) when it cannot
+    be: a bad path otherwise surfaces as a bare ``FileNotFoundError`` mid-run."""
     try:
-        Path(settings.work_dir).mkdir(parents=True, exist_ok=True)
+        folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        _fail(f"work_dir: cannot create {settings.work_dir} ({exc.strerror or exc})")
+        _fail(f"{named_by}: cannot create {folder} ({exc.strerror or exc})")
 
 
 def _where_set(exc: ConfigError, flags: list[str], flag_names: dict[str, str] | None = None) -> str:
@@ -381,10 +386,7 @@ def _cmd_download(args: argparse.Namespace) -> None:
     except ValueError as exc:
         _fail(f"--classes: {exc}")
     dest = Path(args.dest or Path(settings.work_dir) / "raw" / args.download_format)
-    try:
-        dest.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        _fail(f"{'--dest' if args.dest else 'work_dir'}: cannot create {dest} ({exc.strerror or exc})")
+    _make_folder(dest, "--dest" if args.dest else "work_dir")
     try:
         files = download_classes(
             names,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import sys
 from pathlib import Path
 from typing import Any, NoReturn
@@ -598,7 +599,8 @@ def _one_line(exc: BaseException) -> str:
 DISK_NEARLY_FULL_BYTES = 64 << 20
 
 
-_NOT_A_FULL_DISK = {2, 13, 20, 21, 30}  # ENOENT, EACCES, ENOTDIR, EISDIR, EROFS
+# errors that explain themselves (a missing file or folder, no permission): not a full disk
+_NOT_A_FULL_DISK = {errno.ENOENT, errno.EACCES, errno.ENOTDIR, errno.EISDIR, errno.EROFS}
 
 
 def disk_full(exc: BaseException, paths: list[Path]) -> str | None:
@@ -609,7 +611,6 @@ def disk_full(exc: BaseException, paths: list[Path]) -> str | None:
     ``OSError`` with ``ENOSPC`` anywhere in the chain of causes (or in an exception group), or a
     failure while a folder in use has under :data:`DISK_NEARLY_FULL_BYTES` left.
     """
-    import errno
     import shutil
 
     pending: list[BaseException | None] = [exc]
@@ -625,14 +626,13 @@ def disk_full(exc: BaseException, paths: list[Path]) -> str | None:
         if "No space left on device" in str(error):  # a library's own error, quoting the OSError
             return f"no space left on device ({_one_line(error)})"
         if isinstance(error, OSError) and error.errno in _NOT_A_FULL_DISK:
-            return None  # a missing file or folder, or no permission: the error says so itself
+            return None
         pending += [error.__cause__, error.__context__, *getattr(error, "exceptions", ())]
     for path in paths:
         folder = next((p for p in [path, *path.resolve().parents] if p.exists()), None)
-        if folder is None or shutil.disk_usage(folder).total == 0:  # /proc and the like hold no files
-            continue
-        if (free := shutil.disk_usage(folder).free) < DISK_NEARLY_FULL_BYTES:
-            return f"no space left on device: {folder} has {free // 1024} KB free ({_one_line(exc)})"
+        usage = shutil.disk_usage(folder) if folder is not None else None
+        if usage is not None and usage.total > 0 and usage.free < DISK_NEARLY_FULL_BYTES:  # /proc: total 0
+            return f"no space left on device: {folder} has {usage.free // 1024} KB free ({_one_line(exc)})"
     return None
 
 

@@ -164,7 +164,7 @@ def iter_ndjson_records(
     label_of = {name: i for i, name in enumerate(classes)}
     taken: Counter[tuple[str, str]] = Counter()
     for path in files.values():
-        seen_keys: set[str] = set()  # per file: a class file is where a drawing is repeated
+        seen_keys: set[str] = set()  # per file; validation finds a drawing repeated in another file
         with open_ndjson(path) as lines:
             for number, raw_line in _numbered_lines(lines, path.name):
                 if isinstance(raw_line, Rejection):
@@ -190,6 +190,16 @@ def iter_ndjson_records(
                     continue
                 taken[word, split] += 1
                 yield SketchRecord(split, label_of[word], f"{path.name}:{number}:{key_id}", sketch)
+
+
+def ndjson_key_starts(record_ids: np.ndarray) -> np.ndarray:
+    """Return where the ``key_id`` begins in each ndjson record id (``<file>.ndjson:<line>:<key_id>``).
+
+    A Quick, Draw! ``key_id`` names one drawing wherever it appears, so two records with the same one
+    are the same drawing, even in two class files. (A line without a ``key_id`` has ``<file>:<line>``.)
+    """
+    ids = np.asarray(record_ids).astype(str)
+    return np.strings.find(ids, ":", np.strings.find(ids, ".ndjson:") + len(".ndjson:")) + 1
 
 
 GZIP_MAGIC = b"\x1f\x8b"

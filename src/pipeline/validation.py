@@ -60,9 +60,10 @@ def _per_sketch(rows: np.ndarray, offsets: np.ndarray, reducer: np.ufunc, empty)
     return np.where(lengths > 0, reduced, empty)
 
 
-def hash_ids(ids: np.ndarray) -> np.ndarray:
-    """Return a 64-bit hash of each string of a fixed-width unicode array (FNV-1a over its code points,
-    then a final mix), vectorised over the array: one numpy pass per character position."""
+def hash_ids(ids: np.ndarray, starts: np.ndarray | None = None) -> np.ndarray:
+    """Return a 64-bit hash of each string of a unicode array from position ``starts`` (default 0) on
+    (FNV-1a over its code points, then a final mix), vectorised over the array: one numpy pass per
+    character position. The array's padding is not hashed, so a string hashes the same in any width."""
     ids = np.ascontiguousarray(ids)
     if ids.dtype.kind != "U":
         ids = ids.astype(str)
@@ -70,29 +71,64 @@ def hash_ids(ids: np.ndarray) -> np.ndarray:
     hashes = np.full(len(ids), 0xCBF29CE484222325, dtype=np.uint64)
     if width == 0 or len(ids) == 0:
         return hashes
-    for code in np.ascontiguousarray(ids.view(np.uint32).reshape(len(ids), width).T):
-        hashes ^= code
-        hashes *= np.uint64(0x100000001B3)
+    codes = np.ascontiguousarray(ids.view(np.uint32).reshape(len(ids), width).T)
+    for position, code in enumerate(codes):
+        mixed = (hashes ^ code) * np.uint64(0x100000001B3)
+        hashed = code != 0
+        if starts is not None:
+            hashed &= starts <= position
+        hashes = np.where(hashed, mixed, hashes)
     hashes ^= hashes >> np.uint64(33)
     hashes *= np.uint64(0xFF51AFD7ED558CCD)
     hashes ^= hashes >> np.uint64(33)
     return hashes
 
 
-def duplicate_ids(dataset_dir: Path) -> dict[str, dict[int, str]]:
-    """Return split -> {row: "split[row]" of the first sketch with the same id} for every repeated id.
+def hash_sketches(rows: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """Return a 64-bit hash of each sketch's rows (stroke-3, concatenated; ``offsets`` into them from 0),
+    vectorised: each row's three float32 values and its place in its sketch are mixed into one number,
+    and a sketch's numbers are summed."""
+    lengths = np.diff(offsets)
+    bits = np.ascontiguousarray(rows, dtype=np.float32).view(np.uint32).reshape(-1, 3).astype(np.uint64)
+    place = (np.arange(len(bits)) - np.repeat(offsets[:-1], lengths)).astype(np.uint64)
+    mixed = (
+        bits[:, 0] * np.uint64(0x9E3779B97F4A7C15)
+        + bits[:, 1] * np.uint64(0xC2B2AE3D27D4EB4F)
+        + bits[:, 2] * np.uint64(0x165667B19E3779F9)
+        + place * np.uint64(0xD6E8FEB86659FD93)
+    )
+    mixed ^= mixed >> np.uint64(33)
+    mixed *= np.uint64(0xFF51AFD7ED558CCD)
+    mixed ^= mixed >> np.uint64(29)
+    total = np.concatenate([np.zeros(1, np.uint64), np.cumsum(mixed, dtype=np.uint64)])
+    return total[offsets[1:]] - total[offsets[:-1]]
 
-    Over all splits at once, in chunks: ids are hashed (8 bytes a sketch held, whatever the ids'
-    length), equal hashes are found by sorting, and each candidate is confirmed by comparing the ids
+
+def duplicate_ids(dataset_dir: Path) -> dict[str, dict[int, str]]:
+    """Return split -> {row: "split[row]" of the first sketch that is the same drawing} for every repeat.
+
+    The same drawing means the same id; for ndjson, the same ``key_id`` and the same strokes: a drawing
+    copied into another class file, under one label or two (the value then also names the first
+    record's id: its file and line). A ``key_id`` used again for another drawing is no copy. Over all
+    splits at once, in chunks: identities are hashed (8 bytes a sketch held, whatever the ids' length),
+    equal hashes are found by sorting, and each candidate is confirmed by comparing the identities
     themselves, so a hash collision never quarantines a sketch. The first occurrence (in split order,
     then row order) is kept; later ones are duplicates.
     """
+    from pipeline.quickdraw_formats import ndjson_key_starts
+
+    by_key_and_strokes = read_info(dataset_dir).source == "ndjson"
     splits = [(split, open_split(dataset_dir, split)) for split in SPLITS]
     hashes = np.empty(sum(len(arrays) for _, arrays in splits), dtype=np.uint64)
     done = 0
     for _, arrays in splits:
         for start in range(0, len(arrays), CHUNK_SKETCHES):
-            chunk = hash_ids(arrays.id_range(start, min(start + CHUNK_SKETCHES, len(arrays))))
+            stop = min(start + CHUNK_SKETCHES, len(arrays))
+            ids = arrays.id_range(start, stop)
+            if by_key_and_strokes:
+                chunk = hash_ids(ids, ndjson_key_starts(ids)) ^ hash_sketches(*arrays.rows(start, stop))
+            else:
+                chunk = hash_ids(ids)
             hashes[done : done + len(chunk)] = chunk
             done += len(chunk)
     found: dict[str, dict[int, str]] = {split: {} for split in SPLITS}
@@ -110,13 +146,22 @@ def duplicate_ids(dataset_dir: Path) -> dict[str, dict[int, str]]:
         split, arrays = splits[which]
         return split, arrays, position - int(bounds[which])
 
+    def identity_of(arrays: SplitArrays, row: int) -> tuple[str, object]:
+        record_id = arrays.id_of(row)
+        if not by_key_and_strokes:
+            return record_id, record_id
+        key = record_id[int(ndjson_key_starts(np.array([record_id]))[0]) :]
+        return record_id, (key, arrays.sketch(row).tobytes())
+
     for place, first in zip(repeats.tolist(), group_first.tolist(), strict=True):
         split, arrays, row = locate(int(order[place]))
-        own = arrays.id_of(row)
+        own_id, own = identity_of(arrays, row)
         for earlier in order[first:place].tolist():
             first_split, first_arrays, first_row = locate(earlier)
-            if first_arrays.id_of(first_row) == own:
-                found[split][row] = f"{first_split}[{first_row}]"
+            first_id, first_identity = identity_of(first_arrays, first_row)
+            if first_identity == own:
+                where = f"{first_split}[{first_row}]"
+                found[split][row] = where if first_id == own_id else f"{where} {first_id}"
                 break
     return found
 
@@ -164,7 +209,8 @@ def sketch_tables(dataset_dir: Path, chunk: int | None = None) -> Iterator[pd.Da
     """Yield the per-sketch table in chunks of at most ``chunk`` rows (:data:`CHUNK_SKETCHES`), split by split.
 
     Columns: split, row, id, label, point count, finiteness, pen values, largest step, and
-    ``duplicate_of`` (the first sketch with the same id, else None; found over the whole dataset).
+    ``duplicate_of`` (the first sketch that is the same drawing, else None; found over the whole dataset,
+    see :func:`duplicate_ids`).
     Memory holds one chunk, whatever the dataset's size.
     """
     chunk = chunk or CHUNK_SKETCHES

@@ -179,6 +179,26 @@ def test_a_straight_line_drawn_in_one_stroke_is_a_sketch_not_a_bad_record(tmp_pa
     assert [sketch.tolist() for sketch in sketches] == [[[255, 0, 1]]] * 4
 
 
+def test_one_drawing_copied_into_two_class_files_is_kept_once_and_the_copy_quarantined_naming_the_first(tmp_path):
+    (tmp_path / "data").mkdir()
+    copied = {"drawing": [[[0, 30, 60], [0, 25, 0]]], "key_id": "5066291916341248"}
+    # files numbering their own key_ids from 0 (as home-made exports do): other drawings, not copies
+    cats = [_line(key_id=f"{i}", drawing=[[[0, 10 + i, 20], [0, 5, 0]]]) for i in range(3)] + [_line(**copied)]
+    dogs = [_line(word="dog", **copied)] + [
+        _line(word="dog", key_id=f"{i}", drawing=[[[0, 9], [0, 9 + i]]]) for i in range(3)
+    ]
+    dogs.append(_line(word="dog", drawing=[[[0, 9], [0, 9]]]))  # lines without a key_id are other drawings
+    cats.append(_line(drawing=[[[0, 9], [0, 9]]]))
+    (tmp_path / "data" / "cat.ndjson").write_bytes(b"\n".join(cats) + b"\n")
+    (tmp_path / "data" / "dog.ndjson").write_bytes(b"\n".join(dogs) + b"\n")
+    settings = _settings(tmp_path, "ndjson", valid_share=0.0, test_share=0.0, max_invalid_fraction=0.5)
+    report = validate(settings, ingest(settings))
+    [quarantined] = [json.loads(line) for line in Path(report.quarantine_path).read_text().splitlines()]
+    assert quarantined["id"] == "dog.ndjson:1:5066291916341248" and quarantined["column"] == "duplicate_of"
+    assert quarantined["value"].startswith("train[") and quarantined["value"].endswith(" cat.ndjson:4:5066291916341248")
+    assert (report.records_in, report.accepted, report.quarantined) == (10, 9, 1)
+
+
 def test_a_sketch_of_only_padding_like_rows_is_quarantined(tmp_path):
     splits = {"train": [np.zeros((4, 3), np.int16), np.array([[3, 4, 0], [0, 0, 0], [1, 1, 1]], np.int16)]}
     write_sketchrnn_npz(tmp_path / "data" / "cat.npz", splits)

@@ -87,7 +87,7 @@ def test_chunked_validation_matches_one_chunk(tmp_path, monkeypatch):
 def test_a_hash_collision_is_not_a_duplicate(tmp_path, monkeypatch):
     import pipeline.validation as validation
 
-    monkeypatch.setattr(validation, "hash_ids", lambda ids: np.zeros(len(ids), dtype=np.uint64))
+    monkeypatch.setattr(validation, "hash_ids", lambda ids, starts=None: np.zeros(len(ids), dtype=np.uint64))
     folder = _dataset(tmp_path, {}, ids={4: "dup", 9: "dup"})
     report = validate_dataset(folder, tmp_path / "out", max_invalid_fraction=0.5)
     assert [(q["row"], q["value"]) for q in _lines(report)] == [(9, "train[4]")]
@@ -100,6 +100,26 @@ def test_hash_ids_tells_ids_apart():
     hashes = hash_ids(ids)
     assert len(np.unique(hashes)) == len(ids)
     assert (hash_ids(ids[::-1])[::-1] == hashes).all()  # a function of the id alone
+    # of the string, not of the array's width (splits' id arrays have their own widths)
+    assert (hash_ids(ids.astype("U80")) == hashes).all()
+    # from a start on: the part before it does not count
+    assert (
+        hash_ids(np.array(["x.ndjson:7:123", "y.ndjson:12:123"]), np.array([11, 12]))[0]
+        == hash_ids(np.array(["123"]))[0]
+    )
+
+
+def test_hash_sketches_is_a_function_of_each_sketchs_rows_in_order():
+    from pipeline.validation import hash_sketches
+
+    a = np.array([[1, 2, 0], [3, 4, 1]], np.float32)
+    b = a[::-1].copy()  # the same rows in another order: another drawing
+    c = np.array([[1, 2, 0], [3, 4, 1], [0, 1, 1]], np.float32)
+    sketches = [a, b, c, a, np.array([[1, 2, 0]], np.float32)]
+    offsets = np.concatenate([[0], np.cumsum([len(x) for x in sketches])])
+    hashes = hash_sketches(np.concatenate(sketches), offsets)
+    assert hashes[0] == hashes[3] and len(set(hashes.tolist())) == 4
+    assert hash_sketches(a, np.array([0, 2]))[0] == hashes[0]  # whatever comes before it
 
 
 def test_too_many_failures_stop_with_one_clear_message(tmp_path):

@@ -427,7 +427,11 @@ def _cmd_predict(args: argparse.Namespace) -> None:
         classifier = load_classifier(settings, args.model_uri)
     except Exception as exc:  # an unknown model, alias or store: one line, not a traceback
         _fail(f"--model-uri: cannot load {args.model_uri or 'the champion'}: {exc}")
-    for name, top in zip(sketches, classifier.top_k([s for s in sketches.values()], k=3), strict=True):
+    try:
+        classifier.check_range(list(sketches.values()), list(sketches))
+    except StrokeFormatError as exc:
+        _fail(str(exc))
+    for name, top in zip(sketches, classifier.top_k(list(sketches.values()), k=3), strict=True):
         print(f"{name}: " + ", ".join(f"{label} {p:.3f}" for label, p in top))
 
 

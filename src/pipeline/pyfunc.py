@@ -34,10 +34,7 @@ def _load_pyfunc(path: str) -> SketchClassifierModel:
 
     root = Path(path) if (Path(path) / "MLmodel").is_file() else Path(path).parent
     metadata = Model.load(str(root / "MLmodel")).metadata or {}
-    classifier = Classifier(
-        model=mlflow.keras.load_model(str(root)), classes=list(metadata["classes"]), max_len=int(metadata["max_len"])
-    )
-    return SketchClassifierModel(classifier)
+    return SketchClassifierModel(Classifier.from_metadata(mlflow.keras.load_model(str(root)), metadata))
 
 
 class SketchClassifierModel:
@@ -57,6 +54,7 @@ class SketchClassifierModel:
         k = max(1, min(int((params or {}).get("k", DEFAULT_TOP_K)), len(self.classifier.classes)))
         try:
             sketches = sketches_of(model_input)
+            self.classifier.check_range(sketches)
         except ValueError as exc:  # StrokeFormatError too: the reason, as the answer's message (HTTP 400),
             from mlflow.exceptions import MlflowException  # not "an unexpected error" and a stack trace
             from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE

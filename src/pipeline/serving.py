@@ -31,12 +31,38 @@ from pipeline.strokes import (
 
 @dataclasses.dataclass
 class Classifier:
-    """A loaded serving model (it takes raw stroke-3) with its class names and crop length."""
+    """A loaded serving model (it takes raw stroke-3) with its class names, crop length and the largest
+    move its training data allowed (``max_abs_delta``; ``None`` for a model logged without it)."""
 
     model: object
     classes: list[str]
     max_len: int
+    max_abs_delta: float | None = None
     _infer: object = dataclasses.field(default=None, init=False, repr=False, compare=False)
+
+    @classmethod
+    def from_metadata(cls, model, metadata: dict) -> Classifier:
+        """Return the classifier of a model and the metadata it was logged with."""
+        limit = metadata.get("max_abs_delta")
+        return cls(model, list(metadata["classes"]), int(metadata["max_len"]), None if limit is None else float(limit))
+
+    def check_range(self, sketches: list[np.ndarray], names: list[str] | None = None) -> None:
+        """Raise a :class:`StrokeFormatError` naming the first sketch (``names``, else ``sketch <i>``) and row
+        that moves further in x or y than any training sketch could (training validation quarantines
+        those); the model has never seen such input, so its answer would mean nothing. The entry points
+        for outside input (``predict``, the served model) call it; the promotion gate's own test sketches
+        need not pass an older model's limit."""
+        if self.max_abs_delta is None:
+            return
+        for index, sketch in enumerate(sketches):
+            moves = np.abs(np.asarray(sketch)[:, :2]).max(axis=1)
+            if moves.max(initial=0.0) > self.max_abs_delta:
+                row = int(np.argmax(moves > self.max_abs_delta))
+                name = names[index] if names else f"sketch {index}"
+                raise StrokeFormatError(
+                    f"{name}: row {row} moves {moves[row]:g}, more than the model was trained on "
+                    f"(max_abs_delta {self.max_abs_delta:g})"
+                )
 
     def probabilities(self, sketches: list[np.ndarray], batch_size: int = 256) -> np.ndarray:
         """Return ``(n, classes)`` probabilities for raw stroke-3 sketches, cropped as in training.
@@ -69,6 +95,12 @@ class Classifier:
         probabilities = self.probabilities(sketches)
         order = np.argsort(-probabilities, axis=1)[:, :k]
         return [[(self.classes[i], float(row[i])) for i in top] for row, top in zip(probabilities, order, strict=True)]
+
+
+def model_metadata(spec, max_abs_delta: float) -> dict:
+    """Return what a logged model carries beside its weights (in its MLmodel file): the class names, the
+    normalising scale, the crop length of its features ``spec``, and the largest move training allowed."""
+    return {"classes": spec.classes, "scale": spec.scale, "max_len": spec.max_len, "max_abs_delta": max_abs_delta}
 
 
 def export_model(trained, scale: float):
@@ -127,7 +159,7 @@ def _classifier_from(local: Path, uri: str) -> Classifier:
     if "classes" not in metadata or "keras" not in conf.get("flavors", {}):
         raise ValueError(f"{uri} was not logged by sketchpipe (no class metadata)")
     model = keras.saving.load_model(local / conf["flavors"]["keras"].get("data", "data") / "model.keras")
-    return Classifier(model=model, classes=list(metadata["classes"]), max_len=int(metadata["max_len"]))
+    return Classifier.from_metadata(model, metadata)
 
 
 def _cache_dir(settings: Settings, uri: str) -> Path:

@@ -16,7 +16,7 @@ import pytest
 from pipeline import registry, tracking
 from pipeline.features import read_spec
 from pipeline.models import build_model
-from pipeline.serving import export_model
+from pipeline.serving import export_model, model_metadata
 from tests.conftest import tiny_settings, write_settings_file
 
 
@@ -77,7 +77,7 @@ def champion_store(tmp_path_factory, mlflow_template, tiny_features):
         run_id,
         model,
         settings.registered_model_name,
-        metadata={"classes": spec.classes, "scale": spec.scale, "max_len": spec.max_len},
+        metadata=model_metadata(spec, settings.max_abs_delta),
         tags={"architecture": "gru", "test_accuracy": "0.5"},
     )
     registry.set_champion(client, settings.registered_model_name, version.version)

@@ -86,6 +86,14 @@ def test_serve_model_answers_a_ragged_batch_with_class_names(champion_store, tmp
             assert refused.value.code == 400
             message = json.loads(refused.value.read())["message"]
             assert message.endswith("Error: sketch 0: row 1 has pen value 5 (expected 0 or 1)"), message
+            with pytest.raises(urllib.error.HTTPError) as refused:  # a move no training sketch had
+                _post(url, {"dataframe_records": [{"strokes": RAGGED[0]}, {"strokes": [[1, 2, 0], [3e30, 4, 1]]}]})
+            assert refused.value.code == 400
+            message = json.loads(refused.value.read())["message"]
+            assert message.endswith(
+                f"Error: sketch 1: row 1 moves 3e+30, more than the model was trained on "
+                f"(max_abs_delta {settings.max_abs_delta:g})"
+            ), message
         finally:
             server.terminate()
             server.wait(timeout=30)

@@ -54,6 +54,22 @@ def test_predict_with_an_unknown_model_fails_in_one_line(champion_store, tmp_pat
     assert len(err.splitlines()) == 1 and "--model-uri" in err
 
 
+def test_predict_refuses_a_move_beyond_what_training_allowed_in_one_line(champion_store, tmp_path, capsys):
+    settings, _ = champion_store
+    far = settings.max_abs_delta * 5
+    (tmp_path / "s.json").write_text(json.dumps([[[12, 3, 0], [5, -8, 1]], [[1, 2, 0], [far, 3, 1]]]))
+    with pytest.raises(SystemExit) as stopped:
+        main(["predict", "--tracking-uri", settings.resolved_tracking_uri, "--config", _config(settings, tmp_path),
+              str(tmp_path / "s.json")])  # fmt: skip
+    assert stopped.value.code == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.strip() == (
+        f"sketchpipe: error: {tmp_path / 's.json'}[1]: row 1 moves {far:g}, more than the model was trained on "
+        f"(max_abs_delta {settings.max_abs_delta:g})"
+    )
+
+
 def _config(settings, tmp_path) -> str:
     path = tmp_path / "c.yaml"
     path.write_text(f"registered_model_name: {settings.registered_model_name}\n")

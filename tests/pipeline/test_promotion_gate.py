@@ -10,7 +10,7 @@ from pipeline import registry, tracking
 from pipeline.dataset import open_split
 from pipeline.features import read_spec, record_indices
 from pipeline.models import build_model
-from pipeline.serving import export_model
+from pipeline.serving import export_model, model_metadata
 from pipeline.stages.registry import promote
 from pipeline.stages.training import TEST_PROBABILITIES, training_config
 from pipeline.training import train_model
@@ -45,7 +45,7 @@ def gate(tiny_features, tmp_path, tracking_db):
             run_id,
             export_model(model, spec.scale),
             settings.registered_model_name,
-            metadata={"classes": spec.classes, "scale": spec.scale, "max_len": spec.max_len},
+            metadata=model_metadata(spec, settings.max_abs_delta),
             tags={"architecture": "x", "test_accuracy": str(accuracy)},
         )
 

@@ -138,3 +138,18 @@ def test_a_value_beyond_float32_is_refused_by_name_without_a_numpy_warning(tmp_p
         warnings.simplefilter("error")  # numpy's "overflow encountered in cast" was a second stderr line
         with pytest.raises(StrokeFormatError, match=r"huge\.json: sketch 0: row 0 has a value that is not finite"):
             read_sketch_files([str(tmp_path / "huge.json")])
+
+
+def test_a_move_beyond_what_training_allowed_is_refused_by_name_and_row():
+    from pipeline.serving import Classifier
+
+    classifier = Classifier.from_metadata(None, {"classes": ["a", "b"], "max_len": 9, "max_abs_delta": 1000})
+    fine = np.array([[1000, -1000, 0], [3, 4, 1]], np.float32)  # at the limit: as training allowed
+    far = np.array([[1, 2, 0], [3, -1e30, 0], [5, 6, 1]], np.float32)
+    classifier.check_range([fine, fine])
+    with pytest.raises(StrokeFormatError, match=r"^sketch 1: row 1 moves 1e\+30, more than the model was trained on "):
+        classifier.check_range([fine, far])
+    with pytest.raises(StrokeFormatError, match=r"^s\.json\[2\]: row 1 moves 1e\+30, .*\(max_abs_delta 1000\)$"):
+        classifier.check_range([fine, fine, far], ["s.json[0]", "s.json[1]", "s.json[2]"])
+    # a model logged before the limit was recorded answers as it did
+    Classifier.from_metadata(None, {"classes": ["a", "b"], "max_len": 9}).check_range([far])

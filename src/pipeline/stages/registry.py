@@ -14,7 +14,7 @@ from pipeline.evaluation import Evaluation
 from pipeline.features import read_spec, record_indices
 from pipeline.promotion import PromotionDecision, best_candidate, decide_promotion
 from pipeline.report import ArchitectureResult, winner_markdown, write_comparison_csv
-from pipeline.serving import load_classifier
+from pipeline.serving import load_classifier, model_metadata
 from pipeline.stages.training import SERVING_MODEL, TEST_PROBABILITIES, ArchitectureRun
 from pipeline.validation import ValidationReport
 
@@ -90,7 +90,7 @@ def register(
         run.run_id,
         keras.saving.load_model(Path(run.model_path).parent / SERVING_MODEL),  # the model evaluate scored
         settings.registered_model_name,
-        metadata={"classes": spec.classes, "scale": spec.scale, "max_len": spec.max_len},
+        metadata=model_metadata(spec, settings.max_abs_delta),
         tags={
             "architecture": run.architecture,
             "dataset_fingerprint": spec.dataset_fingerprint,

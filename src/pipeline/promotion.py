@@ -74,6 +74,31 @@ def compare_on_same_test_set(
     return GateResult(candidate_accuracy, champion_accuracy, b, c, p_value, promote, reason)
 
 
+def beats_chance(candidate_accuracy: float, test_labels: np.ndarray, margin: float = 0.0, alpha: float = 0.05):
+    """Return (whether, one-sided binomial p-value, reason) a first model beats the no-skill baseline.
+
+    The baseline is the test set's majority-class rate: the accuracy of always answering its most common
+    class. A model with no champion to beat must be more accurate than that by more than ``margin``, and
+    significantly so (a binomial test of its correct answers against that rate, p < ``alpha``), so a
+    diverged or untrained model never becomes the one serving uses.
+    """
+    from scipy.stats import binomtest
+
+    labels = np.asarray(test_labels, dtype=np.int64)
+    if labels.size == 0:
+        raise ValueError("cannot judge a model on an empty test set")
+    baseline = float(np.bincount(labels).max() / labels.size)
+    correct = round(candidate_accuracy * labels.size)
+    p_value = float(binomtest(correct, labels.size, baseline, alternative="greater").pvalue) if baseline < 1 else 1.0
+    gain = candidate_accuracy - baseline
+    what = f"accuracy {candidate_accuracy:.4f} against the majority-class rate {baseline:.4f}"
+    if gain <= max(margin, 0.0):
+        return False, p_value, f"no champion yet, but {what} is not above it by more than the margin {margin:.4f}"
+    if p_value >= alpha:
+        return False, p_value, f"no champion yet, but {what} is not significant (binomial p={p_value:.3g} >= {alpha})"
+    return True, p_value, f"no champion yet; {what}: binomial p={p_value:.3g} < {alpha}"
+
+
 @dataclasses.dataclass(frozen=True)
 class PromotionDecision:
     """What the promotion gate decided for this pipeline run's best candidate, and why."""
@@ -122,6 +147,7 @@ def decide_promotion(
     margin: float,
     alpha: float,
     test_set: str,
+    test_labels: np.ndarray | None = None,
 ) -> PromotionDecision:
     """Decide which alias the best new version gets: ``champion`` or ``challenger``.
 
@@ -131,16 +157,21 @@ def decide_promotion(
         champion_version: the version holding ``champion`` now, or ``None``.
         correct: version -> per test sketch, whether its top class was right, for the candidate and
             the champion on the same sketches; needed only when they differ.
-        margin: the least accuracy gain that counts; alpha: McNemar's significance level.
+        margin: the least accuracy gain that counts; alpha: the significance level of either test.
         test_set: a name for the test set, recorded with the decision.
+        test_labels: the test sketches' class indices; needed only when there is no champion yet.
 
     Returns:
-        ``champion`` with no champion yet or when the candidate already is it; otherwise
-        ``champion`` only if :func:`compare_on_same_test_set` says so, else ``challenger``.
+        With no champion yet, ``champion`` only if :func:`beats_chance` says so; ``champion`` when the
+        candidate already is it; otherwise ``champion`` only if :func:`compare_on_same_test_set` says so;
+        else ``challenger``.
     """
-    gate = None
+    gate, p_value = None, None
     if champion_version is None:
-        alias, reason = CHAMPION, "no champion yet"
+        if test_labels is None:
+            raise ValueError("judging a first model needs the test set's labels")
+        promote, p_value, reason = beats_chance(candidate_accuracy, test_labels, margin, alpha)
+        alias = CHAMPION if promote else CHALLENGER
     elif champion_version == candidate_version:
         alias, reason = CHAMPION, "already the champion"
     else:
@@ -153,7 +184,7 @@ def decide_promotion(
         candidate_accuracy=gate.candidate_accuracy if gate else candidate_accuracy,
         champion_version=champion_version,
         champion_accuracy=gate.champion_accuracy if gate else None,
-        p_value=gate.p_value if gate else None,
+        p_value=gate.p_value if gate else p_value,
         alias=alias,
         reason=reason,
         test_set=test_set,

@@ -9,14 +9,14 @@ from flows.cli import main
 from flows.training_pipeline import pipeline_with_task_runner, training_pipeline
 from pipeline import registry, tracking
 from pipeline.serving import load_classifier
-from tests.conftest import tiny_settings, write_settings_file
+from tests.conftest import LEARNS, tiny_settings, write_settings_file
 
 
 @pytest.fixture(scope="module")
 def pipeline_setup(tmp_path_factory, mlflow_template):
     root = tmp_path_factory.mktemp("flow")
     shutil.copy(mlflow_template, root / "mlflow.db")
-    settings = tiny_settings(root / "work", root / "mlflow.db", architectures=("lstm", "conv_lstm"))
+    settings = tiny_settings(root / "work", root / "mlflow.db", architectures=("lstm", "conv_lstm"), **LEARNS)
     return settings, write_settings_file(settings, root / "settings.yaml")
 
 

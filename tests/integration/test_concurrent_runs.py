@@ -14,13 +14,14 @@ from prefect.settings import PREFECT_API_URL
 
 from pipeline import registry, tracking
 from tasks.registry import promote_task, registry_lock
+from tests.conftest import LEARNS
 from tests.integration.conftest import write_config
 
 MODEL = "test-sketch-classifier"
 
 
 def test_two_runs_at_once_complete_and_leave_the_registry_consistent(tmp_path, tracking_db):
-    config = write_config(tmp_path, tracking_uri=f"sqlite:///{tracking_db}", architectures=("lstm", "gru"))
+    config = write_config(tmp_path, tracking_uri=f"sqlite:///{tracking_db}", architectures=("lstm", "gru"), **LEARNS)
     env = {
         **os.environ,
         "PREFECT_API_URL": PREFECT_API_URL.value(),  # both runs report to this session's Prefect server

@@ -66,13 +66,13 @@ def test_champion_never_moves_to_a_worse_version(data, n, candidates, margin, al
 def test_the_decision_without_a_champion_or_for_the_champion_itself_needs_no_comparison():
     from pipeline.promotion import decide_promotion
 
-    first = decide_promotion("1", 0.4, None, None, 0.0, 0.05, "t")
-    assert (first.alias, first.reason, first.moves_champion, first.candidate_accuracy) == (
-        "champion",
-        "no champion yet",
-        True,
-        0.4,
-    )
+    labels = np.arange(100) % 4  # four classes, 25 each: always answering one is right 0.25 of the time
+    first = decide_promotion("1", 0.4, None, None, 0.0, 0.05, "t", test_labels=labels)
+    assert (first.alias, first.moves_champion, first.candidate_accuracy) == ("champion", True, 0.4)
+    assert first.reason.startswith("no champion yet; accuracy 0.4000 against the majority-class rate 0.2500")
+    assert first.p_value < 0.05
+    with pytest.raises(ValueError, match="needs the test set's labels"):
+        decide_promotion("1", 0.4, None, None, 0.0, 0.05, "t")
     again = decide_promotion("1", 0.4, "1", None, 0.0, 0.05, "t")
     assert (again.alias, again.moves_champion) == ("champion", False)
     with pytest.raises(ValueError, match="needs both models' correctness"):
@@ -106,3 +106,29 @@ def test_the_best_candidate_is_the_most_accurate_and_the_earlier_on_a_tie():
     assert best_candidate(versions).version == "4"
     with pytest.raises(ValueError, match="no candidate"):
         best_candidate([])
+
+
+def test_a_first_model_must_beat_the_majority_class_rate_significantly():
+    """A diverged model (one answer for every sketch) must not become the model serving uses."""
+    from pipeline.promotion import beats_chance, decide_promotion
+
+    labels = np.array([0] * 50 + [1] * 30 + [2] * 20)  # always answering class 0: 0.5
+    at_chance = decide_promotion("1", 0.5, None, None, 0.0, 0.05, "t", test_labels=labels)
+    assert (at_chance.alias, at_chance.moves_champion) == ("challenger", False)
+    assert "not above it" in at_chance.reason and "majority-class rate 0.5000" in at_chance.reason
+    # a little above it, on 100 sketches, is not significant; far above it is
+    promote, p, reason = beats_chance(0.55, labels)
+    assert not promote and 0.05 < p < 0.5 and "not significant (binomial p=" in reason
+    promote, p, _ = beats_chance(0.65, labels)
+    assert promote and p < 0.01
+    # the margin counts from the baseline
+    assert not beats_chance(0.65, labels, margin=0.2)[0]
+    # the p-value is the binomial test's: 65 or more right of 100 at 0.5
+    from scipy.stats import binom
+
+    assert beats_chance(0.65, labels)[1] == pytest.approx(binom.sf(64, 100, 0.5))
+    # 345 balanced classes: a weak but real model (7 right of 690, where chance gets 2) is promoted
+    many = np.repeat(np.arange(345), 2)
+    assert beats_chance(7 / 690, many)[0] and not beats_chance(2 / 690, many)[0]
+    with pytest.raises(ValueError, match="empty test set"):
+        beats_chance(0.5, np.array([], dtype=int))

@@ -71,8 +71,12 @@ def test_champion_moves_only_to_a_significantly_better_version(gate, trained_mod
     settings, client, register, promote, _ = gate
     name = settings.registered_model_name
     weak = register(_untrained(1), 0.25)
-    first = promote([weak])
-    assert (first.alias, first.reason) == ("champion", "no champion yet")
+    first = promote([weak])  # an untrained first model is no better than always answering one class
+    assert (first.alias, first.moves_champion) == ("challenger", False), first.reason
+    assert "no champion yet, but accuracy 0.2500 against the majority-class rate" in first.reason
+    assert registry.alias_version(client, name, "champion") is None
+    assert registry.alias_version(client, name, "challenger") == weak.version
+    registry.set_champion(client, name, weak.version)  # by hand, as `sketchpipe promote --version` does
 
     strong = register(trained_model, 0.9)
     decision = promote([strong])
@@ -97,7 +101,7 @@ def test_champion_moves_only_to_a_significantly_better_version(gate, trained_mod
 def test_the_champion_again_changes_nothing(gate):
     settings, client, register, promote, _ = gate
     version = register(_untrained(3), 0.5)
-    promote([version])
+    registry.set_champion(client, settings.registered_model_name, version.version)
     decision = promote([version])
     assert (decision.alias, decision.reason) == ("champion", "already the champion")
     assert registry.alias_version(client, settings.registered_model_name, "challenger") is None
@@ -107,7 +111,7 @@ def test_a_candidate_is_judged_by_its_logged_predictions_and_only_the_champion_i
     settings, client, register, promote, log_perfect_evaluation = gate
     name = settings.registered_model_name
     champion = register(_untrained(4), 0.25)
-    promote([champion])
+    registry.set_champion(client, name, champion.version)
     # two untrained models: scored through serving, the newcomer is no significant improvement
     candidate = register(_untrained(5), 0.3)
     scored = promote([candidate])

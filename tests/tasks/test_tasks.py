@@ -10,14 +10,14 @@ from pipeline import registry, tracking
 from tasks.data import ingest_task, preprocess_task, validate_task
 from tasks.registry import finish_tracking_run_task, promote_task, register_task, start_tracking_run_task
 from tasks.training import evaluate_task, plot_evaluation_task, train_task
-from tests.conftest import tiny_settings
+from tests.conftest import LEARNS, tiny_settings
 
 
 @pytest.fixture(scope="module")
 def settings(tmp_path_factory, mlflow_template):
     root = tmp_path_factory.mktemp("tasks")
     shutil.copy(mlflow_template, root / "mlflow.db")
-    return tiny_settings(root / "work", root / "mlflow.db")
+    return tiny_settings(root / "work", root / "mlflow.db", **LEARNS)
 
 
 @pytest.fixture(scope="module")
@@ -63,10 +63,10 @@ def test_train_logs_a_nested_run_with_per_epoch_metrics(chain, settings):
     run = client.get_run(chain["run"].run_id)
     assert run.data.tags["mlflow.parentRunId"] == chain["parent"]
     assert run.data.tags["architecture"] == "lstm"
-    assert run.data.params["epochs"] == "1" and run.data.params["model_units"] == "8"
+    assert run.data.params["epochs"] == str(LEARNS["epochs"]) and run.data.params["model_units"] == "8"
     # the project's own params only: no autologged optimizer_* copies of learning_rate and friends
     assert not [key for key in run.data.params if key.startswith("optimizer")]
-    assert [m.step for m in client.get_metric_history(run.info.run_id, "val_loss")] == [0]
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val_loss")] == list(range(LEARNS["epochs"]))
     assert Path(chain["run"].model_path).is_file()
 
 

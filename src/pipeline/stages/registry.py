@@ -117,11 +117,12 @@ def promote(settings: Settings, versions: list[registry.RegisteredVersion], feat
         champion = registry.alias_version(client, name, registry.CHAMPION)
         spec = read_spec(features_dir)
         correct = None
+        test = open_split(spec.dataset_dir, "test")
+        indices = record_indices(features_dir, "test")
+        test_labels = np.asarray(test.labels)[indices]
         if champion not in (None, best.version):
-            test = open_split(spec.dataset_dir, "test")
-            indices = record_indices(features_dir, "test")
             sketches = [test.sketch(int(i)) for i in indices]
-            truth = np.asarray([spec.classes[int(label)] for label in np.asarray(test.labels)[indices]])
+            truth = np.asarray([spec.classes[int(label)] for label in test_labels])
             predicted = {}
             for version in (best, registry.RegisteredVersion(name, champion, "", "", float("nan"))):
                 probabilities = None
@@ -143,6 +144,7 @@ def promote(settings: Settings, versions: list[registry.RegisteredVersion], feat
             settings.promotion_margin,
             settings.promotion_alpha,
             test_set=f"{spec.dataset_fingerprint[:12]}/test",
+            test_labels=test_labels,
         )
         registry.apply_promotion(client, name, decision)
         return decision

@@ -426,13 +426,29 @@ def _cmd_predict(args: argparse.Namespace) -> None:
     try:
         classifier = load_classifier(settings, args.model_uri)
     except Exception as exc:  # an unknown model, alias or store: one line, not a traceback
-        _fail(f"--model-uri: cannot load {args.model_uri or 'the champion'}: {exc}")
+        if not args.model_uri:
+            _fail_without_champion(settings)
+        _fail(f"--model-uri: cannot load {args.model_uri}: {exc}")
     try:
         classifier.check_range(list(sketches.values()), list(sketches))
     except StrokeFormatError as exc:
         _fail(str(exc))
     for name, top in zip(sketches, classifier.top_k(list(sketches.values()), k=3), strict=True):
         print(f"{name}: " + ", ".join(f"{label} {p:.3f}" for label, p in top))
+
+
+def _fail_without_champion(settings: Settings) -> None:
+    """Stop with one line saying why there is no champion to load, if there is none (and what to do)."""
+    from pipeline import registry, tracking
+
+    try:
+        reason = registry.no_champion_reason(
+            tracking.client_for(settings.resolved_tracking_uri), settings.registered_model_name
+        )
+    except Exception:  # the store itself failed: the caller's message says so
+        return
+    if reason:
+        _fail(reason)
 
 
 def _require_store(settings: Settings) -> None:
@@ -494,6 +510,8 @@ def _cmd_serve_model(args: argparse.Namespace) -> None:
     try:  # here, in one line: the scoring server would print MLflow's traceback and exit
         registry.model_source(tracking.client_for(settings.resolved_tracking_uri), uri)
     except Exception as exc:
+        if not args.model_uri:
+            _fail_without_champion(settings)
         _fail(f"--model-uri: cannot load {uri}: {str(exc).splitlines()[0] if str(exc) else _one_line(exc)}")
     command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", uri, "--env-manager", "local"]
     command += ["--host", "127.0.0.1", "--port", str(args.port)]

@@ -195,6 +195,28 @@ def alias_version(client: mlflow.MlflowClient, name: str, alias: str) -> str | N
     return None if version is None else str(version.version)
 
 
+def no_champion_reason(client: mlflow.MlflowClient, name: str) -> str | None:
+    """Return why registered model ``name`` has no champion for serving to load, in one line with what to
+    do instead (``None`` when it has one): no version yet, or the promotion gate kept them out."""
+    if current_alias(client, name, CHAMPION) is not None:
+        return None
+    challenger = current_alias(client, name, CHALLENGER)
+    if challenger is not None:
+        version = challenger.version
+        why = challenger.tags.get("promotion_reason", "see its promotion_reason tag")
+        return (
+            f"{name} has no champion: the promotion gate kept version {version} out ({why}); give --model-uri "
+            f"models:/{name}/{version}, or make it the champion: sketchpipe promote --version {version}"
+        )
+    try:
+        registered = client.search_model_versions(f"name = '{name}'", max_results=1)
+    except MlflowException:
+        registered = []
+    if not registered:
+        return f"{name} has no registered version yet (train one with `sketchpipe run`)"
+    return f"{name} has no champion (make one with `sketchpipe promote --version N`)"
+
+
 def record_decision(client: mlflow.MlflowClient, name: str, version: str, tags: dict[str, str]) -> None:
     """Record a promotion decision as tags on the candidate version."""
     for key, value in tags.items():

@@ -107,6 +107,37 @@ def test_applying_a_decision_moves_the_right_alias_and_tags_the_candidate(store,
     )
 
 
+def test_without_a_champion_the_reason_says_why_and_what_to_do(store, saved_model, tmp_path, capsys):
+    from flows.cli import main
+
+    client, _ = store
+    nothing_yet = "m has no registered version yet (train one with `sketchpipe run`)"
+    assert registry.no_champion_reason(client, "m") == nothing_yet
+    kept_out = _register(store, saved_model, 0.3)
+    why = "no champion yet, but accuracy 0.3000 against the majority-class rate 0.3400 is not above it"
+    registry.apply_promotion(
+        client, "m", PromotionDecision(kept_out.version, 0.3, None, None, 0.7, "challenger", why, "t/test")
+    )
+    reason = registry.no_champion_reason(client, "m")
+    assert reason == (
+        f"m has no champion: the promotion gate kept version {kept_out.version} out ({why}); give --model-uri "
+        f"models:/m/{kept_out.version}, or make it the champion: sketchpipe promote --version {kept_out.version}"
+    )
+    # what `predict` says, in one line, instead of MLflow's "alias champion not found"
+    (tmp_path / "s.json").write_text("[[1, 2, 0], [3, 4, 1]]")
+    (tmp_path / "c.yaml").write_text(f"registered_model_name: m\nwork_dir: {tmp_path / 'work'}\n")
+    uri = client.tracking_uri
+    with pytest.raises(SystemExit) as stopped:
+        main(["predict", "--config", str(tmp_path / "c.yaml"), "--tracking-uri", uri, str(tmp_path / "s.json")])
+    assert stopped.value.code == 2
+    assert capsys.readouterr().err.strip() == f"sketchpipe: error: {reason}"
+    with pytest.raises(SystemExit) as stopped:  # and `serve-model`, before it starts a server
+        main(["serve-model", "--config", str(tmp_path / "c.yaml"), "--tracking-uri", uri])
+    assert stopped.value.code == 2 and capsys.readouterr().err.strip() == f"sketchpipe: error: {reason}"
+    registry.set_champion(client, "m", kept_out.version)
+    assert registry.no_champion_reason(client, "m") is None
+
+
 def test_promotions_at_the_same_time_lose_no_history_entry(store):
     import threading
 

@@ -192,6 +192,38 @@ def open_split(dataset_dir: Path, split: str) -> SplitArrays:
     return SplitArrays(Path(dataset_dir) / split)
 
 
+def batched_records(
+    records: Iterable[SketchRecord | Rejection], size: int = 10_000
+) -> Iterable[SketchBatch | Rejection]:
+    """Yield ``records`` with their sketches gathered per split into flat :class:`SketchBatch` es of at
+    most ``size`` (each yielded when full, the rest at the end); rejections pass through as they come.
+    The same records give the same sequence, however they were read (one reader or several)."""
+    pending: dict[str, list[SketchRecord]] = {split: [] for split in SPLITS}
+
+    def flat(records: list[SketchRecord]) -> SketchBatch:
+        parts = [np.asarray(r.strokes, dtype=np.float32).reshape(-1, 3) for r in records]
+        return SketchBatch(
+            records[0].split,
+            np.fromiter((r.label for r in records), dtype=np.int32, count=len(records)),
+            [r.record_id for r in records],
+            np.concatenate(parts),
+            np.fromiter((len(part) for part in parts), dtype=np.int64, count=len(parts)),
+        )
+
+    for record in records:
+        if isinstance(record, Rejection):
+            yield record
+            continue
+        bucket = pending[record.split]
+        bucket.append(record)
+        if len(bucket) >= size:
+            yield flat(bucket)
+            pending[record.split] = []
+    for bucket in pending.values():
+        if bucket:
+            yield flat(bucket)
+
+
 def write_dataset(
     out_root: Path, name: str, source: str, classes: list[str], records: Iterable[SketchRecord | Rejection]
 ) -> Path:
@@ -266,14 +298,7 @@ def _write_batch(writer: _SplitWriter, batch: list[SketchRecord], digest, quaran
     """Write a list of one split's sketches (see :func:`_write_rows`); return how many rows were dropped."""
     if not batch:
         return 0
-    parts = [np.asarray(r.strokes, dtype=np.float32).reshape(-1, 3) for r in batch]
-    rows = SketchBatch(
-        batch[0].split,
-        np.fromiter((r.label for r in batch), dtype=np.int32, count=len(batch)),
-        [r.record_id for r in batch],
-        np.concatenate(parts),
-        np.fromiter((len(p) for p in parts), dtype=np.int64, count=len(parts)),
-    )
+    [rows] = batched_records(batch, size=len(batch))
     return _write_rows(writer, rows, digest, quarantine, rejected)
 
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import hashlib
 import json
 import multiprocessing
+import os
 from collections.abc import Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
@@ -14,7 +16,7 @@ import numpy as np
 
 from pipeline import progress
 from pipeline.config import Settings
-from pipeline.dataset import Rejection, SketchBatch, SketchRecord, write_dataset
+from pipeline.dataset import Rejection, SketchBatch, SketchRecord, batched_records, write_dataset
 from pipeline.files import published_dir
 from pipeline.progress import counted
 from pipeline.quickdraw_formats import (
@@ -97,6 +99,57 @@ def iter_sketchrnn_records(
             del loaded
 
 
+def ndjson_workers(files: dict[str, Path]) -> int:
+    """Return how many processes should read these ndjson class files at once: one per core the process
+    may use (at most one per file), once the files are :data:`READ_AHEAD_FROM_BYTES` in all (smaller
+    ones do not pay for starting them); 1 means read here, in this process (so too in a daemonic one,
+    such as a Dask worker's, which may not start processes)."""
+    if (
+        multiprocessing.current_process().daemon
+        or sum(p.stat().st_size for p in files.values()) < READ_AHEAD_FROM_BYTES
+    ):
+        return 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(cores, len(files)))
+
+
+def _ndjson_file(path: Path, classes: list[str], options: dict) -> Iterator[SketchBatch | Rejection]:
+    """Yield one ndjson class file's records, its sketches gathered into flat batches per split."""
+    return batched_records(iter_ndjson_records({path.stem: path}, classes, **options))
+
+
+def _read_ndjson_file(path: Path, classes: list[str], options: dict) -> list[SketchBatch | Rejection]:
+    """Return what :func:`_ndjson_file` yields, as one list (run in a helper process)."""
+    return list(_ndjson_file(path, classes, options))
+
+
+def iter_ndjson_parallel(
+    files: dict[str, Path], classes: list[str], workers: int, **options
+) -> Iterator[SketchBatch | Rejection]:
+    """Yield the records of ndjson class files (see :func:`~pipeline.quickdraw_formats.iter_ndjson_records`),
+    file by file, the sketches in flat batches per split (:func:`~pipeline.dataset.batched_records`),
+    with ``workers`` processes reading files at once: parsing JSON and simplifying raw drawings is
+    Python work, one core per file. Every number of workers yields the same sequence, so the dataset
+    and its fingerprint are the same.
+
+    One worker reads here, streaming. More hold at most ``workers + 1`` files' batches at a time (read
+    ahead of the writer, in file order); a class file's sketches are a few hundred bytes each.
+    """
+    if workers <= 1:
+        for path in files.values():
+            yield from _ndjson_file(path, classes, options)
+        return
+    paths = list(files.values())
+    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        pending: collections.deque[Future] = collections.deque()
+        for path in paths:
+            pending.append(pool.submit(_read_ndjson_file, path, classes, options))
+            if len(pending) > workers:
+                yield from pending.popleft().result()
+        while pending:
+            yield from pending.popleft().result()
+
+
 class _InlineReader:
     """Runs a submitted call at once (one file: no helper process worth starting)."""
 
@@ -149,11 +202,13 @@ def ingest(settings: Settings) -> Path:
     elif settings.source == "ndjson":
         files = class_files(Path(settings.data_dir), "*.ndjson", NDJSON_PREFIXES)
         classes = select_classes(list(files), settings.classes, settings.num_classes)
-        records = iter_ndjson_records(
-            {c: files[c] for c in classes},
+        chosen = {c: files[c] for c in classes}
+        records = iter_ndjson_parallel(
+            chosen,
             classes,
-            settings.recognized_only,
-            cap,
+            ndjson_workers(chosen),
+            recognized_only=settings.recognized_only,
+            max_per_class=cap,
             valid_share=settings.valid_share,
             test_share=settings.test_share,
         )

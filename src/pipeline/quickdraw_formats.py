@@ -160,11 +160,13 @@ def iter_ndjson_records(
     type, a coordinate out of range) with their reason, and those left out on purpose (not
     recognized, over ``max_per_class``) marked skipped. Limits are checked before the work they guard.
     A gzip-compressed file is read through gzip; where it breaks off, the rest is one rejection.
+    Each file is read on its own (``max_per_class`` and repeated ``key_id`` s count within it), so files
+    read in separate processes give the same records (:func:`pipeline.ingest.iter_ndjson_parallel`).
     """
     label_of = {name: i for i, name in enumerate(classes)}
-    taken: Counter[tuple[str, str]] = Counter()
     for path in files.values():
-        seen_keys: set[str] = set()  # per file; validation finds a drawing repeated in another file
+        taken: Counter[tuple[str, str]] = Counter()
+        seen_keys: set[str] = set()  # validation finds a drawing repeated in another file
         with open_ndjson(path) as lines:
             for number, raw_line in _numbered_lines(lines, path.name):
                 if isinstance(raw_line, Rejection):

@@ -74,3 +74,58 @@ def test_reading_ahead_in_a_helper_process_writes_the_same_dataset(tmp_path, mon
     (tmp_path / "raw" / "bee.npz").write_bytes(b"PK\x03\x04 not a zip")  # an error in the helper reaches the caller
     with pytest.raises(StrokeFormatError, match=r"bee\.npz: not a readable sketch-rnn npz file"):
         ingest(settings.replace(work_dir=str(tmp_path / "broken")))
+
+
+def test_reading_ndjson_files_in_helper_processes_writes_the_same_dataset(tmp_path, monkeypatch):
+    """Class files read by processes of their own give the records one process gives, in the same order:
+    the same dataset folder (named after its content), the same quarantine, the same counts."""
+    import gzip
+    import json
+
+    import pipeline.ingest as ingest_module
+    from pipeline.dataset import open_split
+    from pipeline.quickdraw_formats import write_ndjson
+    from pipeline.synthetic import draw_sketch
+
+    rng = np.random.default_rng(2)
+    data = tmp_path / "data"
+    for index, name in enumerate(("circle", "square", "star", "triangle")):
+        sketches = [draw_sketch(name, rng) for _ in range(40)]
+        path = write_ndjson(data / f"{name}.ndjson", name, sketches, raw=index % 2 == 1, first_key=1000 * index)
+        with open(path, "a") as lines:  # a broken line, an unrecognised drawing, a repeated key in each file
+            lines.write(json.dumps({"word": name})[:-1] + ', "drawing": [[[1, 2\n')
+            unrecognised = {"word": name, "recognized": False, "key_id": "x", "drawing": [[[0, 5], [0, 5]]]}
+            lines.write(json.dumps(unrecognised) + "\n")
+            lines.write(path.read_text().splitlines()[0] + "\n")
+    (data / "star.ndjson").write_bytes(gzip.compress((data / "star.ndjson").read_bytes()))  # read through gzip
+    settings = tiny_settings(tmp_path / "inline", tmp_path / "unused.db").replace(
+        source="ndjson", data_dir=str(data), num_classes=None, max_per_class=25
+    )
+    files = {name: data / f"{name}.ndjson" for name in ("circle", "square", "star", "triangle")}
+    assert ingest_module.ndjson_workers(files) == 1  # small files are read in this process
+    inline = ingest(settings)
+    monkeypatch.setattr(ingest_module, "READ_AHEAD_FROM_BYTES", 0)
+    monkeypatch.setattr(ingest_module.os, "sched_getaffinity", lambda pid: {0, 1, 2}, raising=False)
+    assert ingest_module.ndjson_workers(files) == 3  # a process per core, at most one per file
+    submitted = []
+
+    class WatchedPool(ingest_module.ProcessPoolExecutor):  # the real pool, its submissions counted
+        def submit(self, function, *args, **kwargs):
+            submitted.append(args[0].name)
+            return super().submit(function, *args, **kwargs)
+
+    monkeypatch.setattr(ingest_module, "ProcessPoolExecutor", WatchedPool)
+    apart = ingest(settings.replace(work_dir=str(tmp_path / "apart")))
+    assert submitted == ["circle.ndjson", "square.ndjson", "star.ndjson", "triangle.ndjson"]
+    assert inline.name == apart.name  # the same content, in the same order
+    info = read_info(apart)
+    assert info.skipped == read_info(inline).skipped and info.skipped["not recognized"] == 4
+    assert info.rejected == {"not JSON": 4, "duplicate key_id": 4}
+    assert (apart / "ingest_quarantine.jsonl").read_text() == (inline / "ingest_quarantine.jsonl").read_text()
+    for split in ("train", "valid", "test"):
+        a, b = open_split(inline, split), open_split(apart, split)
+        assert np.array_equal(np.asarray(a.strokes), np.asarray(b.strokes)) and list(a.ids) == list(b.ids)
+    (data / "square.ndjson").unlink()
+    (data / "square.ndjson").mkdir()  # an error in a helper process reaches the caller as itself
+    with pytest.raises(IsADirectoryError):
+        ingest(settings.replace(work_dir=str(tmp_path / "broken")))

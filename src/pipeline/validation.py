@@ -104,6 +104,26 @@ def hash_sketches(rows: np.ndarray, offsets: np.ndarray) -> np.ndarray:
     return total[offsets[1:]] - total[offsets[:-1]]
 
 
+def _mix_in_strokes(hashes: np.ndarray, splits: list[tuple[str, SplitArrays]]) -> None:
+    """Mix each sketch's strokes (:func:`hash_sketches`) into its hash, in place, for the sketches whose
+    hash another sketch shares; the rows of a chunk are read only if it holds such a sketch."""
+    order = np.argsort(hashes, kind="stable")
+    ordered = hashes[order]
+    same = ordered[1:] == ordered[:-1]
+    shared = np.zeros(len(hashes), dtype=bool)
+    shared[order[1:][same]] = shared[order[:-1][same]] = True
+    del order, ordered, same
+    done = 0
+    for _, arrays in splits:
+        for start in range(0, len(arrays), CHUNK_SKETCHES):
+            stop = min(start + CHUNK_SKETCHES, len(arrays))
+            chosen = shared[done : done + stop - start]
+            if chosen.any():
+                part = hashes[done : done + stop - start]  # a view: written in place
+                part[chosen] ^= hash_sketches(*arrays.rows(start, stop))[chosen]
+            done += stop - start
+
+
 def duplicate_ids(dataset_dir: Path) -> dict[str, dict[int, str]]:
     """Return split -> {row: "split[row]" of the first sketch that is the same drawing} for every repeat.
 
@@ -123,17 +143,15 @@ def duplicate_ids(dataset_dir: Path) -> dict[str, dict[int, str]]:
     done = 0
     for _, arrays in splits:
         for start in range(0, len(arrays), CHUNK_SKETCHES):
-            stop = min(start + CHUNK_SKETCHES, len(arrays))
-            ids = arrays.id_range(start, stop)
-            if by_key_and_strokes:
-                chunk = hash_ids(ids, ndjson_key_starts(ids)) ^ hash_sketches(*arrays.rows(start, stop))
-            else:
-                chunk = hash_ids(ids)
+            ids = arrays.id_range(start, min(start + CHUNK_SKETCHES, len(arrays)))
+            chunk = hash_ids(ids, ndjson_key_starts(ids)) if by_key_and_strokes else hash_ids(ids)
             hashes[done : done + len(chunk)] = chunk
             done += len(chunk)
     found: dict[str, dict[int, str]] = {split: {} for split in SPLITS}
     if len(hashes) < 2:
         return found
+    if by_key_and_strokes:  # the strokes count only where a key_id repeats (real key_ids never do)
+        _mix_in_strokes(hashes, splits)
     order = np.argsort(hashes, kind="stable")  # equal hashes side by side, in dataset order
     ordered = hashes[order]
     del hashes  # 16 bytes a sketch held from here on

@@ -179,7 +179,14 @@ def test_a_straight_line_drawn_in_one_stroke_is_a_sketch_not_a_bad_record(tmp_pa
     assert [sketch.tolist() for sketch in sketches] == [[[255, 0, 1]]] * 4
 
 
-def test_one_drawing_copied_into_two_class_files_is_kept_once_and_the_copy_quarantined_naming_the_first(tmp_path):
+@pytest.mark.parametrize("chunk", [None, 3])  # the strokes are read only for chunks that hold a repeated key_id
+def test_one_drawing_copied_into_two_class_files_is_kept_once_and_the_copy_quarantined_naming_the_first(
+    tmp_path, monkeypatch, chunk
+):
+    import pipeline.validation as validation
+
+    if chunk:
+        monkeypatch.setattr(validation, "CHUNK_SKETCHES", chunk)
     (tmp_path / "data").mkdir()
     copied = {"drawing": [[[0, 30, 60], [0, 25, 0]]], "key_id": "5066291916341248"}
     # files numbering their own key_ids from 0 (as home-made exports do): other drawings, not copies

@@ -25,7 +25,7 @@ import json
 import os
 import shutil
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -194,7 +194,7 @@ def open_split(dataset_dir: Path, split: str) -> SplitArrays:
 
 def batched_records(
     records: Iterable[SketchRecord | Rejection], size: int = 10_000
-) -> Iterable[SketchBatch | Rejection]:
+) -> Iterator[SketchBatch | Rejection]:
     """Yield ``records`` with their sketches gathered per split into flat :class:`SketchBatch` es of at
     most ``size`` (each yielded when full, the rest at the end); rejections pass through as they come.
     The same records give the same sequence, however they were read (one reader or several)."""

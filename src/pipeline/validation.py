@@ -15,6 +15,7 @@ import pandas as pd
 
 from pipeline.dataset import SplitArrays, open_split, read_info
 from pipeline.files import published_dir
+from pipeline.quickdraw_formats import ndjson_key_starts
 from pipeline.strokes import SPLITS
 
 
@@ -135,8 +136,6 @@ def duplicate_ids(dataset_dir: Path) -> dict[str, dict[int, str]]:
     themselves, so a hash collision never quarantines a sketch. The first occurrence (in split order,
     then row order) is kept; later ones are duplicates.
     """
-    from pipeline.quickdraw_formats import ndjson_key_starts
-
     by_key_and_strokes = read_info(dataset_dir).source == "ndjson"
     splits = [(split, open_split(dataset_dir, split)) for split in SPLITS]
     hashes = np.empty(sum(len(arrays) for _, arrays in splits), dtype=np.uint64)

@@ -3,7 +3,9 @@ resume after a kill) and fit on the tf.data pipeline."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import random
 import threading
 import time
 from pathlib import Path
@@ -155,15 +157,34 @@ def compile_model(
 _SEEDED_BUILD = threading.Lock()
 
 
+@contextlib.contextmanager
+def _layer_seeds_from(seed: int):
+    """Keras draws each unseeded layer's seed from its module's ``random``: point it at a private generator.
+
+    Any other thread of the process (Prefect's and MLflow's workers, a user's code) that draws from the
+    shared ``random`` during a build would otherwise shift these draws. ``random.Random(seed)`` gives
+    the same sequence as ``random.seed(seed)``, so a seed builds the same weights as before.
+    """
+    from keras.src.random import seed_generator  # where ``make_default_seed`` looks its generator up
+
+    shared = seed_generator.python_random
+    seed_generator.python_random = random.Random(seed)
+    try:
+        yield
+    finally:
+        seed_generator.python_random = shared
+
+
 def seeded_model(config: TrainingConfig, num_classes: int, steps_per_epoch: int | None = None) -> keras.Model:
     """Return the compiled model of ``config``, its weights and layer seeds drawn from ``config.seed``.
 
-    Keras draws the seeds of unseeded initialisers and dropout from Python's process-wide ``random``,
-    so architectures built at the same time in threads (the default task runner) would interleave
-    their draws and none would be reproducible. Seeding and building hold one lock; training then
-    uses each layer's own seed generator. ``steps_per_epoch`` sizes a cosine schedule.
+    Keras draws the seeds of unseeded initialisers and dropout from Python's process-wide ``random``.
+    Architectures built at the same time in threads (the default task runner) would interleave their
+    draws, and any other thread's draw would shift them: the build holds one lock and draws from a
+    generator of its own (``_layer_seeds_from``). Training then uses each layer's own seed generator.
+    ``steps_per_epoch`` sizes a cosine schedule.
     """
-    with _SEEDED_BUILD:
+    with _SEEDED_BUILD, _layer_seeds_from(config.seed):
         keras.utils.set_random_seed(config.seed)
         with distribution_strategy(config.distribute).scope():
             return compile_model(

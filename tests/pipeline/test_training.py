@@ -24,7 +24,9 @@ def test_same_seed_gives_the_same_metrics(tiny_features, dataset_settings, tmp_p
 
 def test_architectures_built_at_the_same_time_in_threads_get_the_same_weights_as_built_alone(dataset_settings):
     # Keras draws unseeded initialiser and dropout seeds from Python's process-wide `random`; the
-    # default task runner builds the architectures in threads at the same time
+    # default task runner builds the architectures in threads at the same time, and other threads of
+    # the process (Prefect's, MLflow's) draw from `random` too: one does so here all along
+    import random
     import threading
 
     import numpy as np
@@ -33,21 +35,35 @@ def test_architectures_built_at_the_same_time_in_threads_get_the_same_weights_as
 
     configs = [training_config(dataset_settings, name) for name in ("lstm", "transformer")]
     alone = [[w.copy() for w in seeded_model(config, 4).get_weights()] for config in configs]
-    for _ in range(3):
-        built: dict[int, list] = {}
-        start = threading.Barrier(len(configs))
+    stop = threading.Event()
+    draws = []
 
-        def build(index: int, built: dict = built, start: threading.Barrier = start) -> None:
-            start.wait()
-            built[index] = seeded_model(configs[index], 4).get_weights()
+    def neighbour() -> None:
+        while not stop.is_set():
+            draws.append(random.random())
 
-        threads = [threading.Thread(target=build, args=(i,)) for i in range(len(configs))]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        for index, weights in enumerate(alone):
-            assert all(np.array_equal(a, b) for a, b in zip(weights, built[index], strict=True))
+    noisy = threading.Thread(target=neighbour, daemon=True)
+    noisy.start()
+    try:
+        for _ in range(3):
+            built: dict[int, list] = {}
+            start = threading.Barrier(len(configs))
+
+            def build(index: int, built: dict = built, start: threading.Barrier = start) -> None:
+                start.wait()
+                built[index] = seeded_model(configs[index], 4).get_weights()
+
+            threads = [threading.Thread(target=build, args=(i,)) for i in range(len(configs))]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            for index, weights in enumerate(alone):
+                assert all(np.array_equal(a, b) for a, b in zip(weights, built[index], strict=True))
+    finally:
+        stop.set()
+        noisy.join()
+    assert len(draws) > 1000  # the neighbour did draw while the models were built
 
 
 _KILLED_RUN = textwrap.dedent(

@@ -334,6 +334,8 @@ def _write_rows(writer: _SplitWriter, batch: SketchBatch, digest, quarantine, re
         ids = [record_id for record_id, ok in zip(ids, keep.tolist(), strict=True) if ok]
         labels = labels[keep]
         kept = kept[keep]
+        if not ids:  # every sketch of the batch was quarantined
+            return dropped
     joined = "\n".join(ids)
     if joined.count("\n") != len(ids) - 1:  # an id holds a line break: one id per line in ids.txt
         ids = [record_id.replace("\n", " ") for record_id in ids]

@@ -98,7 +98,8 @@ def _parse_drawing(drawing) -> tuple[list[np.ndarray], bool]:
         if not isinstance(stroke, list) or len(stroke) not in (2, 3) or not all(isinstance(c, list) for c in stroke):
             raise ValueError(f"stroke {index} is not [xs, ys] or [xs, ys, ts]")
         if len({len(c) for c in stroke}) != 1:
-            raise ValueError(f"stroke {index} has {'/'.join(str(len(c)) for c in stroke)} xs/ys/ts values")
+            counts, names = "/".join(str(len(c)) for c in stroke), "/".join(("xs", "ys", "ts")[: len(stroke)])
+            raise ValueError(f"stroke {index} has {counts} {names} values")
         if not stroke[0]:
             raise ValueError(f"stroke {index} is empty")
         raw = raw or len(stroke) == 3

@@ -48,7 +48,8 @@ NDJSON_CASES = {
     "a JSON list": (b"[1, 2, 3]", "no 'drawing' field"),
     "no word": (json.dumps({"drawing": GOOD["drawing"], "key_id": "8"}).encode(), "no 'word' field"),
     "empty drawing": (_line(drawing=[], key_id="9"), "empty drawing"),
-    "xs and ys differ": (_line(drawing=[[[0, 1, 2], [0, 1]]], key_id="10"), "stroke 0 has 3/2 xs/ys/ts values"),
+    "xs and ys differ": (_line(drawing=[[[0, 1, 2], [0, 1]]], key_id="10"), "stroke 0 has 3/2 xs/ys values"),
+    "raw times short": (_line(drawing=[[[0, 1], [0, 1], [0]]], key_id="25"), "stroke 0 has 2/2/1 xs/ys/ts values"),
     "a text coordinate": (_line(drawing=[[["a", 1], [0, 1]]], key_id="11"), "stroke 0 has a non-numeric coordinate"),
     "an infinite coordinate": (_raw_line("12", "1e400"), "non-finite coordinate"),
     "a numeric text coordinate": (_line(drawing=[[["1", "2"], [0, 1]]], key_id="18"), _NON_NUMERIC),
@@ -215,6 +216,20 @@ def test_a_sketch_of_only_padding_like_rows_is_quarantined(tmp_path):
     [quarantined] = _quarantine(dataset)
     assert (quarantined["record"], quarantined["reason"]) == ("cat.npz:train[0]", "no movement")
     _accounted(info, lines=2)
+
+
+def test_a_class_file_whose_every_sketch_is_empty_is_quarantined_whole_and_the_rest_kept(tmp_path):
+    # every sketch of a batch quarantined left the writer a batch of none (it stopped on max() of nothing)
+    empty = {split: [np.zeros((0, 3), np.int16), np.zeros((2, 3), np.int16)] for split in ("train", "test")}
+    write_sketchrnn_npz(tmp_path / "data" / "cat.npz", empty)
+    write_sketchrnn_npz(tmp_path / "data" / "dog.npz", {"train": [np.array([[3, 4, 0], [1, 1, 1]], np.int16)]})
+    dataset = ingest(_settings(tmp_path, "sketchrnn"))
+    info = read_info(dataset)
+    assert info.num_sketches == 1 and info.counts["train"] == {"cat": 0, "dog": 1}
+    assert [(q["record"], q["reason"]) for q in _quarantine(dataset)] == [
+        (f"cat.npz:{split}[{i}]", "no movement") for split in ("train", "test") for i in range(2)
+    ]
+    _accounted(info, lines=5)
 
 
 def test_records_over_max_per_class_and_unrecognised_ones_are_counted_as_skipped(tmp_path):

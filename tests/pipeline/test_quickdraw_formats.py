@@ -110,7 +110,7 @@ def test_bad_ndjson_lines_are_quarantined_with_file_line_and_reason(tmp_path):
         (f"line {first_bad + 1}", "no 'drawing' field"),
         (f"line {first_bad + 2}", "no 'word' field"),
         (f"line {first_bad + 3}", "empty drawing"),
-        (f"line {first_bad + 4}", "stroke 0 has 3/2 xs/ys/ts values"),
+        (f"line {first_bad + 4}", "stroke 0 has 3/2 xs/ys values"),
         (f"line {first_bad + 5}", "non-finite coordinate"),
         (f"line {first_bad + 6}", "unknown class"),
         (f"line {first_bad + 7}", "not recognized"),

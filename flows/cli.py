@@ -237,7 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
 @contextlib.contextmanager
 def _flow_errors():
     """Turn a flow's failures that the user can act on into one line: exit 2 for a wrong class selection,
-    file or download (the message names it), 1 for data that failed validation or an unreachable store."""
+    file or download, or data that failed validation (the message names it), 1 for an unreachable store."""
     from pipeline.download import DownloadError
     from pipeline.ingest import ClassSelectionError
     from pipeline.strokes import StrokeFormatError
@@ -250,8 +250,10 @@ def _flow_errors():
         _fail(f"--{exc.field.replace('_', '-')}: {exc}")
     except (StrokeFormatError, DownloadError) as exc:  # the message names the file or class and URL
         _fail(str(exc))
-    except (DataValidationError, TrackingStoreUnavailableError) as exc:
-        print(f"sketchpipe: error: {exc}", file=sys.stderr)  # it names the summary file with the details
+    except DataValidationError as exc:  # the user's data: it names the main reason, a record and the details' file
+        _fail(str(exc))
+    except TrackingStoreUnavailableError as exc:
+        print(f"sketchpipe: error: {exc}", file=sys.stderr)
         raise SystemExit(1) from exc
 
 
@@ -363,7 +365,7 @@ def _cmd_validate(args: argparse.Namespace) -> None:
         for line in quarantine:
             print(f"  quarantined: {line.rstrip()}")
     if not report.success:
-        raise SystemExit(1)
+        raise SystemExit(2)  # as for any other bad input: the user's data failed its checks
 
 
 def _cmd_download(args: argparse.Namespace) -> None:

@@ -6,6 +6,7 @@ Great Expectations is imported inside the functions: it takes seconds to import.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -369,7 +370,7 @@ def validate_dataset(
     if report.invalid_fraction > max_invalid_fraction:
         raise DataValidationError(
             f"{report.invalid_fraction:.1%} of {report.records_in} records in {info.name} failed validation "
-            f"(limit {max_invalid_fraction:.1%}); see {report.quarantine_path}"
+            f"(limit {max_invalid_fraction:.1%}){_most_common_failure(report)}; see {report.quarantine_path}"
         )
     if not report.class_balance_ok:
         typical = median_class_count(report.class_counts)
@@ -380,6 +381,36 @@ def validate_dataset(
             f"median class's {typical:g} training sketches; see {report.output_dir}/summary.json"
         )
     return report
+
+
+def _failure_key(failure: dict) -> str:
+    """Return how the report counts a failing row: its expectation and column, e.g.
+    ``expect_column_values_to_be_in_set (pen_valid)`` (one expectation type checks several columns)."""
+    return f"{failure['expectation']} ({failure['column']})" if failure.get("column") else str(failure["expectation"])
+
+
+def _most_common_failure(report: ValidationReport, scan_lines: int = 1_000_000) -> str:
+    """Return ``', most often "REASON" (N records; the first: WHERE)'`` for the reason that quarantined the most.
+
+    ``WHERE`` is the first such record in the quarantine (file and line, or split and sketch id), looked
+    for in its first ``scan_lines`` lines.
+    """
+    if not report.failures:
+        return ""
+    reason, count = max(report.failures.items(), key=lambda item: item[1])
+    where = ""
+    with open(report.quarantine_path) as lines:
+        for line in itertools.islice(lines, scan_lines):
+            entry = json.loads(line)
+            if entry.get("stage") == "ingest" and f"ingest: {entry.get('reason')}" == reason:
+                source, record = str(entry.get("source")), str(entry.get("record"))
+                where = record if record.startswith(source) else f"{source} {record}"  # "cat.npz:train[3]"
+            elif entry.get("stage") == "validate" and _failure_key(entry) == reason:
+                column = f", {entry['column']} {entry.get('value')}" if entry.get("column") else ""
+                where = f"{entry.get('split')} sketch {entry.get('id')}{column}"
+            if where:
+                break
+    return f', most often "{reason}" ({count:,} records{"; the first: " + where if where else ""})'
 
 
 def _validate_into(
@@ -408,7 +439,7 @@ def _validate_into(
             for failure in runner.failures(table):
                 failure["id"] = splits[failure["split"]].id_of(failure["row"])  # looked up for failures only
                 accepted[failure["split"]][failure["row"]] = False
-                name = failure["expectation"]
+                name = _failure_key(failure)
                 failures_by_expectation[name] = failures_by_expectation.get(name, 0) + 1
                 sink.write(json.dumps({"dataset": info.name, "stage": "validate", **failure}, default=str) + "\n")
     for split in SPLITS:

@@ -87,6 +87,30 @@ def test_training_on_one_class_is_refused_naming_where_it_was_chosen(in_tmp_cwd,
         assert err.endswith("); training needs at least 2\n")
 
 
+def test_data_that_fails_validation_is_a_user_error_naming_the_main_reason_and_its_first_record(in_tmp_cwd, capsys):
+    """Too many bad records stop ``validate`` and ``run`` with exit code 2, like any other bad input; the
+    line says what was wrong most often and where it first was."""
+    Path("bad").mkdir()
+    for word in ("cat", "dog"):
+        head = f'{{"word": "{word}", "key_id": "{word}'
+        lines = [f'{head}{i}", "drawing": [[[0, 9, {i}], [0, 9, 3]]]}}' for i in range(20)]
+        if word == "dog":  # 1e400 is infinite: 3 of 40 records (7.5%) where 5% may fail
+            lines[4:7] = [f'{{"word": "dog", "key_id": "d{i}", "drawing": [[[1e400, 2], [1, 2]]]}}' for i in range(3)]
+        Path(f"bad/{word}.ndjson").write_text("\n".join(lines) + "\n")
+    reason = 'most often "ingest: non-finite coordinate" (3 records; the first: dog.ndjson line 5)'
+    with pytest.raises(SystemExit) as exit_info:
+        main(["validate", "--source", "ndjson", "--data-dir", "bad"])
+    assert exit_info.value.code == 2
+    out = capsys.readouterr().out
+    assert out.startswith("FAILED: 7.5% of 40 records in ndjson failed validation (limit 5.0%), " + reason), out
+    assert "accepted: 37  quarantined: 3  skipped: 0" in out
+    with pytest.raises(SystemExit) as exit_info:
+        main(["run", "--source", "ndjson", "--data-dir", "bad", "--epochs", "1", "--progress", "off"])
+    assert exit_info.value.code == 2
+    [err] = capsys.readouterr().err.splitlines()
+    assert err.startswith("sketchpipe: error: 7.5% of 40 records") and reason in err, err
+
+
 def test_download_fetches_into_dest_and_reports_what_it_did(in_tmp_cwd, capsys):
     from tests.bucket_server import FakeBucket
 

@@ -549,8 +549,9 @@ def _import_tensorflow_quietly(settings: Settings, args: argparse.Namespace) -> 
     """Import TensorFlow now, its native runtime's start-up lines (absl, oneDNN, CUDA probes) going to
     ``<work_dir>/logs/tensorflow.log`` instead of the terminal; with ``--verbose``, leave them shown.
 
-    No environment variable silences them (TF_CPP_MIN_LOG_LEVEL does not reach absl's early logging),
-    so file descriptor 2 itself points at the log while the import runs.
+    ``TF_CPP_MIN_LOG_LEVEL`` (3 by default, see ``configure_runtime``) silences them in some TensorFlow
+    releases but not in others (it does not reach absl's early logging), so file descriptor 2 itself
+    points at the log while the import runs.
     """
     if args.verbose or "tensorflow" in sys.modules:
         return
@@ -575,6 +576,10 @@ def _import_tensorflow_quietly(settings: Settings, args: argparse.Namespace) -> 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``sketchpipe`` console script."""
     args = build_parser().parse_args(argv)
+    if args.verbose:  # TensorFlow's native lines too (configure_runtime would set level 3: fatal only)
+        import os
+
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "0")
     configure_runtime()
     if not args.verbose:
         import os

@@ -26,11 +26,15 @@ def write_config(tmp_path: Path, **changes) -> str:
     return write_settings_file(settings, tmp_path / "settings.yaml")
 
 
-def run_sketchpipe(argv: list[str], cwd: Path, timeout: float = 300, wait: bool = True):
+def run_sketchpipe(argv: list[str], cwd: Path, timeout: float = 300, wait: bool = True, env: dict | None = None):
     """Run ``sketchpipe ARGV`` in its own process from ``cwd``, as a user would: no Prefect server
-    configured, no SKETCHPIPE_* overrides; return the finished process (output captured as text), or
-    with ``wait=False`` the running one (a ``Popen``, output piped as text)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "SKETCHPIPE_"))}
+    configured, no SKETCHPIPE_* overrides, no TensorFlow log level (plus ``env``); return the finished
+    process (output captured as text), or with ``wait=False`` the running one (a ``Popen``, output
+    piped as text)."""
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "SKETCHPIPE_", "TF_CPP_"))},
+        **(env or {}),
+    }
     if not wait:
         command = [sys.executable, "-m", "flows.cli", *argv]
         return subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

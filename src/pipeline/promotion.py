@@ -28,6 +28,11 @@ class GateResult:
     reason: str
 
 
+def format_p(p_value: float) -> str:
+    """Return ``p=0.0123``, or ``p<1e-300`` for a p-value below what a float holds (it underflowed to 0)."""
+    return f"p={p_value:.3g}" if p_value >= 1e-300 else "p<1e-300"
+
+
 def mcnemar_exact_p(candidate_only_right: int, champion_only_right: int) -> float:
     """Return the two-sided exact McNemar p-value: a binomial test of the discordant pairs at 1/2."""
     from scipy.stats import binomtest
@@ -64,13 +69,14 @@ def compare_on_same_test_set(
     candidate_accuracy = float(candidate_correct.mean())
     champion_accuracy = float(champion_correct.mean())
     p_value = mcnemar_exact_p(b, c)
+    p_text = format_p(p_value)
     gain = candidate_accuracy - champion_accuracy
     if gain <= max(margin, 0.0):
         promote, reason = False, f"accuracy gain {gain:+.4f} is not above the margin {margin:.4f}"
     elif p_value >= alpha:
-        promote, reason = False, f"accuracy gain {gain:+.4f} is not significant (McNemar p={p_value:.3g} >= {alpha})"
+        promote, reason = False, f"accuracy gain {gain:+.4f} is not significant (McNemar {p_text} >= {alpha})"
     else:
-        promote, reason = True, f"accuracy gain {gain:+.4f} > margin {margin:.4f}, McNemar p={p_value:.3g} < {alpha}"
+        promote, reason = True, f"accuracy gain {gain:+.4f} > margin {margin:.4f}, McNemar {p_text} < {alpha}"
     return GateResult(candidate_accuracy, champion_accuracy, b, c, p_value, promote, reason)
 
 
@@ -91,12 +97,13 @@ def beats_chance(candidate_accuracy: float, test_labels: np.ndarray, margin: flo
     correct = round(candidate_accuracy * labels.size)
     p_value = float(binomtest(correct, labels.size, baseline, alternative="greater").pvalue) if baseline < 1 else 1.0
     gain = candidate_accuracy - baseline
+    p_text = format_p(p_value)
     what = f"accuracy {candidate_accuracy:.4f} against the majority-class rate {baseline:.4f}"
     if gain <= max(margin, 0.0):
         return False, p_value, f"no champion yet, but {what} is not above it by more than the margin {margin:.4f}"
     if p_value >= alpha:
-        return False, p_value, f"no champion yet, but {what} is not significant (binomial p={p_value:.3g} >= {alpha})"
-    return True, p_value, f"no champion yet; {what}: binomial p={p_value:.3g} < {alpha}"
+        return False, p_value, f"no champion yet, but {what} is not significant (binomial {p_text} >= {alpha})"
+    return True, p_value, f"no champion yet; {what}: binomial {p_text} < {alpha}"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -110,9 +110,12 @@ def winner_markdown(rows: list[ArchitectureResult], decision: PromotionDecision,
         f"Promotion: {model_name} version {decision.candidate_version} -> `@{decision.alias}`: {decision.reason}.",
     ]
     if decision.champion_version is not None and decision.champion_accuracy is not None:
+        from pipeline.promotion import format_p
+
         lines.append(
             f"Compared with champion version {decision.champion_version} on test set {decision.test_set}: "
-            f"{decision.candidate_accuracy:.4f} vs {decision.champion_accuracy:.4f}, McNemar p={decision.p_value:.3g}."
+            f"{decision.candidate_accuracy:.4f} vs {decision.champion_accuracy:.4f}, "
+            f"McNemar {format_p(decision.p_value)}."
         )
     return "\n".join(lines) + "\n"
 

@@ -132,3 +132,13 @@ def test_a_first_model_must_beat_the_majority_class_rate_significantly():
     assert beats_chance(7 / 690, many)[0] and not beats_chance(2 / 690, many)[0]
     with pytest.raises(ValueError, match="empty test set"):
         beats_chance(0.5, np.array([], dtype=int))
+
+
+def test_a_p_value_that_underflows_is_not_printed_as_zero():
+    from pipeline.promotion import format_p
+
+    # 2,000 discordant pairs all one way: the exact p is about 2**-1999, below the smallest double
+    result = compare_on_same_test_set(np.ones(2000, bool), np.zeros(2000, bool))
+    assert result.p_value == 0.0 and result.promote
+    assert "McNemar p<1e-300 < 0.05" in result.reason
+    assert format_p(0.0123456) == "p=0.0123" and format_p(2e-300) == "p=2e-300"

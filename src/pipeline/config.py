@@ -20,17 +20,25 @@ SOURCES = ("synthetic", "sketchrnn", "ndjson", "tfrecord")
 ARCHITECTURES = ("simple_rnn", "lstm", "gru", "conv_lstm", "bilstm", "wavenet", "transformer")
 TASK_RUNNERS = ("thread", "dask", "ray")
 # each architecture's model hyperparameters: its builder's arguments but num_classes (a test keeps them equal)
+# every architecture can also read the sketch drawn as a picture (pipeline.models._raster_features)
+_RASTER_PARAMS = ("raster_size", "raster_filters")
 _RECURRENT_PARAMS = ("units", "num_layers", "dropout", "pooling", "positions", "stem_filters", "stem_kernel")
 MODEL_PARAMETERS: dict[str, tuple[str, ...]] = {
-    "simple_rnn": (*_RECURRENT_PARAMS, "bidirectional", "activation"),
-    "lstm": (*_RECURRENT_PARAMS, "bidirectional"),
-    "gru": (*_RECURRENT_PARAMS, "bidirectional"),
-    "conv_lstm": ("filters", "kernel_size", "units", "num_layers", "dropout", "pooling", "positions", "bidirectional"),
-    "bilstm": _RECURRENT_PARAMS,
-    "wavenet": ("filters", "kernel_size", "dilation_rates", "dropout", "positions", "pooling", "gated", "norm"),
+    "simple_rnn": (*_RECURRENT_PARAMS, "bidirectional", "activation", *_RASTER_PARAMS),
+    "lstm": (*_RECURRENT_PARAMS, "bidirectional", *_RASTER_PARAMS),
+    "gru": (*_RECURRENT_PARAMS, "bidirectional", *_RASTER_PARAMS),
+    "conv_lstm": (
+        *("filters", "kernel_size", "units", "num_layers", "dropout", "pooling", "positions", "bidirectional"),
+        *_RASTER_PARAMS,
+    ),
+    "bilstm": (*_RECURRENT_PARAMS, *_RASTER_PARAMS),
+    "wavenet": (
+        *("filters", "kernel_size", "dilation_rates", "dropout", "positions", "pooling", "gated", "norm"),
+        *_RASTER_PARAMS,
+    ),
     "transformer": (
         *("dim", "heads", "num_layers", "ff_dim", "dropout", "positions", "pooling"),
-        *("stem_filters", "stem_kernel", "stem_dilations", "norm_first"),
+        *("stem_filters", "stem_kernel", "stem_dilations", "norm_first", *_RASTER_PARAMS),
     ),
 }
 # the model hyperparameters that take one of a few words (pooling "last": recurrent models only), and
@@ -38,7 +46,8 @@ MODEL_PARAMETERS: dict[str, tuple[str, ...]] = {
 _MODEL_CHOICES = {"pooling": ("last", "mean", "mean_max"), "activation": ("tanh", "relu")}
 _POOLING_OF_ALL_STEPS = ("wavenet", "transformer")
 _MODEL_FLAGS = ("positions", "bidirectional", "gated", "norm", "norm_first")
-_MODEL_SIZES = ("units", "num_layers", "dim", "heads", "ff_dim", "kernel_size", "stem_kernel")
+_MODEL_SIZES = ("units", "num_layers", "dim", "heads", "ff_dim", "kernel_size", "stem_kernel", "raster_filters")
+MIN_RASTER_SIZE = 8  # pixels a side: smaller pictures show no shape
 _MODEL_SIZE_LISTS = ("dilation_rates", "stem_filters", "stem_dilations")
 TRANSFORMER_DEFAULTS = {"dim": 64, "heads": 4}  # pipeline.models.build_transformer's (a test holds them equal)
 ENV_PREFIX = "SKETCHPIPE_"
@@ -317,6 +326,10 @@ def _check_model_value(architecture: str, name: str, value: Any) -> None:
             raise ConfigError("models", f"{where}: expected a list of whole numbers of at least 1, got {value!r}")
         if name == "dilation_rates" and not value:
             raise ConfigError("models", f"{where}: needs at least one rate (one block each)")
+    elif name == "raster_size":
+        if not isinstance(value, int) or isinstance(value, bool) or (value and value < MIN_RASTER_SIZE):
+            expected = f"0 (no picture) or a side of at least {MIN_RASTER_SIZE} pixels"
+            raise ConfigError("models", f"{where}: expected {expected}, got {value!r}")
     elif name in _MODEL_SIZES or name == "filters":
         if not _whole(value):
             raise ConfigError("models", f"{where}: expected a whole number of at least 1, got {value!r}")

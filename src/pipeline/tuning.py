@@ -49,7 +49,7 @@ _RECURRENT = {
     "stem": _STEM,
     "bidirectional": ("categorical", (False, True)),
 }
-# model hyperparameters per architecture (every one also gets dropout and positions)
+# model hyperparameters per architecture (every one also gets dropout, positions and raster_size)
 MODEL_SPACE: dict[str, dict[str, tuple]] = {
     "simple_rnn": {**_RECURRENT, "activation": ("categorical", ("tanh", "relu"))},
     "lstm": _RECURRENT,
@@ -82,7 +82,11 @@ _LIST_CHOICES = {
     "model_stem_dilations": "stem_dilations",
     "model_dilation_rates": "dilation_rates",
 }
-_MODEL_COMMON = {"dropout": ("float", 0.0, 0.5, False), "positions": ("categorical", (False, True))}
+_MODEL_COMMON = {
+    "dropout": ("float", 0.0, 0.5, False),
+    "positions": ("categorical", (False, True)),
+    "raster_size": ("categorical", (0, 20, 28)),  # 0: no picture of the sketch beside the sequence
+}
 
 
 def search_space(architecture: str) -> dict:

@@ -50,7 +50,8 @@ RECURRENT = ["simple_rnn", "lstm", "gru", "conv_lstm", "bilstm"]
     + [(name, {"bidirectional": True, "pooling": "mean"}) for name in ["simple_rnn", "lstm", "gru", "conv_lstm"]]
     + [("wavenet", {"gated": True}), ("wavenet", {"norm": True}), ("wavenet", {"gated": True, "norm": True})]
     + [("transformer", {"norm_first": True}), ("transformer", {"stem_dilations": [1, 2, 4], "norm_first": True})]
-    + [("simple_rnn", {"activation": "relu", "bidirectional": True, "pooling": "mean", "positions": True})],
+    + [("simple_rnn", {"activation": "relu", "bidirectional": True, "pooling": "mean", "positions": True})]
+    + [(name, {"raster_size": 12, "raster_filters": 2}) for name in ARCHITECTURES],
 )
 def test_padding_never_changes_a_prediction_with_positions_pooling_or_a_stem(name, extra):
     # positions are running sums, which would carry on through the padding if it were not masked
@@ -75,6 +76,35 @@ def test_positions_are_the_running_sum_of_the_offsets_and_the_stroke_index():
     np.testing.assert_allclose(out[:3, 3:5], np.cumsum(sketch[:3, :2], axis=0) * POSITION_SCALE, rtol=1e-6)
     np.testing.assert_allclose(out[:3, 5], [0.0, 0.0, 0.1], atol=1e-7)  # the third point is on the second stroke
     assert not out[3].any()  # padding stays zero
+
+
+def _render(sketches: np.ndarray, size: int) -> np.ndarray:
+    from keras import ops
+
+    from pipeline.models import _rasterise
+
+    inputs = keras.Input(shape=(None, 3))
+    picture = _rasterise(inputs, ops.any(ops.not_equal(inputs, 0.0), axis=-1), size)
+    return keras.Model(inputs, picture)(sketches).numpy()[..., 0]
+
+
+def test_a_sketch_is_drawn_as_its_ink_centred_with_its_aspect_kept():
+    # an L from (1,0): down to (1,4), right to (3,4), pen up; then one point alone at (12,13); then padding
+    sketch = np.array([[1, 0, 0], [0, 4, 0], [2, 0, 1], [9, 9, 1], [0, 0, 0]], np.float32)
+    picture = _render(sketch[None, :4], 10)[0]  # indexed [x, y]
+    # the box is 11 x 13 around (6.5, 6.5); its longer side (y) spans the 9 pixel steps, and so does x's scale
+    x_of = lambda x: (x - 6.5) * 9 / 13 + 4.5  # noqa: E731
+    y_of = lambda y: (y - 6.5) * 9 / 13 + 4.5  # noqa: E731
+    assert picture[round(x_of(1)), round(y_of(0)) : round(y_of(4)) + 1].min() > 0.5  # down
+    assert picture[round(x_of(1)) : round(x_of(3)) + 1, round(y_of(4))].min() > 0.5  # right
+    assert picture[round(x_of(7)), round(y_of(8.5))] == 0.0  # the pen-up move draws nothing
+    # the lone point: one sample, split between its two nearest pixels across (bilinear), none beside
+    x = x_of(12)  # 8.31: 0.69 on pixel 8, 0.31 on pixel 9 (a box scaled to fill x too would put it on 9)
+    np.testing.assert_allclose(picture[8:10, round(y_of(13))], [9 - x, x - 8], atol=1e-5)
+    assert picture[8:10, round(y_of(13)) - 1].max() == 0.0
+    assert picture.max() <= 1.0 and picture.min() >= 0.0
+    # padding draws nothing and moves nothing
+    np.testing.assert_allclose(_render(sketch[None], 10)[0], picture, atol=1e-6)
 
 
 def test_a_model_with_positions_survives_a_save_and_load(tmp_path):
@@ -128,6 +158,7 @@ def test_gated_wavenet_blocks_are_tanh_times_sigmoid_then_a_1x1_convolution():
         ("wavenet", {"gated": True, "norm": True, "positions": True}),
         ("transformer", {"stem_dilations": [1, 2], "norm_first": True, "positions": True}),
         ("simple_rnn", {"activation": "relu", "bidirectional": True, "pooling": "mean"}),
+        ("wavenet", {"gated": True, "positions": True, "raster_size": 16, "raster_filters": 2}),
     ],
 )
 def test_the_real_data_options_survive_a_save_and_load(tmp_path, name, extra):

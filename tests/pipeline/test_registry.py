@@ -8,6 +8,7 @@ import pytest
 from mlflow.models import Model
 
 from pipeline import registry, tracking
+from pipeline.features import pad_batch
 from pipeline.models import build_model
 from pipeline.promotion import PromotionDecision
 from pipeline.training import compile_model
@@ -167,3 +168,19 @@ def test_the_requirement_scan_runs_once_in_the_background():
     assert scan is not None and scan is registry.warm_model_logging()  # once per process
     scan.join(timeout=60)
     assert not scan.is_alive()
+
+
+def test_a_model_that_draws_the_sketch_serves_what_it_predicts(store, tmp_path):
+    # the raster branch (its picture drawn inside the model) survives logging, the registry and pyfunc
+    client, _ = store
+    hyperparameters = {"filters": 4, "dilation_rates": [1], "positions": True, "raster_size": 8, "raster_filters": 2}
+    path = tmp_path / "raster.keras"
+    compile_model(build_model("wavenet", 3, hyperparameters), 1e-3, 1.0).save(path)
+    version = _register(store, path, 0.6, name="raster")
+    local = registry.download_model(client, f"models:/raster/{version.version}", tmp_path / "model")
+    sketches = [[[1, 2, 0], [0, 3, 1]], [[3, 1, 0], [2, 2, 0], [-1, 4, 1]]]
+    served = mlflow.pyfunc.load_model(str(local)).predict({"strokes": sketches}, {"k": 3})
+    expected = keras.saving.load_model(path).predict(pad_batch([np.array(s, np.float32) for s in sketches]), verbose=0)
+    order = np.argsort(-expected, axis=1)
+    assert served["top_classes"].tolist() == [[["a", "b", "c"][i] for i in row] for row in order]
+    np.testing.assert_allclose(np.stack(served["top_probabilities"]), np.take_along_axis(expected, order, 1), atol=1e-5)

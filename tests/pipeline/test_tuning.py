@@ -93,7 +93,8 @@ def test_the_search_space_covers_every_architecture():
 
     for architecture in ARCHITECTURES:
         space = tuning.search_space(architecture)
-        assert {"learning_rate", "weight_decay", "label_smoothing", "model_dropout", "model_positions"} <= set(space)
+        shared = {"learning_rate", "weight_decay", "label_smoothing", "model_dropout", "model_positions"}
+        assert {*shared, "model_raster_size"} <= set(space)
         # every model parameter drawn is one the builder takes
         builder = MODEL_BUILDERS[architecture].__code__.co_varnames
         drawn = {name.removeprefix("model_") for name in space if name.startswith("model_")} - {"stem"}

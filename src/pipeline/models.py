@@ -169,8 +169,8 @@ def _recurrent_model(
     stem_filters: tuple[int, ...],
     stem_kernel: int,
     bidirectional: bool,
-    raster_size: int = 0,
-    raster_filters: int = 16,
+    raster_size: int,
+    raster_filters: int,
 ) -> keras.Model:
     """Return stacked recurrent layers (``make_layer(units, return_sequences=...)``) over the masked
     strokes, after an optional convolutional stem, one way or both."""

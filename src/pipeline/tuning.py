@@ -85,7 +85,7 @@ _LIST_CHOICES = {
 _MODEL_COMMON = {
     "dropout": ("float", 0.0, 0.5, False),
     "positions": ("categorical", (False, True)),
-    "raster_size": ("categorical", (0, 20, 28)),  # 0: no picture of the sketch beside the sequence
+    "raster_size": ("categorical", (0, 16, 28)),  # 0: no picture of the sketch beside the sequence
 }
 
 

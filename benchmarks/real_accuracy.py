@@ -25,6 +25,8 @@ macro F1; training throughput is sketches per second over the epochs after the f
 pass excluded. With ``--seeds N`` every model is trained N times (seeds ``seed``, ``seed + 1``, ...:
 initial weights, batch order, augmentation) and the row holds the means, with the lowest and highest
 top-1 beside them: on 1,422 test drawings one seed's top-1 moves by about 0.01-0.02.
+TensorFlow's thread pools are those of ``--config`` (``intra_op_threads``, ``inter_op_threads``) for
+every model of the run, anchors and ``--also`` files included: a process sizes them once.
 Results: ``benchmarks/results/<name>.json`` and a table.
 """
 
@@ -37,7 +39,7 @@ from pathlib import Path
 
 from _common import print_table, write_results
 
-from pipeline.config import configure_runtime, load_settings
+from pipeline.config import configure_runtime, load_settings, use_tensorflow_threads
 
 REAL_SAMPLE = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "quickdraw-raw-345"
 ANCHORS = ("tutorial", "book")
@@ -119,14 +121,16 @@ def _data_overrides(work_dir: Path, epochs: int) -> dict:
     }
 
 
-def prepare(work_dir: Path, config: str | None, epochs: int):
-    """Return (our settings, the anchors' settings, features folder) for the real sample."""
+def prepare(work_dir: Path, config: str | None, epochs: int, **changes):
+    """Return (our settings, the anchors' settings, features folder) for the real sample; ``changes``
+    are settings given over ``config``'s."""
     configure_runtime()
     from pipeline.ingest import ingest
     from pipeline.stages import data
 
     data_overrides = _data_overrides(work_dir, epochs)
-    ours = load_settings(config, data_overrides, environ={})
+    ours = load_settings(config, {**data_overrides, **changes}, environ={})
+    use_tensorflow_threads(ours)  # before TensorFlow's first operation: for every model of the process
     anchors = load_settings(None, {**data_overrides, "max_len": ours.max_len, "batch_size": ours.batch_size}, {})
     report = data.validate(ours, ingest(ours))
     return ours, anchors, data.preprocess(ours, report)

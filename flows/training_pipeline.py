@@ -11,7 +11,7 @@ from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.tasks import exponential_backoff
 
-from pipeline.config import Settings, load_settings
+from pipeline.config import Settings, load_settings, use_tensorflow_threads
 from pipeline.download import DownloadError
 from pipeline.report import PipelineResult
 from pipeline.stages.data import outputs_present
@@ -41,6 +41,7 @@ def training_pipeline(
             continue from their last completed epoch, and finished ones are not trained again.
     """
     settings: Settings = load_settings(config_file, overrides)
+    use_tensorflow_threads(settings)  # a deployment's flow run: its own process, TensorFlow not yet run
     report, features_dir = data_stages(settings)
     run_name = flow_run.get_name() or "training_pipeline"
     start_tracking_run = _with_retries(start_tracking_run_task, settings)
@@ -138,7 +139,12 @@ def task_runner_for(settings: Settings, concurrency: int):
     listens on all network interfaces (its GCS, raylet and agents bind to 0.0.0.0, and
     ``_node_ip_address="127.0.0.1"`` is rewritten to the machine's address), so it is started only
     when asked for by name (``check_settings`` refuses ``ray`` without an address).
+
+    TensorFlow's thread pools are sized first (:func:`~pipeline.config.use_tensorflow_threads`), so that
+    this process and the local worker processes started for the run have them; the workers of a
+    cluster of your own take them from their own environment (``TF_NUM_INTRAOP_THREADS``).
     """
+    use_tensorflow_threads(settings)
     if settings.task_runner == "ray":
         from prefect_ray import RayTaskRunner
 

@@ -10,7 +10,7 @@ from prefect import Flow, flow
 
 from flows.training_pipeline import data_stages, task_runner_for
 from pipeline import tuning
-from pipeline.config import Settings, load_settings
+from pipeline.config import Settings, load_settings, use_tensorflow_threads
 from tasks.tuning import export_best_task, prepare_study_task, trial_task
 
 
@@ -34,6 +34,7 @@ def tuning_flow(
         The study's name and parent run id, trial counts, the best trial and the exported file.
     """
     settings: Settings = load_settings(config_file, overrides)
+    use_tensorflow_threads(settings)  # a deployment's flow run: its own process, TensorFlow not yet run
     _, features_dir = data_stages(settings)
     ref = prepare_study_task(settings, architecture, study_name)
     already = tuning.finished_trials(ref)

@@ -1,9 +1,19 @@
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from pipeline.config import ARCHITECTURES, ConfigError, Settings, configure_runtime, load_settings
+from pipeline.config import (
+    ARCHITECTURES,
+    ConfigError,
+    Settings,
+    configure_runtime,
+    load_settings,
+    use_tensorflow_threads,
+)
 
 
 def test_defaults_without_a_file(in_tmp_cwd):
@@ -50,6 +60,38 @@ def test_runtime_defaults_keep_what_is_set():
     assert env["PREFECT_HOME"] == "/elsewhere"
     assert env["PREFECT_SERVER_ANALYTICS_ENABLED"] == "false"
     assert env["GX_ANALYTICS_ENABLED"] == "false"
+
+
+def test_thread_settings_become_tensorflows_variables_and_zero_keeps_what_is_set():
+    env = {"TF_NUM_INTEROP_THREADS": "3"}
+    use_tensorflow_threads(load_settings(overrides={"intra_op_threads": 1}, environ={}), env)
+    assert env == {"TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "3"}
+    from_environment = load_settings(environ={"SKETCHPIPE_INTER_OP_THREADS": "2"})
+    use_tensorflow_threads(from_environment, env)
+    assert env == {"TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "2"}
+
+
+def test_tensorflow_reads_the_thread_variables_in_a_new_process(tmp_path):
+    """What the settings write is what TensorFlow takes: one thread per operation makes a large matrix
+    product run on one core (its CPU time no more than its wall time), where the default splits it."""
+    script = (
+        "import os, time, tensorflow as tf\n"
+        "a = tf.random.normal((1500, 1500)); tf.matmul(a, a).numpy()\n"
+        "wall, cpu = time.perf_counter(), time.process_time()\n"
+        "for _ in range(8): tf.matmul(a, a).numpy()\n"
+        "print((time.process_time() - cpu) / (time.perf_counter() - wall))\n"
+    )
+
+    def cores_busy(overrides: dict) -> float:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TF_NUM_")}
+        use_tensorflow_threads(load_settings(overrides=overrides, environ={}), env)
+        done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        return float(done.stdout.split()[-1])
+
+    assert cores_busy({"intra_op_threads": 1, "inter_op_threads": 1}) < 1.2
+    if len(os.sched_getaffinity(0)) > 1:  # the default splits it across the cores (the check can fail)
+        assert cores_busy({}) > 1.2
 
 
 def test_real_sources_default_to_all_their_classes_and_synthetic_to_eight(in_tmp_cwd):
@@ -127,6 +169,8 @@ def test_augmentation_out_of_range_names_the_setting(name, value):
         ("lr_schedule", "step", "unknown schedule 'step'"),
         ("warmup_epochs", -1, "at least 0"),
         ("steps_per_execution", 0, "at least 1"),
+        ("intra_op_threads", -1, "at least 0"),
+        ("inter_op_threads", -2, "at least 0"),
         ("ema_momentum", 1.0, "below 1"),
         ("ema_momentum", -0.5, "at least 0"),
         ("lr_patience", -1, "at least 0"),

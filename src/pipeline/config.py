@@ -441,7 +441,7 @@ def use_tensorflow_threads(settings: Settings, environ: MutableMapping[str, str]
     after, which inherit the environment. A process that has already run TensorFlow keeps its pools.
 
     On small models and few cores, one thread per operation with two operations at a time can train
-    far faster than TensorFlow's default of splitting every operation across all cores: see the
+    faster than TensorFlow's default of splitting every operation across all cores: see the
     README, "Threads".
     """
     environ = os.environ if environ is None else environ

@@ -19,27 +19,34 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
+import real_accuracy
 from _common import print_table, write_results
-from real_accuracy import REAL_SAMPLE
 
 HERE = Path(__file__).resolve().parent
 
 
 def worker(args: argparse.Namespace) -> None:
     """Train once under ``args.threads`` (one ``INTRA/INTER``) and print the result as one JSON line."""
-    import real_accuracy
-
-    intra, inter = (int(n) for n in args.threads.split("/"))
+    intra, inter = _setting(args.threads)
     ours, _, features = real_accuracy.prepare(
         Path(args.work_dir), args.config, args.epochs, intra_op_threads=intra, inter_op_threads=inter
     )
     row = real_accuracy.measure(args.architecture, ours, features, Path(tempfile.mkdtemp(dir=args.work_dir)))
     print(json.dumps({"train_sketches_per_s": row["train_sketches_per_s"]}))
+
+
+def _setting(text: str) -> tuple[int, int]:
+    """Return ``(intra, inter)`` from ``INTRA/INTER`` (whole numbers, 0: TensorFlow's choice)."""
+    intra, _, inter = text.partition("/")
+    if not (intra.isdigit() and inter.isdigit()):
+        raise SystemExit(f"--threads: expected INTRA/INTER settings such as 1/0, got {text!r}")
+    return int(intra), int(inter)
 
 
 def main() -> None:
@@ -53,13 +60,15 @@ def main() -> None:
     parser.add_argument("--work-dir", default=None, help="default: a new temporary folder")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if not REAL_SAMPLE.resolve().is_dir():
-        raise SystemExit(f"no real sample at {REAL_SAMPLE.resolve()} (the shared data folder)")
+    if not real_accuracy.REAL_SAMPLE.resolve().is_dir():
+        raise SystemExit(f"no real sample at {real_accuracy.REAL_SAMPLE.resolve()} (the shared data folder)")
     args.work_dir = args.work_dir or tempfile.mkdtemp(prefix="threads-")
     if args.worker:
         worker(args)
         return
     settings = args.threads.split(",")
+    for setting in settings:
+        _setting(setting)  # a typo stops here, not in the first worker
     # each worker's pools are its setting's alone (0: TensorFlow's choice), not a TF_NUM_* of this shell
     env = {k: v for k, v in os.environ.items() if not k.startswith("TF_NUM_")}
     speeds: dict[str, list[float]] = {s: [] for s in settings}
@@ -72,7 +81,7 @@ def main() -> None:
                 raise SystemExit(f"{setting} (round {round_ + 1}) failed:\n{done.stderr[-3000:]}")
             speeds[setting].append(json.loads(done.stdout.strip().splitlines()[-1])["train_sketches_per_s"])
             print(f"round {round_ + 1}, {setting}: {speeds[setting][-1]:,.0f} sketches/s", flush=True)
-    median = {s: sorted(v)[len(v) // 2] for s, v in speeds.items()}
+    median = {s: statistics.median(v) for s, v in speeds.items()}
     rows = [
         {
             "intra/inter": s,

@@ -220,7 +220,9 @@ def test_the_real_data_profile_loads_and_builds_every_architecture():
         assert model.output_shape == (None, 345)
 
 
-@pytest.mark.parametrize("name", ["wavenet-plain.yaml", "wavenet-gated8.yaml", "wavenet-no-raster.yaml"])
+@pytest.mark.parametrize(
+    "name", ["wavenet-plain.yaml", "wavenet-gated8.yaml", "wavenet-no-raster.yaml", "wavenet-picture16.yaml"]
+)
 def test_the_benchmarks_extra_settings_files_load_and_build(name):
     """``benchmarks/real_accuracy.py --also FILE`` rows: settings files that must stay loadable."""
     from pipeline.models import build_model

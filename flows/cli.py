@@ -491,7 +491,7 @@ def _cmd_promote(args: argparse.Namespace) -> None:
 def _cmd_serve(args: argparse.Namespace) -> None:
     settings, overrides = _settings(args, list(_SETTING_FLAGS))
     _make_work_dir(settings)
-    _import_tensorflow_quietly(settings, args)
+    _import_tensorflow_quietly(settings, args, whole_command=False)
     from prefect import serve
 
     from flows.deployment import scheduled_deployment
@@ -545,13 +545,17 @@ def _cmd_ui(args: argparse.Namespace) -> None:
     os.execv(sys.executable, command)
 
 
-def _import_tensorflow_quietly(settings: Settings, args: argparse.Namespace) -> None:
-    """Import TensorFlow now, its native runtime's start-up lines (absl, oneDNN, CUDA probes) going to
+def _import_tensorflow_quietly(settings: Settings, args: argparse.Namespace, whole_command: bool = True) -> None:
+    """Import TensorFlow now, its native runtime's lines (absl, oneDNN, CUDA probes) going to
     ``<work_dir>/logs/tensorflow.log`` instead of the terminal; with ``--verbose``, leave them shown.
 
     ``TF_CPP_MIN_LOG_LEVEL`` (3 by default, see ``configure_runtime``) silences them in some TensorFlow
     releases but not in others (it does not reach absl's early logging), so file descriptor 2 itself
-    points at the log while the import runs.
+    points at the log. The runtime logs after start-up too (on some CPUs oneDNN's "supports DT_BOOL only
+    on platforms with AVX-512" at the first training or prediction), so with ``whole_command`` the
+    descriptor stays on the log until the command ends, and Python's own ``sys.stderr`` (the command's
+    error lines, progress bars, warnings) moves to a copy of the terminal's. ``serve`` passes False: the
+    flow runs it starts are processes of their own that show their logs on the descriptor they inherit.
     """
     if args.verbose or "tensorflow" in sys.modules:
         return
@@ -561,16 +565,62 @@ def _import_tensorflow_quietly(settings: Settings, args: argparse.Namespace) -> 
     log.parent.mkdir(parents=True, exist_ok=True)
     sys.stderr.flush()
     terminal = os.dup(2)
+    with open(log, "ab") as sink:
+        os.dup2(sink.fileno(), 2)
     try:
-        with open(log, "ab") as sink:
-            os.dup2(sink.fileno(), 2)
-            import tensorflow
+        import tensorflow
+
+        # the devices start on first use, and some machines log there (a failed cuInit where a CUDA
+        # library exists without a GPU): start them while the lines go to the log
+        tensorflow.config.list_physical_devices()
     finally:
-        os.dup2(terminal, 2)
-        os.close(terminal)
+        if whole_command:
+            args.on_exit.callback(_python_stderr_kept_on(terminal))
+        else:
+            os.dup2(terminal, 2)
+            os.close(terminal)
     # its Python logger's warnings are diagnostics (e.g. "triggered tf.function retracing" when models
     # of several sizes train at once), not the user's business unless --verbose
     tensorflow.get_logger().setLevel("ERROR")
+
+
+def _python_stderr_kept_on(terminal: int):
+    """Point ``sys.stderr``, and the logging handlers that write to it, at file descriptor ``terminal``
+    (a copy of descriptor 2 before it moved); return the function that moves everything back.
+
+    Where ``sys.stderr`` does not write to descriptor 2 (a caller captured it), it stays as it is.
+    """
+    import logging
+    import os
+
+    old = sys.stderr
+    try:
+        on_descriptor_2 = old.fileno() == 2
+    except (AttributeError, OSError, ValueError):
+        on_descriptor_2 = False
+    new = os.fdopen(terminal, "w", buffering=1, encoding=getattr(old, "encoding", None) or "utf-8",
+                    errors="backslashreplace", closefd=False)  # fmt: skip
+    handlers = [
+        handler
+        for logger in [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]
+        for handler in getattr(logger, "handlers", ())  # placeholders in the dict have none
+        if isinstance(handler, logging.StreamHandler) and handler.stream is old
+    ]
+    if on_descriptor_2:
+        sys.stderr = new
+        for handler in handlers:
+            handler.setStream(new)
+
+    def restore() -> None:
+        new.flush()
+        os.dup2(terminal, 2)
+        os.close(terminal)
+        if on_descriptor_2:
+            sys.stderr = old
+            for handler in handlers:
+                handler.setStream(old)
+
+    return restore
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -602,8 +652,10 @@ def main(argv: list[str] | None = None) -> None:
         "serve-model": _cmd_serve_model,
         "ui": _cmd_ui,
     }[args.command]
+    args.on_exit = contextlib.ExitStack()  # what a command changed for its own duration, undone at its end
     try:
-        command(args)
+        with args.on_exit:
+            command(args)
     except Exception as exc:
         full = disk_full(exc, [Path.cwd(), *_named_paths(args)])
         if full is None and args.verbose:

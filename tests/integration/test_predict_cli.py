@@ -98,6 +98,37 @@ def test_predict_prints_its_answer_and_no_native_start_up_lines(champion_store, 
         assert any(marker in logged.read_text() for marker in native)
 
 
+def test_native_lines_after_start_up_go_to_the_log_while_python_lines_stay_on_the_terminal(tmp_path):
+    """Native code writes to file descriptor 2 itself, and not only while TensorFlow starts (on some CPUs
+    oneDNN logs "supports DT_BOOL only on platforms with AVX-512" at the first prediction): without
+    --verbose those lines go to the log for the whole command, Python's own lines (the command's error
+    line) stay on the terminal, and descriptor 2 is the terminal again once the command ends."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(f"""
+        import argparse, contextlib, os, sys
+        from flows.cli import _import_tensorflow_quietly
+        from pipeline.config import load_settings
+        settings = load_settings(None, {{"work_dir": {str(tmp_path / "work")!r}}}, {{}})
+        args = argparse.Namespace(verbose=False, on_exit=contextlib.ExitStack())
+        with args.on_exit:
+            _import_tensorflow_quietly(settings, args)
+            os.write(2, b"native: during the command\\n")
+            print("python: during the command", file=sys.stderr)
+        os.write(2, b"native: after the command\\n")
+        print("python: after the command", file=sys.stderr)
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "native: during the command" not in done.stderr, done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.startswith(("python:", "native:"))]
+    assert lines == ["python: during the command", "native: after the command", "python: after the command"]
+    logged = (tmp_path / "work" / "logs" / "tensorflow.log").read_text()
+    assert "native: during the command" in logged and "after the command" not in logged
+
+
 def test_a_cached_champion_is_used_only_while_the_store_is_unchanged(champion_store, tmp_path):
     """The second load of the champion reads the local copy without importing MLflow; once the
     champion moves (the store changes), the next load fetches the new one."""

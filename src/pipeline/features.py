@@ -210,12 +210,20 @@ def make_dataset(
         ),
     )
     dataset = dataset.flat_map(to_batches).map(
-        lambda sketches, labels: (sketches.to_tensor(), labels), num_parallel_calls=tf.data.AUTOTUNE
+        lambda sketches, labels: (sketches.to_tensor(), labels), num_parallel_calls=PADDING_THREADS
     )
-    return dataset.apply(tf.data.experimental.assert_cardinality(len(batches))).prefetch(tf.data.AUTOTUNE)
+    dataset = dataset.apply(tf.data.experimental.assert_cardinality(len(batches))).prefetch(PREFETCH_BATCHES)
+    # tf.data's autotuner stalled training on 2 cores: every few epochs one ran twice as long at half the CPU
+    # (1.3 s -> 2.5 s for the real-data wavenet), and the training speed varied by 30% from run to run.
+    # The sizes above are fixed, so there is nothing left to tune (README, Benchmarks, "Input pipeline").
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return dataset.with_options(options)
 
 
 BATCHES_PER_BLOCK = 64
+PADDING_THREADS = 2  # batches padded at once (cheap: a block's numpy work dominates the input side)
+PREFETCH_BATCHES = 16  # padded batches held ready (the next block is made while they train)
 
 
 @dataclasses.dataclass(frozen=True)

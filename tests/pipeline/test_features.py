@@ -56,6 +56,22 @@ def test_declared_cardinality_matches_the_batches(tiny_features):
             assert int(dataset.cardinality()) == sum(1 for _ in dataset)
 
 
+def test_the_input_pipeline_has_fixed_sizes_and_keeps_the_served_order(tiny_features):
+    """The autotuner is off (it stalled training on 2 cores), and padding batches in parallel keeps them in
+    the order the epoch serves them."""
+    from pipeline.features import BlockBatches
+
+    dataset = make_dataset(tiny_features, "train", batch_size=8, shuffle=True, seed=5, bucket_boundaries=(10, 20))
+    assert dataset.options().autotune.enabled is False
+    served = BlockBatches(tiny_features, "train", batch_size=8, shuffle=True, seed=5, bucket_boundaries=(10, 20))
+    for epoch in range(2):  # each pass over the dataset is the next epoch, with its own order
+        batches = list(dataset)
+        expected = [served.batch(indices) for indices in served.batch_indices(epoch)]
+        assert len(batches) == len(expected) > 1
+        for (strokes, labels), (want_strokes, want_labels) in zip(batches, expected, strict=True):
+            assert np.array_equal(strokes.numpy(), want_strokes) and np.array_equal(labels.numpy(), want_labels)
+
+
 def test_chunked_preprocessing_writes_the_same_features(tiny_dataset, tiny_report, tmp_path, monkeypatch):
     """Chunks of 7 sketches (and a crop that cuts sketches) give the same arrays as one chunk."""
     import pipeline.features as features

@@ -214,8 +214,9 @@ def make_dataset(
     )
     dataset = dataset.apply(tf.data.experimental.assert_cardinality(len(batches))).prefetch(PREFETCH_BATCHES)
     # tf.data's autotuner stalled training on 2 cores: every few epochs one ran twice as long at half the CPU
-    # (1.3 s -> 2.5 s for the real-data wavenet), and the training speed varied by 30% from run to run.
-    # The sizes above are fixed, so there is nothing left to tune (README, Benchmarks, "Input pipeline").
+    # (1.3 s -> 2.5 s for the real-data wavenet), so that a run's speed depended on how many epochs stalled.
+    # The sizes above are fixed, so there is nothing left to tune (README, Accuracy on real drawings,
+    # "Training speed").
     options = tf.data.Options()
     options.autotune.enabled = False
     return dataset.with_options(options)

@@ -34,7 +34,7 @@ MODEL_PARAMETERS: dict[str, tuple[str, ...]] = {
     "bilstm": (*_RECURRENT_PARAMS, *_RASTER_PARAMS),
     "wavenet": (
         *("filters", "kernel_size", "dilation_rates", "dropout", "positions", "pooling", "gated", "norm"),
-        *_RASTER_PARAMS,
+        *("halve_after", *_RASTER_PARAMS),
     ),
     "transformer": (
         *("dim", "heads", "num_layers", "ff_dim", "dropout", "positions", "pooling"),
@@ -49,6 +49,7 @@ _MODEL_FLAGS = ("positions", "bidirectional", "gated", "norm", "norm_first")
 _MODEL_SIZES = ("units", "num_layers", "dim", "heads", "ff_dim", "kernel_size", "stem_kernel", "raster_filters")
 MIN_RASTER_SIZE = 8  # pixels a side: smaller pictures show no shape
 _MODEL_SIZE_LISTS = ("dilation_rates", "stem_filters", "stem_dilations")
+WAVENET_DEFAULT_BLOCKS = (1, 2, 4, 8, 1, 2, 4, 8)  # pipeline.models.build_wavenet's dilation rates
 TRANSFORMER_DEFAULTS = {"dim": 64, "heads": 4}  # pipeline.models.build_transformer's (a test holds them equal)
 ENV_PREFIX = "SKETCHPIPE_"
 
@@ -310,6 +311,12 @@ def _check_models(models: Mapping[str, Any]) -> None:
             if name in _MODEL_FLAGS and not isinstance(value, bool):
                 raise ConfigError("models", f"{where}: expected true or false, got {value!r}")
             _check_model_value(architecture, name, value)
+        if architecture == "wavenet" and params.get("halve_after"):  # the builder's 8 blocks if not given
+            blocks = len(params.get("dilation_rates", WAVENET_DEFAULT_BLOCKS))
+            if params["halve_after"] >= blocks:
+                raise ConfigError(
+                    "models", f"wavenet.halve_after: {params['halve_after']} leaves no block after it (of {blocks})"
+                )
         if architecture == "transformer":  # the builder's defaults where a value is not given
             dim = params.get("dim", TRANSFORMER_DEFAULTS["dim"])
             heads = params.get("heads", TRANSFORMER_DEFAULTS["heads"])
@@ -334,6 +341,9 @@ def _check_model_value(architecture: str, name: str, value: Any) -> None:
         if not isinstance(value, int) or isinstance(value, bool) or (value and value < MIN_RASTER_SIZE):
             expected = f"0 (no picture) or a side of at least {MIN_RASTER_SIZE} pixels"
             raise ConfigError("models", f"{where}: expected {expected}, got {value!r}")
+    elif name == "halve_after":
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise ConfigError("models", f"{where}: expected 0 (never) or a number of blocks, got {value!r}")
     elif name in _MODEL_SIZES or name == "filters":
         if not _whole(value):
             raise ConfigError("models", f"{where}: expected a whole number of at least 1, got {value!r}")

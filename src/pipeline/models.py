@@ -296,13 +296,31 @@ def build_conv_lstm(
     return _classifier(inputs, x, num_classes, dropout, "conv_lstm", mask, raster_size, raster_filters)
 
 
-def _dilated_stack(x, mask, filters: int, kernel_size: int, dilation_rates, gated: bool = False, norm: bool = False):
-    """Return ``x`` through WaveNet's residual blocks: a 1x1 projection to ``filters``, then per dilation
-    rate a causal dilated ``Conv1D`` added to its input. The block's activation is a ReLU, or with
-    ``gated`` WaveNet's gate (``tanh(conv) * sigmoid(conv)``) followed by a 1x1 convolution; ``norm``
-    layer-normalises each step after every block. Padded steps are zeroed after each block."""
+def _halve(x, mask):
+    """Return ``x`` at half its length, and its mask: each two steps (0-1, 2-3, ...) become their mean
+    over the real steps among them (a step is real when either was). The pairs start at the first
+    step whatever the padding, and padded steps weigh nothing, so padding still changes nothing."""
+    weights = ops.expand_dims(ops.cast(mask, x.dtype), -1)
+    pairs = dict(pool_size=2, strides=2, padding="same")  # an odd last step is a pair of its own
+    ink = layers.AveragePooling1D(**pairs)(x * weights)
+    share = layers.AveragePooling1D(**pairs)(weights)  # the real steps' share of each pair: 0, 0.5 or 1
+    return ink / ops.maximum(share, 1e-6), ops.squeeze(share, -1) > 0.0
+
+
+def _dilated_stack(
+    x, mask, filters: int, kernel_size: int, dilation_rates, gated: bool = False, norm: bool = False, halve_after=0
+):
+    """Return ``x`` through WaveNet's residual blocks, and the mask of its steps: a 1x1 projection to
+    ``filters``, then per dilation rate a causal dilated ``Conv1D`` added to its input. The block's
+    activation is a ReLU, or with ``gated`` WaveNet's gate (``tanh(conv) * sigmoid(conv)``) followed by
+    a 1x1 convolution; ``norm`` layer-normalises each step after every block. Padded steps are zeroed
+    after each block. ``halve_after`` (0: never) halves the sequence after that many blocks
+    (:func:`_halve`): the blocks after it run on half as many steps, their dilation rates counted in
+    those steps, so ``[1, 1, 2]`` halved after one block sees as far back as ``[1, 2, 4]``."""
     x = _zero_padding(layers.Conv1D(filters, 1)(x), mask)
-    for rate in dilation_rates:
+    for block, rate in enumerate(dilation_rates):
+        if halve_after and block == halve_after:
+            x, mask = _halve(x, mask)
         conv = dict(padding="causal", dilation_rate=rate)
         if gated:
             y = layers.Multiply()(
@@ -318,7 +336,7 @@ def _dilated_stack(x, mask, filters: int, kernel_size: int, dilation_rates, gate
         if norm:
             x = layers.LayerNormalization()(x)
         x = _zero_padding(x, mask)
-    return x
+    return x, mask
 
 
 def build_wavenet(
@@ -333,12 +351,15 @@ def build_wavenet(
     norm: bool = False,
     raster_size: int = 0,
     raster_filters: int = 16,
+    halve_after: int = 0,
 ) -> keras.Model:
     """Return stacked dilated causal Conv1D layers with residual connections and masked pooling (``mean``
-    or ``mean_max``); ``gated`` and ``norm`` as in :func:`_dilated_stack`."""
+    or ``mean_max``); ``gated``, ``norm`` and ``halve_after`` as in :func:`_dilated_stack`."""
+    if not 0 <= halve_after < len(dilation_rates):
+        raise ValueError(f"halve_after {halve_after} must be 0 (never) or below the {len(dilation_rates)} blocks")
     inputs, x, mask = _inputs_and_mask(positions)
-    x = _dilated_stack(x, mask, filters, kernel_size, dilation_rates, gated, norm)
-    pooled = _pool(x, mask, pooling)
+    x, steps = _dilated_stack(x, mask, filters, kernel_size, dilation_rates, gated, norm, halve_after)
+    pooled = _pool(x, steps, pooling)
     return _classifier(inputs, pooled, num_classes, dropout, "wavenet", mask, raster_size, raster_filters)
 
 
@@ -376,7 +397,7 @@ def build_transformer(
     """
     inputs, x, mask = _inputs_and_mask(positions)
     x = _stem(x, mask, stem_filters, stem_kernel)
-    x = _dilated_stack(x, mask, dim, 2, stem_dilations) if stem_dilations else layers.Dense(dim)(x)
+    x = _dilated_stack(x, mask, dim, 2, stem_dilations)[0] if stem_dilations else layers.Dense(dim)(x)
     x = x + _sinusoidal_positions(inputs, dim)
     attention_mask = ops.logical_and(ops.expand_dims(mask, 1), ops.expand_dims(mask, 2))
     for _ in range(num_layers):

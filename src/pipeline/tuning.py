@@ -66,6 +66,7 @@ MODEL_SPACE: dict[str, dict[str, tuple]] = {
         "pooling": ("categorical", ("mean", "mean_max")),
         "gated": ("categorical", (False, True)),
         "norm": ("categorical", (False, True)),
+        "halve_after": ("categorical", (0, 1)),  # 1: the blocks after the first run on half the steps
     },
     "transformer": {
         "dim": ("categorical", (32, 64, 96)),

@@ -221,7 +221,14 @@ def test_the_real_data_profile_loads_and_builds_every_architecture():
 
 
 @pytest.mark.parametrize(
-    "name", ["wavenet-plain.yaml", "wavenet-gated8.yaml", "wavenet-no-raster.yaml", "wavenet-picture16.yaml"]
+    "name",
+    [
+        "wavenet-plain.yaml",
+        "wavenet-gated8.yaml",
+        "wavenet-no-raster.yaml",
+        "wavenet-picture16.yaml",
+        "wavenet-full-length.yaml",
+    ],
 )
 def test_the_benchmarks_extra_settings_files_load_and_build(name):
     """``benchmarks/real_accuracy.py --also FILE`` rows: settings files that must stay loadable."""
@@ -252,6 +259,10 @@ def test_the_benchmarks_extra_settings_files_load_and_build(name):
         ({"wavenet": {"raster_size": 4}}, "wavenet.raster_size: expected 0 (no picture) or a side of at least 8"),
         ({"gru": {"raster_size": True}}, "gru.raster_size: expected 0 (no picture) or a side of at least 8"),
         ({"lstm": {"raster_filters": 0}}, "lstm.raster_filters: expected a whole number of at least 1, got 0"),
+        ({"wavenet": {"halve_after": -1}}, "wavenet.halve_after: expected 0 (never) or a number of blocks, got -1"),
+        ({"wavenet": {"halve_after": True}}, "wavenet.halve_after: expected 0 (never) or a number of blocks, got True"),
+        ({"wavenet": {"halve_after": 3, "dilation_rates": [1, 1, 2]}}, "wavenet.halve_after: 3 leaves no block"),
+        ({"wavenet": {"halve_after": 8}}, "wavenet.halve_after: 8 leaves no block after it (of 8)"),
         ({"transformer": {"dim": 63}}, "transformer.dim (63) must be even and a multiple of heads (4)"),
         ({"transformer": {"dim": 64, "heads": 5}}, "transformer.dim (64) must be even and a multiple of heads (5)"),
     ],
@@ -281,6 +292,15 @@ def test_the_transformer_defaults_checked_are_the_builders():
 
     parameters = inspect.signature(build_transformer).parameters
     assert {name: parameters[name].default for name in TRANSFORMER_DEFAULTS} == TRANSFORMER_DEFAULTS
+
+
+def test_the_wavenet_blocks_checked_are_the_builders():
+    import inspect
+
+    from pipeline.config import WAVENET_DEFAULT_BLOCKS
+    from pipeline.models import build_wavenet
+
+    assert inspect.signature(build_wavenet).parameters["dilation_rates"].default == WAVENET_DEFAULT_BLOCKS
 
 
 @pytest.mark.parametrize(

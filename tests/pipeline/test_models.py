@@ -49,6 +49,7 @@ RECURRENT = ["simple_rnn", "lstm", "gru", "conv_lstm", "bilstm"]
     + [(name, {"stem_filters": [8, 8], "stem_kernel": 3}) for name in [*RECURRENT[:3], "bilstm", "transformer"]]
     + [(name, {"bidirectional": True, "pooling": "mean"}) for name in ["simple_rnn", "lstm", "gru", "conv_lstm"]]
     + [("wavenet", {"gated": True}), ("wavenet", {"norm": True}), ("wavenet", {"gated": True, "norm": True})]
+    + [("wavenet", {"gated": True, "positions": True, "halve_after": 1, "pooling": p}) for p in ("mean", "mean_max")]
     + [("transformer", {"norm_first": True}), ("transformer", {"stem_dilations": [1, 2, 4], "norm_first": True})]
     + [("simple_rnn", {"activation": "relu", "bidirectional": True, "pooling": "mean", "positions": True})]
     + [(name, {"raster_size": 12, "raster_filters": 2}) for name in ARCHITECTURES],
@@ -152,10 +153,34 @@ def test_gated_wavenet_blocks_are_tanh_times_sigmoid_then_a_1x1_convolution():
     assert gated.count_params() > plain.count_params()
 
 
+def test_halving_averages_each_pair_of_real_steps_and_keeps_a_step_when_either_is_real():
+    from pipeline.models import _halve
+
+    x = np.arange(1, 8, dtype="float32").reshape(1, 7, 1) * np.ones((1, 1, 2), "float32")  # steps 1..7
+    mask = np.array([[True, True, True, True, True, False, False]])  # 5 real steps, 2 padded
+    halved, steps = _halve(keras.ops.convert_to_tensor(x), keras.ops.convert_to_tensor(mask))
+    # pairs (1, 2), (3, 4), (5, padding), (padding): the padded step weighs nothing
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(halved)[0, :, 0], [1.5, 3.5, 5.0, 0.0])
+    assert keras.ops.convert_to_numpy(steps).tolist() == [[True, True, True, False]]
+
+
+def test_a_halved_wavenet_runs_its_later_blocks_on_half_the_steps():
+    model = build_model("wavenet", 3, {"filters": 8, "dilation_rates": [1, 1, 2], "gated": True, "halve_after": 1})
+    pools = [layer for layer in model.layers if isinstance(layer, keras.layers.AveragePooling1D)]
+    assert len(pools) == 2  # the steps and their real share
+    gates = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv1D) and layer.kernel_size[0] == 2]
+    probe = keras.Model(model.input, [gate.output for gate in gates])
+    steps = probe(pad_batch(_sketches(np.random.default_rng(1), 2), 9))
+    assert [tuple(s.shape[:2]) for s in steps] == [(2, 9), (2, 9), (2, 5), (2, 5), (2, 5), (2, 5)]
+    with pytest.raises(ValueError, match="halve_after 3 must be 0"):
+        build_model("wavenet", 3, {"dilation_rates": [1, 1, 2], "halve_after": 3})
+
+
 @pytest.mark.parametrize(
     ("name", "extra"),
     [
         ("wavenet", {"gated": True, "norm": True, "positions": True}),
+        ("wavenet", {"gated": True, "positions": True, "halve_after": 1, "raster_size": 8, "raster_filters": 2}),
         ("transformer", {"stem_dilations": [1, 2], "norm_first": True, "positions": True}),
         ("simple_rnn", {"activation": "relu", "bidirectional": True, "pooling": "mean"}),
         ("wavenet", {"gated": True, "positions": True, "raster_size": 16, "raster_filters": 2}),

@@ -302,13 +302,20 @@ def _halve(x, mask):
     step whatever the padding, and padded steps weigh nothing, so padding still changes nothing."""
     weights = ops.expand_dims(ops.cast(mask, x.dtype), -1)
     pairs = dict(pool_size=2, strides=2, padding="same")  # an odd last step is a pair of its own
-    ink = layers.AveragePooling1D(**pairs)(x * weights)
+    real = layers.AveragePooling1D(**pairs)(x * weights)
     share = layers.AveragePooling1D(**pairs)(weights)  # the real steps' share of each pair: 0, 0.5 or 1
-    return ink / ops.maximum(share, 1e-6), ops.squeeze(share, -1) > 0.0
+    return real / ops.maximum(share, 1e-6), ops.squeeze(share, -1) > 0.0
 
 
 def _dilated_stack(
-    x, mask, filters: int, kernel_size: int, dilation_rates, gated: bool = False, norm: bool = False, halve_after=0
+    x,
+    mask,
+    filters: int,
+    kernel_size: int,
+    dilation_rates,
+    gated: bool = False,
+    norm: bool = False,
+    halve_after: int = 0,
 ):
     """Return ``x`` through WaveNet's residual blocks, and the mask of its steps: a 1x1 projection to
     ``filters``, then per dilation rate a causal dilated ``Conv1D`` added to its input. The block's

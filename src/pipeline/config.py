@@ -311,12 +311,12 @@ def _check_models(models: Mapping[str, Any]) -> None:
             if name in _MODEL_FLAGS and not isinstance(value, bool):
                 raise ConfigError("models", f"{where}: expected true or false, got {value!r}")
             _check_model_value(architecture, name, value)
-        if architecture == "wavenet" and params.get("halve_after"):  # the builder's 8 blocks if not given
+        halve_after = params.get("halve_after") if architecture == "wavenet" else None
+        if halve_after:  # the builder's 8 blocks if dilation_rates is not given
             blocks = len(params.get("dilation_rates", WAVENET_DEFAULT_BLOCKS))
-            if params["halve_after"] >= blocks:
-                raise ConfigError(
-                    "models", f"wavenet.halve_after: {params['halve_after']} leaves no block after it (of {blocks})"
-                )
+            last = halve_after if isinstance(halve_after, int) else max(halve_after)
+            if last >= blocks:
+                raise ConfigError("models", f"wavenet.halve_after: {last} leaves no block after it (of {blocks})")
         if architecture == "transformer":  # the builder's defaults where a value is not given
             dim = params.get("dim", TRANSFORMER_DEFAULTS["dim"])
             heads = params.get("heads", TRANSFORMER_DEFAULTS["heads"])
@@ -341,9 +341,14 @@ def _check_model_value(architecture: str, name: str, value: Any) -> None:
         if not isinstance(value, int) or isinstance(value, bool) or (value and value < MIN_RASTER_SIZE):
             expected = f"0 (no picture) or a side of at least {MIN_RASTER_SIZE} pixels"
             raise ConfigError("models", f"{where}: expected {expected}, got {value!r}")
-    elif name == "halve_after":
-        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-            raise ConfigError("models", f"{where}: expected 0 (never) or a number of blocks, got {value!r}")
+    elif name == "halve_after":  # a number of blocks (0: never), or a list of them (one halving each)
+        if isinstance(value, list | tuple):
+            if not all(_whole(v) for v in value) or len(set(value)) != len(value):
+                expected = "a list of different numbers of blocks, each at least 1"
+                raise ConfigError("models", f"{where}: expected {expected}, got {value!r}")
+        elif not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            expected = "0 (never), a number of blocks or a list of them"
+            raise ConfigError("models", f"{where}: expected {expected}, got {value!r}")
     elif name in _MODEL_SIZES or name == "filters":
         if not _whole(value):
             raise ConfigError("models", f"{where}: expected a whole number of at least 1, got {value!r}")

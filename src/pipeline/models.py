@@ -10,7 +10,7 @@ padding never changes a prediction.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import keras
@@ -296,6 +296,16 @@ def build_conv_lstm(
     return _classifier(inputs, x, num_classes, dropout, "conv_lstm", mask, raster_size, raster_filters)
 
 
+def halvings_of(halve_after: int | Sequence[int]) -> tuple[int, ...]:
+    """Return wavenet's ``halve_after`` as the sorted numbers of blocks after which it halves its steps:
+    a single number ``N`` (the setting's older form) is ``(N,)`` and 0 is none."""
+    if isinstance(halve_after, int):
+        return (halve_after,) if halve_after else ()
+    if len(set(halve_after)) != len(halve_after):
+        raise ValueError(f"halve_after {list(halve_after)}: a block is named twice")
+    return tuple(sorted(halve_after))
+
+
 def _halve(x, mask):
     """Return ``x`` at half its length, and its mask: each two steps (0-1, 2-3, ...) become their mean
     over the real steps among them (a step is real when either was). The pairs start at the first
@@ -315,18 +325,19 @@ def _dilated_stack(
     dilation_rates,
     gated: bool = False,
     norm: bool = False,
-    halve_after: int = 0,
+    halve_after: Sequence[int] = (),
 ):
     """Return ``x`` through WaveNet's residual blocks, and the mask of its steps: a 1x1 projection to
     ``filters``, then per dilation rate a causal dilated ``Conv1D`` added to its input. The block's
     activation is a ReLU, or with ``gated`` WaveNet's gate (``tanh(conv) * sigmoid(conv)``) followed by
     a 1x1 convolution; ``norm`` layer-normalises each step after every block. Padded steps are zeroed
-    after each block. ``halve_after`` (0: never) halves the sequence after that many blocks
-    (:func:`_halve`): the blocks after it run on half as many steps, their dilation rates counted in
-    those steps, so ``[1, 1, 2]`` halved after one block sees as far back as ``[1, 2, 4]``."""
+    after each block. ``halve_after`` lists the numbers of blocks after which the sequence is halved
+    (:func:`_halve`): the blocks after a halving run on half as many steps, their dilation rates counted
+    in those steps, so ``[1, 1, 2]`` halved after one block sees as far back as ``[1, 2, 4]``, and
+    ``[1, 1, 1]`` halved after one and after two as far back as ``[1, 2, 4]`` too."""
     x = _zero_padding(layers.Conv1D(filters, 1)(x), mask)
     for block, rate in enumerate(dilation_rates):
-        if halve_after and block == halve_after:
+        if block in halve_after:
             x, mask = _halve(x, mask)
         conv = dict(padding="causal", dilation_rate=rate)
         if gated:
@@ -358,14 +369,18 @@ def build_wavenet(
     norm: bool = False,
     raster_size: int = 0,
     raster_filters: int = 16,
-    halve_after: int = 0,
+    halve_after: int | Sequence[int] = (),
 ) -> keras.Model:
     """Return stacked dilated causal Conv1D layers with residual connections and masked pooling (``mean``
-    or ``mean_max``); ``gated``, ``norm`` and ``halve_after`` as in :func:`_dilated_stack`."""
-    if not 0 <= halve_after < len(dilation_rates):
-        raise ValueError(f"halve_after {halve_after} must be 0 (never) or below the {len(dilation_rates)} blocks")
+    or ``mean_max``); ``gated``, ``norm`` and ``halve_after`` as in :func:`_dilated_stack` (a single
+    number ``N`` is ``[N]``, and 0 is ``[]``: never)."""
+    halvings = halvings_of(halve_after)
+    if halvings and not all(0 < after < len(dilation_rates) for after in halvings):
+        raise ValueError(
+            f"halve_after {list(halvings)}: each must be above 0 and below the {len(dilation_rates)} blocks"
+        )
     inputs, x, mask = _inputs_and_mask(positions)
-    x, steps = _dilated_stack(x, mask, filters, kernel_size, dilation_rates, gated, norm, halve_after)
+    x, steps = _dilated_stack(x, mask, filters, kernel_size, dilation_rates, gated, norm, halvings)
     pooled = _pool(x, steps, pooling)
     return _classifier(inputs, pooled, num_classes, dropout, "wavenet", mask, raster_size, raster_filters)
 

@@ -66,7 +66,9 @@ MODEL_SPACE: dict[str, dict[str, tuple]] = {
         "pooling": ("categorical", ("mean", "mean_max")),
         "gated": ("categorical", (False, True)),
         "norm": ("categorical", (False, True)),
-        "halve_after": ("categorical", (0, 1)),  # 1: the blocks after the first run on half the steps
+        # the blocks after which the steps are halved: none, the first (later blocks on half the steps),
+        # the first and the second (the third block on, on a quarter)
+        "halve_after": ("categorical", ("none", "1", "1-2")),
     },
     "transformer": {
         "dim": ("categorical", (32, 64, 96)),
@@ -82,6 +84,7 @@ _LIST_CHOICES = {
     "model_stem": "stem_filters",
     "model_stem_dilations": "stem_dilations",
     "model_dilation_rates": "dilation_rates",
+    "model_halve_after": "halve_after",
 }
 _MODEL_COMMON = {
     "dropout": ("float", 0.0, 0.5, False),

@@ -1,5 +1,7 @@
 """Model tests: every registered architecture is sequence-to-vector and blind to padding."""
 
+import re
+
 import keras
 import numpy as np
 import pytest
@@ -50,6 +52,7 @@ RECURRENT = ["simple_rnn", "lstm", "gru", "conv_lstm", "bilstm"]
     + [(name, {"bidirectional": True, "pooling": "mean"}) for name in ["simple_rnn", "lstm", "gru", "conv_lstm"]]
     + [("wavenet", {"gated": True}), ("wavenet", {"norm": True}), ("wavenet", {"gated": True, "norm": True})]
     + [("wavenet", {"gated": True, "positions": True, "halve_after": 1, "pooling": p}) for p in ("mean", "mean_max")]
+    + [("wavenet", {"dilation_rates": [1, 1, 1], "positions": True, "halve_after": [1, 2], "pooling": "mean_max"})]
     + [("transformer", {"norm_first": True}), ("transformer", {"stem_dilations": [1, 2, 4], "norm_first": True})]
     + [("simple_rnn", {"activation": "relu", "bidirectional": True, "pooling": "mean", "positions": True})]
     + [(name, {"raster_size": 12, "raster_filters": 2}) for name in ARCHITECTURES],
@@ -172,8 +175,24 @@ def test_a_halved_wavenet_runs_its_later_blocks_on_half_the_steps():
     probe = keras.Model(model.input, [gate.output for gate in gates])
     steps = probe(pad_batch(_sketches(np.random.default_rng(1), 2), 9))
     assert [tuple(s.shape[:2]) for s in steps] == [(2, 9), (2, 9), (2, 5), (2, 5), (2, 5), (2, 5)]
-    with pytest.raises(ValueError, match="halve_after 3 must be 0"):
+    with pytest.raises(ValueError, match=re.escape("halve_after [3]: each must be above 0 and below the 3 blocks")):
         build_model("wavenet", 3, {"dilation_rates": [1, 1, 2], "halve_after": 3})
+
+
+def test_a_wavenet_halved_twice_runs_each_block_on_its_own_share_of_the_steps():
+    # halved after the first block and after the second, in either order: 9 steps, then 5, then 3
+    for halve_after in ([1, 2], [2, 1]):
+        model = build_model("wavenet", 3, {"filters": 8, "dilation_rates": [1, 1, 1], "halve_after": halve_after})
+        blocks = [
+            layer for layer in model.layers if isinstance(layer, keras.layers.Conv1D) and layer.kernel_size[0] == 2
+        ]
+        probe = keras.Model(model.input, [block.output for block in blocks])
+        steps = probe(pad_batch(_sketches(np.random.default_rng(1), 2), 9))
+        assert [tuple(s.shape[:2]) for s in steps] == [(2, 9), (2, 5), (2, 3)]
+    with pytest.raises(ValueError, match=re.escape("halve_after [1, 1]: a block is named twice")):
+        build_model("wavenet", 3, {"dilation_rates": [1, 1, 1], "halve_after": [1, 1]})
+    with pytest.raises(ValueError, match=re.escape("halve_after [1, 3]: each must be above 0 and below the 3")):
+        build_model("wavenet", 3, {"dilation_rates": [1, 1, 1], "halve_after": [3, 1]})
 
 
 @pytest.mark.parametrize(
@@ -181,6 +200,7 @@ def test_a_halved_wavenet_runs_its_later_blocks_on_half_the_steps():
     [
         ("wavenet", {"gated": True, "norm": True, "positions": True}),
         ("wavenet", {"gated": True, "positions": True, "halve_after": 1, "raster_size": 8, "raster_filters": 2}),
+        ("wavenet", {"dilation_rates": [1, 1, 1], "gated": True, "halve_after": [1, 2], "raster_size": 14}),
         ("transformer", {"stem_dilations": [1, 2], "norm_first": True, "positions": True}),
         ("simple_rnn", {"activation": "relu", "bidirectional": True, "pooling": "mean"}),
         ("wavenet", {"gated": True, "positions": True, "raster_size": 16, "raster_filters": 2}),

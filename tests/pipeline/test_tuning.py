@@ -111,3 +111,6 @@ def test_a_drawn_stem_becomes_the_models_stem_filters():
     wavenet = tuning.settings_of({"model_dilation_rates": "1-2-4-8-16", "ema_momentum": 0.99}, settings, "wavenet")
     assert wavenet.models["wavenet"]["dilation_rates"] == [1, 2, 4, 8, 16] and wavenet.ema_momentum == 0.99
     assert wavenet.architectures == ("wavenet",)
+    for drawn, halvings in (("none", []), ("1", [1]), ("1-2", [1, 2])):
+        halved = tuning.settings_of({"model_halve_after": drawn}, settings, "wavenet").models["wavenet"]
+        assert halved["halve_after"] == halvings

@@ -152,8 +152,8 @@ def test_the_real_data_profile_trains_on_real_drawings(tmp_path):
     params = run.data.params
     assert params["label_smoothing"] == "0.1" and params["model_positions"] == "True"
     assert params["model_gated"] == "True" and params["steps_per_execution"] == "8"
-    assert params["model_dilation_rates"] == "[1, 1, 2]" and params["model_halve_after"] == "1"
-    assert params["model_raster_size"] == "16"
+    assert params["model_dilation_rates"] == "[1, 1, 1]" and params["model_halve_after"] == "[1, 2]"
+    assert params["model_raster_size"] == "14"
     assert params["model_raster_filters"] == "24"
     assert params["early_stopping_patience"] == "6" and params["lr_patience"] == "2"
     assert params["augment_rotation"] == "10.0" or params["augment_rotation"] == "10"

@@ -296,7 +296,7 @@ def build_conv_lstm(
     return _classifier(inputs, x, num_classes, dropout, "conv_lstm", mask, raster_size, raster_filters)
 
 
-def halvings_of(halve_after: int | Sequence[int]) -> tuple[int, ...]:
+def _halvings(halve_after: int | Sequence[int]) -> tuple[int, ...]:
     """Return wavenet's ``halve_after`` as the sorted numbers of blocks after which it halves its steps:
     a single number ``N`` (the setting's older form) is ``(N,)`` and 0 is none."""
     if isinstance(halve_after, int):
@@ -374,7 +374,7 @@ def build_wavenet(
     """Return stacked dilated causal Conv1D layers with residual connections and masked pooling (``mean``
     or ``mean_max``); ``gated``, ``norm`` and ``halve_after`` as in :func:`_dilated_stack` (a single
     number ``N`` is ``[N]``, and 0 is ``[]``: never)."""
-    halvings = halvings_of(halve_after)
+    halvings = _halvings(halve_after)
     if halvings and not all(0 < after < len(dilation_rates) for after in halvings):
         raise ValueError(
             f"halve_after {list(halvings)}: each must be above 0 and below the {len(dilation_rates)} blocks"

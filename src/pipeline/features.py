@@ -185,10 +185,11 @@ def make_dataset(
     paired evaluation). With ``shuffle``, every epoch draws a new permutation of the whole split (seeded
     by ``seed`` and the epoch) before bucketing, and the batches come out in random order.
 
-    The batches are made in blocks of :data:`BATCHES_PER_BLOCK`: numpy gathers a block's sketches from
-    the memory-mapped flat arrays in one fancy index (on a background thread, while the model trains),
-    and TensorFlow cuts the block into ragged batches and pads each one (``RaggedTensor.to_tensor``), so
-    Python runs once per block, not once per batch or sketch.
+    The batches are made in blocks (a few batches first, then up to :data:`BATCHES_PER_BLOCK`: see
+    :func:`_blocks`): numpy gathers a block's sketches from the memory-mapped flat arrays in one fancy
+    index (on a background thread, while the model trains), and TensorFlow cuts the block into ragged
+    batches and pads each one (``RaggedTensor.to_tensor``), so Python runs once per block, not once per
+    batch or sketch.
     """
     import tensorflow as tf
 
@@ -223,6 +224,7 @@ def make_dataset(
 
 
 BATCHES_PER_BLOCK = 64
+FIRST_BLOCK_BATCHES = 4  # an epoch's first block: training waits for it (64 batches: ~0.1 s of ~1 s)
 PADDING_THREADS = 2  # batches padded at once (cheap: a block's numpy work dominates the input side)
 PREFETCH_BATCHES = 16  # padded batches held ready (the next block is made while they train)
 
@@ -403,8 +405,8 @@ class BlockBatches:
         epoch, self._epochs = self._epochs, self._epochs + 1
         batches = self.batch_indices(epoch)
         rng = np.random.default_rng([self.seed, epoch, 1])  # the augmentation's own stream
-        for first in range(0, len(batches), BATCHES_PER_BLOCK):
-            group = batches[first : first + BATCHES_PER_BLOCK]
+        for first, stop in _blocks(len(batches)):
+            group = batches[first:stop]
             order = np.concatenate(group)
             lengths = self.lengths[order]
             rows = gather_rows(self.strokes, self.offsets[order], lengths)
@@ -412,6 +414,17 @@ class BlockBatches:
                 rows, lengths = augment_rows(rows, lengths, self.augmentation, rng)
             sizes = np.fromiter(map(len, group), dtype=np.int64, count=len(group))
             yield rows, lengths, self.labels[order], sizes
+
+
+def _blocks(num_batches: int) -> list[tuple[int, int]]:
+    """Return the (first, stop) batch numbers of an epoch's blocks: :data:`FIRST_BLOCK_BATCHES`, then each
+    block twice the one before, up to :data:`BATCHES_PER_BLOCK`. Training waits for an epoch's first
+    block, so it is small; the later ones are made while the batches before them train."""
+    bounds, first, size = [], 0, FIRST_BLOCK_BATCHES
+    while first < num_batches:
+        bounds.append((first, min(first + size, num_batches)))
+        first, size = first + size, min(2 * size, BATCHES_PER_BLOCK)
+    return bounds
 
 
 BUCKET_WIDTH = 20  # steps per length bucket (fixed buckets beat length-sorted batches on real drawings)

@@ -16,7 +16,8 @@ peak RSS reported is that stage's own (imports included) and the time is the sta
 Expectations over the per-sketch table in chunks, duplicate ids over the whole dataset), preprocess
 (normalising scale, normalise and crop, flat feature arrays).
 
-Input pipeline: the first ``--input-sketches`` training sketches of the first size, as our features
+Input pipeline: the first ``--input-sketches`` training sketches of the first size (all of its
+training split where that holds fewer), as our features
 (``make_dataset``: whole-split shuffle, length buckets, padded batches) and as tutorial-format
 TFRecord shards read by the book's pipeline (Geron, Hands-On Machine Learning, chapter 16 exercise:
 ``TFRecordDataset`` -> shuffle -> ``batch`` -> ``parse_example`` -> ``sparse.to_dense`` -> ``reshape``,
@@ -219,7 +220,11 @@ def _input(work: Path, count: int, batch_size: int, repeats: int) -> dict:
 
     from pipeline.features import make_dataset
 
+    import numpy as np
+
     features = Path(json.loads((work / "state.json").read_text())["features"])
+    # the training split is about 70% of the first size: ask for more and the comparison takes them all
+    count = min(count, len(np.load(features / "train" / "labels.npy", mmap_mode="r")))
     subset = _subset_features(features, count, work / "input" / "ours")
     shards = _book_shards(subset, work / "input" / "book")
 

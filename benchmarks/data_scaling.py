@@ -216,11 +216,10 @@ def _input(work: Path, count: int, batch_size: int, repeats: int) -> dict:
     from pipeline.config import configure_runtime
 
     configure_runtime()
+    import numpy as np
     import tensorflow as tf  # noqa: F401
 
     from pipeline.features import make_dataset
-
-    import numpy as np
 
     features = Path(json.loads((work / "state.json").read_text())["features"])
     # the training split is about 70% of the first size: ask for more and the comparison takes them all

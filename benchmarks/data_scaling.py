@@ -222,7 +222,7 @@ def _input(work: Path, count: int, batch_size: int, repeats: int) -> dict:
     from pipeline.features import make_dataset
 
     features = Path(json.loads((work / "state.json").read_text())["features"])
-    # the training split is about 70% of the first size: ask for more and the comparison takes them all
+    # the training split is only part of the first size: asked for more, the comparison takes all of it
     count = min(count, len(np.load(features / "train" / "labels.npy", mmap_mode="r")))
     subset = _subset_features(features, count, work / "input" / "ours")
     shards = _book_shards(subset, work / "input" / "book")

@@ -18,6 +18,7 @@ steps whose three features are all zero.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from pathlib import Path
 
@@ -196,15 +197,9 @@ def make_dataset(
     batches = BlockBatches(Path(features_dir), split, batch_size, shuffle, seed, bucket_boundaries, augmentation)
 
     def to_batches(rows, lengths, labels, sizes):
-        # validate=False: the blocks are checked in numpy (BlockBatches.blocks); the checks' ops made the
-        # function 4x larger, and tf.data builds it again for every iterator, i.e. every epoch (~33 ms)
-        sketches = tf.RaggedTensor.from_row_lengths(rows, lengths, validate=False)
-        return tf.data.Dataset.from_tensor_slices(
-            (
-                tf.RaggedTensor.from_row_lengths(sketches, sizes, validate=False),
-                tf.RaggedTensor.from_row_lengths(labels, sizes, validate=False),
-            )
-        )
+        cut = functools.partial(tf.RaggedTensor.from_row_lengths, validate=RAGGED_CHECKS)
+        sketches = cut(rows, lengths)
+        return tf.data.Dataset.from_tensor_slices((cut(sketches, sizes), cut(labels, sizes)))
 
     dataset = tf.data.Dataset.from_generator(
         batches.blocks,
@@ -228,8 +223,12 @@ def make_dataset(
     return dataset.with_options(options)
 
 
+# TensorFlow's own checks of the cuts: off, because BlockBatches.blocks checks each block in numpy, and the
+# checks' ops made the cutting function 4x larger, which tf.data builds again for every iterator, i.e. at
+# the start of every epoch (~33 ms of ~0.9 s for the real-data wavenet; benchmarks/epoch_start.py)
+RAGGED_CHECKS = False
 BATCHES_PER_BLOCK = 64
-FIRST_BLOCK_BATCHES = 4  # an epoch's first block: training waits for it (64 batches: ~0.1 s of ~1 s)
+FIRST_BLOCK_BATCHES = 4  # an epoch's first block: training waits for it (64 batches: ~40 ms more)
 PADDING_THREADS = 2  # batches padded at once (cheap: a block's numpy work dominates the input side)
 PREFETCH_BATCHES = 16  # padded batches held ready (the next block is made while they train)
 

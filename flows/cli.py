@@ -35,6 +35,9 @@ _SETTING_FLAGS = {
     "architectures": dict(metavar="A,B", help="comma-separated architectures to train"),
     "epochs": dict(metavar="N", type=int, help="training epochs per architecture"),
     "tracking_uri": dict(metavar="URI", help="MLflow tracking URI (default: SQLite store under mlflow/)"),
+    "registered_model_name": dict(
+        metavar="NAME", help="the registered model that versions go to (one per set of classes)"
+    ),
     "task_runner": dict(metavar="NAME", help="thread (default), dask or ray"),
     "progress": dict(metavar="MODE", help="progress bars: auto (when stderr is a terminal; default), on, off"),
 }
@@ -76,6 +79,17 @@ def _version_number(text: str) -> str:
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"a version is a whole number from 1 (got {text!r})")
     return str(int(text))
+
+
+def _non_negative(text: str) -> float:
+    """Return a number of seconds or milliseconds given on the command line (0 or more)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number of 0 or more (got {text!r})")
+    return value
 
 
 def _positive(text: str) -> int:
@@ -193,10 +207,15 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--model-uri", metavar="URI", help="default: models:/<registered name>@champion")
     predict.add_argument("--tracking-uri", dest="tracking_uri", metavar="URI", help="MLflow tracking URI")
     predict.add_argument(
+        "--format", dest="output_format", choices=["text", "json", "csv"], default="text",
+        help="text (default), json (an object per line) or csv",
+    )  # fmt: skip
+    predict.add_argument(
         "files",
         nargs="+",
         metavar="FILE",
-        help=".npz (sketch-rnn), .ndjson (Quick, Draw!), .json stroke-3, or - for stdin",
+        help=".npz (sketch-rnn), .ndjson (Quick, Draw!), .json (stroke-3 or a request body), a folder of them, "
+        "or - for stdin",
     )
 
     promote = commands.add_parser("promote", help="move the champion alias by hand")
@@ -211,12 +230,27 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--cron", required=True, type=_cron, metavar="EXPR", help='cron schedule, e.g. "0 3 * * *"')
 
     serve_model = commands.add_parser(
-        "serve-model", help="serve the champion (or --model-uri) over HTTP on 127.0.0.1: sketches in, class names out"
+        "serve-model",
+        help="serve the champion (or --model-uri) over HTTP: MLflow's /invocations, batched, following the alias",
     )
     serve_model.add_argument("--config", metavar="FILE", help="YAML settings file")
     serve_model.add_argument("--tracking-uri", dest="tracking_uri", metavar="URI", help="MLflow tracking URI")
-    serve_model.add_argument("--model-uri", metavar="URI", help="e.g. models:/NAME/3 (default: NAME@champion)")
+    serve_model.add_argument(
+        "--model-uri", metavar="URI", help="e.g. models:/NAME@challenger or models:/NAME/3 (default: NAME@champion)"
+    )
+    serve_model.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     serve_model.add_argument("--port", type=_port, default=5001, help="port (default 5001)")
+    serve_model.add_argument(
+        "--poll-seconds", type=_non_negative, default=5.0, metavar="S",
+        help="how often an alias is looked up; a moved alias is loaded and swapped in (default 5; 0: never)",
+    )  # fmt: skip
+    serve_model.add_argument(
+        "--max-batch", type=_positive, default=256, metavar="N", help="sketches per model call (default 256)"
+    )
+    serve_model.add_argument(
+        "--max-wait-ms", type=_non_negative, default=5.0, metavar="MS",
+        help="how long a request waits for others to share its model call (default 5)",
+    )  # fmt: skip
     ui = commands.add_parser("ui", help="the MLflow UI and tracking server on 127.0.0.1 over the configured store")
     ui.add_argument("--config", metavar="FILE", help="YAML settings file")
     ui.add_argument("--tracking-uri", dest="tracking_uri", metavar="URI", help="the store to serve (default mlflow/)")
@@ -240,6 +274,7 @@ def _flow_errors():
     file or download, or data that failed validation (the message names it), 1 for an unreachable store."""
     from pipeline.download import DownloadError
     from pipeline.ingest import ClassSelectionError
+    from pipeline.registry import LabelSpaceError
     from pipeline.strokes import StrokeFormatError
     from pipeline.tracking import TrackingStoreUnavailableError
     from pipeline.validation import DataValidationError
@@ -248,7 +283,7 @@ def _flow_errors():
         yield
     except ClassSelectionError as exc:
         _fail(f"--{exc.field.replace('_', '-')}: {exc}")
-    except (StrokeFormatError, DownloadError) as exc:  # the message names the file or class and URL
+    except (StrokeFormatError, DownloadError, LabelSpaceError) as exc:  # the message names the file, class or setting
         _fail(str(exc))
     except DataValidationError as exc:  # the user's data: it names the main reason, a record and the details' file
         _fail(str(exc))
@@ -413,7 +448,7 @@ def _cmd_download(args: argparse.Namespace) -> None:
 
 def _cmd_predict(args: argparse.Namespace) -> None:
     settings, _ = _settings(args, ["tracking_uri"])
-    from pipeline.serving import load_classifier, read_sketch_files
+    from pipeline.serving import format_predictions, load_classifier, read_sketch_files
     from pipeline.strokes import StrokeFormatError
 
     try:
@@ -435,8 +470,7 @@ def _cmd_predict(args: argparse.Namespace) -> None:
         classifier.check_range(list(sketches.values()), list(sketches))
     except StrokeFormatError as exc:
         _fail(str(exc))
-    for name, top in zip(sketches, classifier.top_k(list(sketches.values()), k=3), strict=True):
-        print(f"{name}: " + ", ".join(f"{label} {p:.3f}" for label, p in top))
+    print(format_predictions(list(sketches), classifier.top_k(list(sketches.values()), k=3), args.output_format))
 
 
 def _fail_without_champion(settings: Settings) -> None:
@@ -460,6 +494,8 @@ def _require_store(settings: Settings) -> None:
         _fail(
             f"--tracking-uri: no tracking store at {uri.removeprefix('sqlite:///')} (train with `sketchpipe run` first)"
         )
+    if not uri.startswith(("http://", "https://")):
+        return  # nothing to ask; and a predict served from the cache need not import MLflow (~2 s)
     from pipeline.tracking import TrackingStoreUnavailableError, check_store
 
     try:
@@ -500,8 +536,6 @@ def _cmd_serve(args: argparse.Namespace) -> None:
 
 
 def _cmd_serve_model(args: argparse.Namespace) -> None:
-    import os
-
     from pipeline.serving import champion_uri
 
     settings, _ = _settings(args, ["tracking_uri"])
@@ -509,19 +543,41 @@ def _cmd_serve_model(args: argparse.Namespace) -> None:
     uri = args.model_uri or champion_uri(settings)
     from pipeline import registry, tracking
 
-    try:  # here, in one line: the scoring server would print MLflow's traceback and exit
+    try:  # here, in one line, before TensorFlow is loaded
         registry.model_source(tracking.client_for(settings.resolved_tracking_uri), uri)
     except Exception as exc:
         if not args.model_uri:
             _fail_without_champion(settings)
         _fail(f"--model-uri: cannot load {uri}: {str(exc).splitlines()[0] if str(exc) else _one_line(exc)}")
-    command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", uri, "--env-manager", "local"]
-    command += ["--host", "127.0.0.1", "--port", str(args.port)]
-    os.environ["MLFLOW_TRACKING_URI"] = settings.resolved_tracking_uri
-    # the scoring server starts uvicorn by name: this environment's bin/ must be on PATH
-    os.environ["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
-    print(f"serving {uri} on http://127.0.0.1:{args.port}/invocations (request format: README, Serving)", flush=True)
-    os.execv(sys.executable, command)
+    _check_can_listen(args.host, args.port)
+    _import_tensorflow_quietly(settings, args, whole_command=False)
+    from pipeline.model_server import ServerOptions, serve
+
+    options = ServerOptions(poll_seconds=args.poll_seconds, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms)
+
+    def ready(model) -> None:
+        version = f" version {model.version}" if model.version else ""
+        print(
+            f"serving {model.name or uri}{version} ({uri}) on http://{args.host}:{args.port}/invocations; "
+            f"GET /model says which version answers",
+            flush=True,
+        )
+
+    serve(settings, uri, options, args.host, args.port, on_ready=ready)
+
+
+def _check_can_listen(host: str, port: int) -> None:
+    """Stop with one line if nothing could listen on ``host:port`` (taken, or not this machine's address),
+    before seconds go into loading the model."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        with socket.socket(infos[0][0], socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(infos[0][4])
+    except OSError as exc:
+        _fail(f"--host/--port: cannot listen on {host}:{port}: {exc.strerror or exc}")
 
 
 def _cmd_ui(args: argparse.Namespace) -> None:

@@ -143,7 +143,7 @@ class Settings:
     # Tracking and registry
     tracking_uri: str | None = None
     experiment_name: str = "sketchpipe"
-    registered_model_name: str = "quickdraw-sketch-classifier"
+    registered_model_name: str = "quickdraw-synthetic"  # one registered model per set of classes
     promotion_margin: float = 0.0  # least accuracy gain over the champion that counts
     promotion_alpha: float = 0.05  # significance level of McNemar's exact test
 

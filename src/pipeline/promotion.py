@@ -13,6 +13,7 @@ import numpy as np
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
+REJECTED = "rejected"  # a verdict, not an alias: the version does not load where serving loads it
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,6 +134,22 @@ class PromotionDecision:
             "promotion_compared_to": self.champion_version or "none",
             "promotion_p_value": "n/a" if self.p_value is None else f"{self.p_value:.4g}",
         }
+
+
+def rejected_decision(
+    candidate_version: str, candidate_accuracy: float, champion_version: str | None, reason: str, test_set: str
+) -> PromotionDecision:
+    """Return the decision for a candidate that cannot be served: no alias moves, and the reason is recorded."""
+    return PromotionDecision(
+        candidate_version=candidate_version,
+        candidate_accuracy=candidate_accuracy,
+        champion_version=champion_version,
+        champion_accuracy=None,
+        p_value=None,
+        alias=REJECTED,
+        reason=reason,
+        test_set=test_set,
+    )
 
 
 def best_candidate(candidates: Sequence):

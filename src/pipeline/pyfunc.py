@@ -34,7 +34,9 @@ def _load_pyfunc(path: str) -> SketchClassifierModel:
 
     root = Path(path) if (Path(path) / "MLmodel").is_file() else Path(path).parent
     metadata = Model.load(str(root / "MLmodel")).metadata or {}
-    return SketchClassifierModel(Classifier.from_metadata(mlflow.keras.load_model(str(root)), metadata))
+    return SketchClassifierModel(
+        Classifier.from_metadata(mlflow.keras.load_model(str(root), load_model_kwargs={"compile": False}), metadata)
+    )
 
 
 class SketchClassifierModel:
@@ -90,3 +92,56 @@ def sketches_of(model_input) -> list[np.ndarray]:
     else:
         items = list(model_input)
     return stroke3_sketches(items)
+
+
+def request_sketches(payload) -> tuple[list, int | None]:
+    """Return the sketches (unchecked: see :func:`sketches_of`) and ``params.k`` of a scoring request body.
+
+    Accepts MLflow's request forms (``dataframe_records``, ``dataframe_split``, ``inputs``, ``instances``)
+    and the short ``{"strokes": [...]}``: one sketch or a list of them.
+
+    Raises:
+        StrokeFormatError: the body has none of these forms, or ``k`` is not a positive whole number.
+    """
+    from pipeline.strokes import StrokeFormatError
+
+    if not isinstance(payload, dict):
+        raise StrokeFormatError("expected a JSON object with dataframe_records, dataframe_split, inputs or strokes")
+    k = (payload.get("params") or {}).get("k") if isinstance(payload.get("params"), dict) else None
+    if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
+        raise StrokeFormatError(f"params.k must be a positive whole number (got {str(k)[:40]!r})")
+    if "dataframe_records" in payload:
+        records = payload["dataframe_records"]
+        if not isinstance(records, list) or not all(isinstance(r, dict) and "strokes" in r for r in records):
+            raise StrokeFormatError('dataframe_records must be a list of {"strokes": [...]} records')
+        items = [record["strokes"] for record in records]
+    elif "dataframe_split" in payload:
+        split = payload["dataframe_split"]
+        columns = split.get("columns") if isinstance(split, dict) else None
+        if not isinstance(columns, list) or "strokes" not in columns or not isinstance(split.get("data"), list):
+            raise StrokeFormatError('dataframe_split must have columns with "strokes" and data rows')
+        column = columns.index("strokes")
+        items = [row[column] if isinstance(row, list) and len(row) > column else None for row in split["data"]]
+    else:
+        key = next((name for name in ("inputs", "instances", "strokes") if name in payload), None)
+        if key is None:
+            raise StrokeFormatError("expected dataframe_records, dataframe_split, inputs, instances or strokes")
+        items = payload[key]
+        if key != "strokes" and isinstance(items, dict):
+            items = items.get("strokes")
+        if _is_one_sketch(items):
+            items = [items]
+    if not isinstance(items, list) or not items:
+        raise StrokeFormatError("the request holds no sketch")
+    return items, k
+
+
+def _is_one_sketch(items) -> bool:
+    """Return whether ``items`` is one stroke-3 sketch (rows of numbers) rather than a list of sketches."""
+    return (
+        isinstance(items, list)
+        and bool(items)
+        and isinstance(items[0], list)
+        and bool(items[0])
+        and not isinstance(items[0][0], list)
+    )

@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import logging
+import os
 import re
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -23,6 +27,15 @@ from mlflow.exceptions import MlflowException
 from pipeline.promotion import CHALLENGER, CHAMPION, PromotionDecision
 
 HISTORY_TAG = "champion_history"  # prefix of one registered-model tag per entry: champion_history/<time>-<id>
+LABEL_SPACE_TAG = "label_space"  # on each version: the fingerprint of its ordered class list (see label_space)
+
+
+class LabelSpaceError(ValueError):
+    """A run's classes differ from those of the registered model's champion (another label space)."""
+
+
+class UnservableModelError(RuntimeError):
+    """A registered version does not load and answer in a fresh process, as serving would load it."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -166,6 +179,87 @@ def log_and_register_model(
         run_id=run_id,
         test_accuracy=float(tags.get("test_accuracy", "nan")),
     )
+
+
+def label_space(classes: list[str]) -> str:
+    """Return the fingerprint of an ordered class list: models whose outputs mean the same classes share it."""
+    return hashlib.sha256("\n".join(classes).encode()).hexdigest()[:16]
+
+
+def version_classes(client: mlflow.MlflowClient, version) -> list[str]:
+    """Return the class names a registered version was logged with (read from its MLmodel file)."""
+    import yaml
+    from mlflow.artifacts import download_artifacts
+
+    source = model_source(client, f"models:/{version.name}/{version.version}")
+    with tempfile.TemporaryDirectory() as tmp:
+        local = download_artifacts(
+            artifact_uri=f"{source.rstrip('/')}/MLmodel", dst_path=tmp, tracking_uri=client.tracking_uri
+        )
+        return list((yaml.safe_load(Path(local).read_text()).get("metadata") or {}).get("classes") or [])
+
+
+def check_label_space(client: mlflow.MlflowClient, name: str, classes: list[str]) -> None:
+    """Raise :class:`LabelSpaceError` if ``name`` has a champion trained on other classes than ``classes``.
+
+    One registered model holds one label space: a model of 345 classes must neither be compared with nor
+    replace the champion of 8 (the gate would re-score the champion on classes it never saw). Versions
+    registered before the ``label_space`` tag existed are read from their MLmodel file.
+    """
+    champion = current_alias(client, name, CHAMPION)
+    if champion is None:
+        return
+    theirs = champion.tags.get(LABEL_SPACE_TAG)
+    champion_classes = None
+    if theirs is None:
+        champion_classes = version_classes(client, champion)
+        theirs = label_space(champion_classes)
+    if theirs == label_space(list(classes)):
+        return
+    count = champion.tags.get("num_classes") or (str(len(champion_classes)) if champion_classes else "other")
+    raise LabelSpaceError(
+        f"registered_model_name: the champion of {name!r} (version {champion.version}) was trained on {count} "
+        f"classes, this run on {len(classes)}{'' if count != str(len(classes)) else ' other ones'}; give this "
+        "label space its own registered_model_name (--registered-model-name, or in --config)"
+    )
+
+
+# What a fresh process runs to prove a version serves: mlflow.pyfunc loads it (importing nothing of the
+# training code) and answers one sketch with a class name.
+_LOAD_CHECK = """
+import sys
+import mlflow.pyfunc
+import pandas as pd
+answer = mlflow.pyfunc.load_model(sys.argv[1]).predict(pd.DataFrame({"strokes": [[[3, 4, 0], [5, -2, 1]]]}))
+assert len(answer) == 1 and isinstance(answer["class"][0], str), answer
+"""
+
+
+def check_loads_in_fresh_process(tracking_uri: str, model_uri: str, timeout: float = 600.0) -> None:
+    """Load ``model_uri`` with ``mlflow.pyfunc.load_model`` in a new Python process and score one sketch.
+
+    A model that loads only where training ran (a custom loss in its saved compile state, say) is not
+    served anywhere else; the promotion gate calls this before a version may become the champion.
+
+    Raises:
+        UnservableModelError: with the last line of the process's error output, or a time-out.
+    """
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    with tempfile.TemporaryDirectory() as tmp:  # its own working folder: nothing of the caller's is found
+        try:
+            done = subprocess.run(
+                [sys.executable, "-c", _LOAD_CHECK, model_uri],
+                cwd=tmp,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+            )
+        except subprocess.TimeoutExpired:
+            raise UnservableModelError(f"{model_uri} did not load within {timeout:.0f} s") from None
+    if done.returncode != 0:
+        lines = [line for line in done.stderr.strip().splitlines() if line.strip()]
+        raise UnservableModelError(f"{model_uri} does not load in a fresh process: {lines[-1] if lines else '?'}")
 
 
 def find_registered_version(client: mlflow.MlflowClient, name: str, run_id: str) -> RegisteredVersion | None:

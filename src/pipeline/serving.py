@@ -107,10 +107,16 @@ def export_model(trained, scale: float):
     """Return the serving model: preprocessing's normalisation followed by the trained network.
 
     It takes raw stroke-3 ``(batch, time, 3)`` float32 with zero-padding, so whoever serves it needs
-    no knowledge of the training set's scale.
+    no knowledge of the training set's scale. A compiled ``trained`` is copied without its compile
+    state first: the loss and optimizer would travel inside the saved file, and a label-smoothed loss
+    (a class of this project) would make it unloadable wherever training was never imported.
     """
     import keras
 
+    if getattr(trained, "compiled", False):
+        weights = trained.get_weights()
+        trained = keras.Model.from_config(trained.get_config())  # clone_model would compile the copy too
+        trained.set_weights(weights)
     inputs = keras.Input(shape=(None, 3), dtype="float32", name="strokes")
     return keras.Model(inputs, trained(normalising_layer(scale)(inputs)), name=f"{trained.name}_serving")
 
@@ -158,7 +164,7 @@ def _classifier_from(local: Path, uri: str) -> Classifier:
     metadata = conf.get("metadata") or {}
     if "classes" not in metadata or "keras" not in conf.get("flavors", {}):
         raise ValueError(f"{uri} was not logged by sketchpipe (no class metadata)")
-    model = keras.saving.load_model(local / conf["flavors"]["keras"].get("data", "data") / "model.keras")
+    model = keras.saving.load_model(local / conf["flavors"]["keras"].get("data", "data") / "model.keras", compile=False)
     return Classifier.from_metadata(model, metadata)
 
 
@@ -180,13 +186,22 @@ def _store_state(tracking_uri: str) -> list[int] | None:
 
 
 def _parse_json_sketches(text: str, source: str) -> list[np.ndarray]:
-    """Return the sketches in a JSON text: one stroke-3 list of ``[dx, dy, pen]`` rows, or a list of them."""
+    """Return the sketches in a JSON text: one stroke-3 list of ``[dx, dy, pen]`` rows, a list of them, or a
+    scoring request body (``{"strokes": ...}``, ``dataframe_records``, ``inputs``: see :mod:`pipeline.pyfunc`)."""
+    from pipeline.pyfunc import request_sketches
+
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise StrokeFormatError(f"{source}: not JSON ({exc})") from exc
     except RecursionError:
         raise StrokeFormatError(f"{source}: not JSON (nested too deeply)") from None
+    if isinstance(data, dict):
+        try:
+            items, _ = request_sketches(data)
+        except StrokeFormatError as exc:
+            raise StrokeFormatError(f"{source}: {exc}") from None
+        return stroke3_sketches(items, f"{source}: ")
     if not isinstance(data, list) or not data:
         raise StrokeFormatError(f"{source}: expected a stroke-3 list of [dx, dy, pen] rows, or a list of them")
     items = data if isinstance(data[0], list) and data[0] and isinstance(data[0][0], list) else [data]
@@ -228,12 +243,25 @@ def _decode(data: bytes) -> str:
         raise ValueError(f"not UTF-8 (byte {exc.start}: {data[exc.start : exc.start + 4]!r})") from None
 
 
+SKETCH_FILE_SUFFIXES = (".npz", ".ndjson", ".json")
+
+
 def read_sketch_files(paths: list[str]) -> dict[str, np.ndarray]:
     """Return name -> stroke-3 sketch for every sketch in ``.npz`` (sketch-rnn), ``.ndjson`` (Quick, Draw!,
-    simplified or raw) and ``.json`` (stroke-3) files; ``-`` reads JSON from stdin."""
+    simplified or raw) and ``.json`` (stroke-3, or a scoring request body) files; a folder stands for
+    the files of these kinds in it (sorted by name); ``-`` reads JSON from stdin.
+
+    Raises:
+        StrokeFormatError: naming the file (and the line or sketch) that cannot be read.
+    """
     sketches: dict[str, np.ndarray] = {}
     for path in paths:
-        if path.endswith(".ndjson"):
+        if path != "-" and Path(path).is_dir():
+            inside = sorted(str(p) for p in Path(path).iterdir() if p.suffix in SKETCH_FILE_SUFFIXES and p.is_file())
+            if not inside:
+                raise StrokeFormatError(f"{path}: a folder with no {', '.join(SKETCH_FILE_SUFFIXES)} file")
+            sketches.update(read_sketch_files(inside))
+        elif path.endswith(".ndjson"):
             sketches.update(_read_ndjson_sketches(path))
         elif path == "-":
             for i, sketch in enumerate(_parse_json_sketches(sys.stdin.read(), "stdin")):
@@ -251,3 +279,35 @@ def read_sketch_files(paths: list[str]) -> dict[str, np.ndarray]:
             for i, sketch in enumerate(_parse_json_sketches(text, path)):
                 sketches[f"{path}[{i}]"] = sketch
     return sketches
+
+
+def format_predictions(names: list[str], top: list[list[tuple[str, float]]], fmt: str) -> str:
+    """Return ``predict``'s output: ``text`` (a line per sketch), ``json`` (a JSON object per line, with the
+    fields of the served answer and the sketch's name) or ``csv`` (a header, then a row per sketch)."""
+    if fmt == "json":
+        return "\n".join(
+            json.dumps(
+                {
+                    "sketch": name,
+                    "class": ranked[0][0],
+                    "probability": round(ranked[0][1], 6),
+                    "top_classes": [label for label, _ in ranked],
+                    "top_probabilities": [round(p, 6) for _, p in ranked],
+                }
+            )
+            for name, ranked in zip(names, top, strict=True)
+        )
+    if fmt == "csv":
+        import csv
+        import io
+
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        k = max((len(ranked) for ranked in top), default=0)
+        columns = [f"{what}_{rank}" for rank in range(1, k + 1) for what in ("class", "probability")]
+        writer.writerow(["sketch", *columns])
+        for name, ranked in zip(names, top, strict=True):
+            writer.writerow([name, *[v for label, p in ranked for v in (label, f"{p:.6f}")]])
+        return out.getvalue().rstrip("\n")
+    pairs = zip(names, top, strict=True)
+    return "\n".join(f"{name}: " + ", ".join(f"{label} {p:.3f}" for label, p in ranked) for name, ranked in pairs)

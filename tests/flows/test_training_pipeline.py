@@ -107,27 +107,44 @@ def test_resuming_a_finished_run_trains_and_registers_nothing_new(first_result, 
     assert len(client.search_model_versions(f"name = '{settings.registered_model_name}'")) == before
 
 
-def test_cli_trains_on_ndjson_simplified_and_raw_alike(pipeline_setup, tmp_path, capsys):
+def test_cli_trains_on_ndjson_simplified_and_raw_alike(first_result, pipeline_setup, tmp_path, capsys):
+    """Five classes, where the store's champion knows four: the run stops before training with one line
+    naming ``registered_model_name``, and trains under a name of its own."""
     from pipeline.quickdraw_formats import write_ndjson
     from pipeline.synthetic import SHAPES, draw_sketch
 
     settings, config_file = pipeline_setup
+    client = tracking.client_for(settings.resolved_tracking_uri)
+    champion = registry.alias_version(client, settings.registered_model_name, "champion")
+    count = len(client.search_model_versions(f"name = '{settings.registered_model_name}'"))
     rng = np.random.default_rng(0)
     data = tmp_path / "ndjson"
     for index, name in enumerate(list(SHAPES)[:5]):
         raw = index >= 3  # two classes in the raw format, in device coordinates
         sketches = [draw_sketch(name, rng) * (np.array([3, 3, 1]) if raw else 1) for _ in range(70)]
         write_ndjson(data / f"full_{'raw' if raw else 'simplified'}_{name}.ndjson", name, sketches, raw=raw)
-    main(["run", "--config", str(config_file), "--source", "ndjson", "--data-dir", str(data), "--num-classes", "5",
-          "--epochs", "1", "--architectures", "lstm"])  # fmt: skip
+    argv = ["run", "--config", str(config_file), "--source", "ndjson", "--data-dir", str(data), "--num-classes", "5",
+            "--epochs", "1", "--architectures", "lstm"]  # fmt: skip
+    with pytest.raises(SystemExit) as stopped:
+        main(argv)
+    assert stopped.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert error[-1] == (
+        f"sketchpipe: error: registered_model_name: the champion of '{settings.registered_model_name}' (version "
+        f"{champion}) was trained on 4 classes, this run on 5; give this label space its own registered_model_name "
+        "(--registered-model-name, or in --config)"
+    )
+    assert registry.alias_version(client, settings.registered_model_name, "champion") == champion
+    assert len(client.search_model_versions(f"name = '{settings.registered_model_name}'")) == count  # none trained
+
+    main([*argv, "--registered-model-name", "five-shapes"])
     out = capsys.readouterr().out
     assert "dataset: " in out and "(350 sketches, 0 quarantined)" in out
     promoted = next(line for line in out.splitlines() if line.startswith("promoted:"))
-    version = promoted.split(" version ")[1].split()[0]
-    client = tracking.client_for(settings.resolved_tracking_uri)
-    registered = client.get_model_version(settings.registered_model_name, version)
+    assert promoted.startswith("promoted: five-shapes version 1 -> @"), promoted
+    registered = client.get_model_version("five-shapes", "1")
     assert registered.tags["architecture"] == "lstm"
-    classifier = load_classifier(settings, f"models:/{settings.registered_model_name}/{version}")
+    classifier = load_classifier(settings.replace(registered_model_name="five-shapes"), "models:/five-shapes/1")
     assert classifier.classes == sorted(list(SHAPES)[:5])
 
 

@@ -72,7 +72,7 @@ def _promoted_version(stdout: str, store: str) -> str:
     assert alias in ("champion", "challenger") and "no champion yet" in promoted, promoted
     assert "against the majority-class rate" in promoted, promoted
     client = mlflow.MlflowClient(tracking_uri=store, registry_uri=store)
-    assert str(client.get_model_version_by_alias("quickdraw-sketch-classifier", alias).version) == version
+    assert str(client.get_model_version_by_alias("quickdraw-synthetic", alias).version) == version
     return version
 
 
@@ -98,7 +98,7 @@ def test_the_whole_flow_at_345_classes_registers_promotes_and_stays_within_memor
     assert peak_mb < 2000, f"peak RSS {peak_mb:.0f} MB"
 
     client = mlflow.MlflowClient(tracking_uri=store, registry_uri=store)
-    registered = client.get_model_version("quickdraw-sketch-classifier", version)
+    registered = client.get_model_version("quickdraw-synthetic", version)
     run = client.get_run(registered.run_id)
     assert run.data.tags["num_classes"] == "345"
     assert run.data.tags["classes"].startswith("345 classes (all in the dataset/classes.txt artifact)")

@@ -124,3 +124,50 @@ def test_a_candidate_is_judged_by_its_logged_predictions_and_only_the_champion_i
     assert (told.alias, told.candidate_accuracy) == ("champion", 1.0)
     assert told.champion_accuracy == pytest.approx(scored.champion_accuracy)
     assert registry.alias_version(client, name, "champion") == candidate.version
+
+
+@keras.saving.register_keras_serializable(package="tests")
+class _KnownOnlyHere(keras.layers.Layer):
+    """A layer that a fresh process cannot find: what a model trained with a class of its own saves."""
+
+    def call(self, inputs):
+        return inputs
+
+
+def test_a_version_that_does_not_load_in_a_fresh_process_never_becomes_champion(gate):
+    settings, client, register, promote, log_perfect_evaluation = gate
+    inputs = keras.Input((None, 3))
+    model = keras.Model(inputs, _untrained(6)(_KnownOnlyHere()(inputs)))
+    version = register(model, 0.9)
+    log_perfect_evaluation(version)  # the best score there is: only loading can keep it out
+    decision = promote([version])
+    assert decision.alias == "rejected" and not decision.moves_champion
+    assert decision.reason.startswith(f"models:/{settings.registered_model_name}/{version.version} does not load")
+    assert "_KnownOnlyHere" in decision.reason, decision.reason
+    name = settings.registered_model_name
+    assert registry.alias_version(client, name, "champion") is None
+    assert registry.alias_version(client, name, "challenger") is None
+    assert client.get_model_version(name, version.version).tags["promotion_verdict"] == "rejected"
+
+
+@pytest.mark.parametrize("tagged", [True, False], ids=["label-space-tag", "read-from-MLmodel"])
+def test_the_gate_never_compares_across_label_spaces(gate, tiny_features, tagged):
+    settings, client, register, promote, _ = gate
+    name = settings.registered_model_name
+    spec = read_spec(tiny_features)
+    other = ["cat", "dog", "fish", "bird"]  # as many classes as this run's, but others
+    run_id = client.create_run(client.get_experiment_by_name(settings.experiment_name).experiment_id).info.run_id
+    tags = {"architecture": "x", "test_accuracy": "0.9"}
+    if tagged:
+        tags |= {registry.LABEL_SPACE_TAG: registry.label_space(other), "num_classes": "4"}
+    champion = registry.log_and_register_model(
+        client, run_id, export_model(_untrained(7), spec.scale), name,
+        metadata={**model_metadata(spec, settings.max_abs_delta), "classes": other}, tags=tags,
+    )  # fmt: skip
+    registry.set_champion(client, name, champion.version)
+    candidate = register(_untrained(8), 0.5)
+    with pytest.raises(registry.LabelSpaceError, match=r"^registered_model_name: the champion of .* on 4 classes, "):
+        promote([candidate])
+    assert registry.alias_version(client, name, "champion") == champion.version
+    # the same champion classes in the same order are the same label space
+    registry.check_label_space(client, name, other)

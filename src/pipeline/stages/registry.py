@@ -12,7 +12,7 @@ from pipeline.config import Settings
 from pipeline.dataset import open_split, read_info
 from pipeline.evaluation import Evaluation
 from pipeline.features import read_spec, record_indices
-from pipeline.promotion import PromotionDecision, best_candidate, decide_promotion
+from pipeline.promotion import PromotionDecision, best_candidate, decide_promotion, rejected_decision
 from pipeline.report import ArchitectureResult, winner_markdown, write_comparison_csv
 from pipeline.serving import load_classifier, model_metadata
 from pipeline.stages.training import SERVING_MODEL, TEST_PROBABILITIES, ArchitectureRun
@@ -34,6 +34,8 @@ def start_tracking_run(
     """
     tracking.check_store(settings.resolved_tracking_uri)
     client = tracking.client_for(settings.resolved_tracking_uri)
+    # before anything is trained: a run of another label space would be refused by the gate at the end
+    registry.check_label_space(client, settings.registered_model_name, read_spec(features_dir).classes)
     if resume_run_id:
         tracking.reopen_run(client, resume_run_id)
         return resume_run_id
@@ -88,12 +90,14 @@ def register(
     return registry.log_and_register_model(
         client,
         run.run_id,
-        keras.saving.load_model(Path(run.model_path).parent / SERVING_MODEL),  # the model evaluate scored
+        keras.saving.load_model(Path(run.model_path).parent / SERVING_MODEL, compile=False),  # what evaluate scored
         settings.registered_model_name,
         metadata=model_metadata(spec, settings.max_abs_delta),
         tags={
             "architecture": run.architecture,
             "dataset_fingerprint": spec.dataset_fingerprint,
+            registry.LABEL_SPACE_TAG: registry.label_space(spec.classes),
+            "num_classes": str(len(spec.classes)),
             "test_accuracy": f"{evaluation.accuracy:.6f}",
             "test_top3_accuracy": f"{evaluation.top3_accuracy:.6f}",
             "test_macro_f1": f"{evaluation.macro_f1:.6f}",
@@ -113,9 +117,17 @@ def promote(settings: Settings, versions: list[registry.RegisteredVersion], feat
     client = tracking.client_for(settings.resolved_tracking_uri)
     name = settings.registered_model_name
     best = best_candidate(versions)
+    spec = read_spec(features_dir)
+    test_set = f"{spec.dataset_fingerprint[:12]}/test"
+    try:  # outside the lock: a fresh process takes seconds to load TensorFlow
+        registry.check_loads_in_fresh_process(settings.resolved_tracking_uri, f"models:/{name}/{best.version}")
+    except registry.UnservableModelError as exc:
+        decision = rejected_decision(best.version, best.test_accuracy, None, str(exc), test_set)
+        registry.apply_promotion(client, name, decision)
+        return decision
     with registry.alias_lock(settings.resolved_tracking_uri, name):  # read, compare and move as one step
+        registry.check_label_space(client, name, spec.classes)  # the champion may have moved during training
         champion = registry.alias_version(client, name, registry.CHAMPION)
-        spec = read_spec(features_dir)
         correct = None
         test = open_split(spec.dataset_dir, "test")
         indices = record_indices(features_dir, "test")
@@ -143,7 +155,7 @@ def promote(settings: Settings, versions: list[registry.RegisteredVersion], feat
             correct,
             settings.promotion_margin,
             settings.promotion_alpha,
-            test_set=f"{spec.dataset_fingerprint[:12]}/test",
+            test_set=test_set,
             test_labels=test_labels,
         )
         registry.apply_promotion(client, name, decision)

@@ -159,7 +159,9 @@ def evaluate(settings: Settings, run: ArchitectureRun, features_dir: Path) -> Ev
 
     client = tracking.client_for(settings.resolved_tracking_uri)
     spec = read_spec(features_dir)
-    serving = export_model(keras.saving.load_model(run.model_path), spec.scale)
+    # compile=False: the trained network's loss and optimizer stay behind, so the served artifact loads
+    # in a process that never imported training (a label-smoothed loss is a class of this project)
+    serving = export_model(keras.saving.load_model(run.model_path, compile=False), spec.scale)
     serving_path = Path(run.model_path).parent / SERVING_MODEL
     serving.save(serving_path)
     sketches, labels = split_sketches(features_dir, "test")

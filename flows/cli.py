@@ -448,7 +448,7 @@ def _cmd_download(args: argparse.Namespace) -> None:
 
 def _cmd_predict(args: argparse.Namespace) -> None:
     settings, _ = _settings(args, ["tracking_uri"])
-    from pipeline.serving import format_predictions, load_classifier, read_sketch_files
+    from pipeline.serving import format_predictions, lite_cached, load_classifier, read_sketch_files
     from pipeline.strokes import StrokeFormatError
 
     try:
@@ -459,9 +459,10 @@ def _cmd_predict(args: argparse.Namespace) -> None:
         _fail(f"{exc.filename}: {exc.strerror}")
     if not args.model_uri:
         _require_store(settings)
-    _import_tensorflow_quietly(settings, args)
+    if not lite_cached(settings, args.model_uri):  # from the cache, a LiteRT model needs no TensorFlow
+        _import_tensorflow_quietly(settings, args)
     try:
-        classifier = load_classifier(settings, args.model_uri)
+        classifier = load_classifier(settings, args.model_uri, lite=True)
     except Exception as exc:  # an unknown model, alias or store: one line, not a traceback
         if not args.model_uri:
             _fail_without_champion(settings)

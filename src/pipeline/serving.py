@@ -16,6 +16,7 @@ import numpy as np
 from pipeline.config import Settings
 from pipeline.evaluation import compiled_inference
 from pipeline.features import normalising_layer, pad_batch
+from pipeline.files import MAX_SKETCH_FILE_BYTES, check_source_file
 from pipeline.promotion import CHAMPION
 from pipeline.strokes import (
     StrokeFormatError,
@@ -76,10 +77,10 @@ class Classifier:
         if len(sketches) <= batch_size:  # one batch: an eager call costs less than tracing a graph
             return np.asarray(self.model(self._batch(sketches), training=False))
         if self._infer is None:
-            self._infer = compiled_inference(self.model)
+            self._infer = self.model if isinstance(self.model, LiteModel) else compiled_inference(self.model)
         out = []
         for start in range(0, len(sketches), batch_size):
-            out.append(self._infer(self._batch(sketches[start : start + batch_size])).numpy())
+            out.append(np.asarray(self._infer(self._batch(sketches[start : start + batch_size]))))
         return np.concatenate(out) if out else np.zeros((0, len(self.classes)), np.float32)
 
     def _batch(self, sketches: list[np.ndarray]) -> np.ndarray:
@@ -126,33 +127,128 @@ def champion_uri(settings: Settings) -> str:
     return f"models:/{settings.registered_model_name}@{CHAMPION}"
 
 
-def load_classifier(settings: Settings, model_uri: str | None = None) -> Classifier:
+LITE_MODEL = "model.tflite"  # in a serving-cache folder: the model for LiteRT, when it converts
+
+
+class LiteModel:
+    """A serving model converted for LiteRT's interpreter: called like the Keras model (a zero-padded
+    ``(batch, time, 3)`` float32 batch in, probabilities out), without importing TensorFlow."""
+
+    def __init__(self, flatbuffer: bytes):
+        from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+        # without the default XNNPACK delegate: it prints a line to stderr at start, and predict's batches
+        # are small; the same answers to 1e-6
+        self._interpreter = Interpreter(
+            model_content=flatbuffer, experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+        )
+        self._input = self._interpreter.get_input_details()[0]["index"]
+        self._output = self._interpreter.get_output_details()[0]["index"]
+        self._shape: tuple[int, ...] | None = None
+
+    def __call__(self, batch: np.ndarray, training: bool = False) -> np.ndarray:
+        batch = np.ascontiguousarray(batch, dtype=np.float32)
+        if batch.shape != self._shape:
+            self._interpreter.resize_tensor_input(self._input, batch.shape)
+            self._interpreter.allocate_tensors()
+            self._shape = batch.shape
+        self._interpreter.set_tensor(self._input, batch)
+        self._interpreter.invoke()
+        return self._interpreter.get_tensor(self._output).copy()
+
+
+def lite_flatbuffer(model, tolerance: float = 1e-4) -> bytes | None:
+    """Return ``model`` converted for LiteRT with built-in operations only, if it converts and answers as
+    the Keras model does on sketches of three lengths (padding included); else ``None``.
+
+    Convolutional and attention models convert; recurrent layers over a length unknown until a batch
+    arrives need TensorFlow's own list operations, which LiteRT's interpreter does not have.
+    """
+    import contextlib
+    import io
+    import logging
+
+    import tensorflow as tf
+
+    absl = logging.getLogger("absl")
+    level = absl.level
+    absl.setLevel(logging.ERROR)  # the converter's notes on what it froze
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):  # Keras's export prints its signature
+            flatbuffer = tf.lite.TFLiteConverter.from_keras_model(model).convert()
+        rng = np.random.default_rng(0)
+        sketches = [
+            np.column_stack([rng.integers(-20, 20, (n, 2)), (np.arange(n) % 5 == 4) | (np.arange(n) == n - 1)])
+            for n in (3, 17, 40)
+        ]
+        batch = pad_batch([s.astype(np.float32) for s in sketches])
+        if np.abs(LiteModel(flatbuffer)(batch) - np.asarray(model(batch, training=False))).max() > tolerance:
+            return None
+        return flatbuffer
+    except Exception:  # an operation LiteRT lacks: the Keras model serves instead
+        return None
+    finally:
+        absl.setLevel(level)
+
+
+def lite_cached(settings: Settings, model_uri: str | None = None) -> bool:
+    """Return whether :func:`load_classifier` with ``lite=True`` would answer from the cache without
+    importing TensorFlow (a LiteRT model of this URI, from an unchanged store)."""
+    recorded = _cached_stamp(settings, model_uri or champion_uri(settings))
+    return bool(recorded and recorded.get("lite"))
+
+
+def load_classifier(settings: Settings, model_uri: str | None = None, lite: bool = False) -> Classifier:
     """Load a logged model (the champion by default) of the settings' store, with the preprocessing
     metadata logged with it.
 
     The model is downloaded into ``<work_dir>/serving-cache/``; a later load of the same URI from an
     unchanged SQLite store (same size and modification time, write-ahead log included: any alias move
-    or new version changes them) reads it from there without opening the store or importing MLflow,
-    which is most of a one-sketch ``predict``'s time after TensorFlow's import.
+    or new version changes them) reads it from there without opening the store or importing MLflow.
+    With ``lite``, the cache also keeps the model converted for LiteRT when it converts (see
+    :func:`lite_flatbuffer`), and a later load answers with it, without importing TensorFlow: most of
+    a one-sketch ``predict``'s time is TensorFlow's import.
     """
     import shutil
 
     uri = model_uri or champion_uri(settings)
     cache = _cache_dir(settings, uri)
-    state = _store_state(settings.resolved_tracking_uri)
-    stamp = cache / "stamp.json"
-    if state is not None and stamp.is_file():
-        recorded = json.loads(stamp.read_text())
-        if recorded["uri"] == uri and recorded["store"] == state:
-            return _classifier_from(cache / recorded["model"], uri)
+    recorded = _cached_stamp(settings, uri)
+    if recorded is not None:
+        if lite and recorded.get("lite"):
+            return _lite_classifier(cache / recorded["model"], cache / recorded["lite"])
+        return _classifier_from(cache / recorded["model"], uri)
     from pipeline import registry, tracking
 
     shutil.rmtree(cache, ignore_errors=True)
     local = registry.download_model(tracking.client_for(settings.resolved_tracking_uri), uri, cache / "model")
     classifier = _classifier_from(local, uri)
+    flatbuffer = lite_flatbuffer(classifier.model) if lite else None
+    if flatbuffer is not None:
+        (cache / LITE_MODEL).write_bytes(flatbuffer)
+    state = _store_state(settings.resolved_tracking_uri)
     if state is not None:
-        stamp.write_text(json.dumps({"uri": uri, "store": state, "model": str(local.relative_to(cache))}))
+        stamp = {"uri": uri, "store": state, "model": str(local.relative_to(cache))}
+        (cache / "stamp.json").write_text(json.dumps({**stamp, "lite": LITE_MODEL if flatbuffer else None}))
     return classifier
+
+
+def _cached_stamp(settings: Settings, uri: str) -> dict | None:
+    """Return the cache's record of ``uri`` if it is still that of the store as it is now, else ``None``."""
+    state = _store_state(settings.resolved_tracking_uri)
+    stamp = _cache_dir(settings, uri) / "stamp.json"
+    if state is None or not stamp.is_file():
+        return None
+    recorded = json.loads(stamp.read_text())
+    return recorded if recorded["uri"] == uri and recorded["store"] == state else None
+
+
+def _lite_classifier(local: Path, lite: Path) -> Classifier:
+    """Return the classifier of a cached model folder whose network runs on LiteRT."""
+    import yaml
+
+    metadata = yaml.safe_load((local / "MLmodel").read_text()).get("metadata") or {}
+    return Classifier.from_metadata(LiteModel(lite.read_bytes()), metadata)
 
 
 def _classifier_from(local: Path, uri: str) -> Classifier:
@@ -256,16 +352,19 @@ def read_sketch_files(paths: list[str]) -> dict[str, np.ndarray]:
     """
     sketches: dict[str, np.ndarray] = {}
     for path in paths:
-        if path != "-" and Path(path).is_dir():
+        if path == "-":
+            for i, sketch in enumerate(_parse_json_sketches(_read_stdin(), "stdin")):
+                sketches[f"stdin[{i}]"] = sketch
+            continue
+        if Path(path).is_dir():
             inside = sorted(str(p) for p in Path(path).iterdir() if p.suffix in SKETCH_FILE_SUFFIXES and p.is_file())
             if not inside:
                 raise StrokeFormatError(f"{path}: a folder with no {', '.join(SKETCH_FILE_SUFFIXES)} file")
             sketches.update(read_sketch_files(inside))
-        elif path.endswith(".ndjson"):
+            continue
+        check_source_file(Path(path), max_bytes=MAX_SKETCH_FILE_BYTES)  # no FIFO, device or endless read
+        if path.endswith(".ndjson"):
             sketches.update(_read_ndjson_sketches(path))
-        elif path == "-":
-            for i, sketch in enumerate(_parse_json_sketches(sys.stdin.read(), "stdin")):
-                sketches[f"stdin[{i}]"] = sketch
         elif path.endswith(".npz"):
             for split, items in load_sketchrnn_npz(Path(path)).items():
                 for i, sketch in enumerate(items):
@@ -279,6 +378,20 @@ def read_sketch_files(paths: list[str]) -> dict[str, np.ndarray]:
             for i, sketch in enumerate(_parse_json_sketches(text, path)):
                 sketches[f"{path}[{i}]"] = sketch
     return sketches
+
+
+def _read_stdin() -> str:
+    """Return standard input as text, read up to :data:`MAX_SKETCH_FILE_BYTES`."""
+    stream = getattr(sys.stdin, "buffer", sys.stdin)
+    data = stream.read(MAX_SKETCH_FILE_BYTES + 1)
+    if len(data) > MAX_SKETCH_FILE_BYTES:
+        raise StrokeFormatError(f"stdin: over the {MAX_SKETCH_FILE_BYTES / 2**30:g} GiB read whole")
+    if isinstance(data, str):
+        return data
+    try:
+        return _decode(data.removeprefix(codecs.BOM_UTF8))
+    except ValueError as exc:
+        raise StrokeFormatError(f"stdin: {exc}") from exc
 
 
 def format_predictions(names: list[str], top: list[list[tuple[str, float]]], fmt: str) -> str:

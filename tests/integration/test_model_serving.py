@@ -126,10 +126,15 @@ def test_serve_model_bounds_what_it_reads(champion_store, tmp_path):
     server = _serve_model(settings, tmp_path, port)
     url = f"http://127.0.0.1:{port}/invocations"
     try:
-        request = urllib.request.Request(url, b"[" * (9 << 20), {"Content-Type": "application/json"})
-        with pytest.raises(urllib.error.HTTPError) as refused:
-            urllib.request.urlopen(request, timeout=30)
-        assert refused.value.code == 413 and len(refused.value.read()) < 200
+        import http.client
+
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        connection.putrequest("POST", "/invocations")
+        connection.putheader("Content-Length", str(9 << 20))  # announced, never sent: the answer comes first
+        connection.endheaders()
+        answer = connection.getresponse()
+        assert answer.status == 413 and len(answer.read()) < 200
+        connection.close()
         deep = ("[" * 100_000 + "]" * 100_000).encode()
         with pytest.raises(urllib.error.HTTPError) as refused:
             urllib.request.urlopen(urllib.request.Request(url, deep), timeout=30)

@@ -1,6 +1,7 @@
 """``sketchpipe predict`` against a registered champion."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -169,3 +170,55 @@ def test_a_cached_champion_is_used_only_while_the_store_is_unchanged(champion_st
         assert np.allclose(load_classifier(settings).probabilities(sketch), other(pad_batch(sketch)), atol=1e-5)
     finally:
         registry.rollback_champion(client, settings.registered_model_name)  # the module's other tests expect the first
+
+
+def test_a_convolutional_champion_predicts_from_the_cache_without_tensorflow(tmp_path, mlflow_template, tiny_features):
+    """The first predict converts the champion for LiteRT into the cache; the next answers the same
+    in every format without importing TensorFlow."""
+    import shutil
+
+    import keras
+
+    from pipeline import registry, tracking
+    from pipeline.features import read_spec
+    from pipeline.models import build_model
+    from pipeline.serving import export_model, model_metadata
+    from tests.conftest import tiny_settings
+
+    shutil.copy(mlflow_template, tmp_path / "mlflow.db")
+    settings = tiny_settings(tmp_path / "work", tmp_path / "mlflow.db", registered_model_name="conv")
+    client = tracking.client_for(settings.resolved_tracking_uri)
+    experiment_id = tracking.ensure_experiment(client, settings.experiment_name, settings.artifact_location)
+    run_id = tracking.start_parent_run(client, experiment_id, "p", {}, {})
+    spec = read_spec(tiny_features)
+    keras.utils.set_random_seed(3)
+    model = export_model(build_model("wavenet", 4, {"filters": 8, "dilation_rates": [1, 2]}), spec.scale)
+    version = registry.log_and_register_model(client, run_id, model, "conv", model_metadata(spec, 1000.0), {})
+    registry.set_champion(client, "conv", version.version)
+    sketches = [[[12, 3, 0], [5, -8, 0], [-7, 2, 1]], [[1, 1, 1]]]
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "s.json").write_text(json.dumps({"strokes": sketches}))
+    config = _config(settings, tmp_path)
+    argv = ["predict", "--config", config, "--tracking-uri", settings.resolved_tracking_uri, "--format", "json", "in"]
+    first = run_sketchpipe(argv, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-2000:]
+    answers = [json.loads(line) for line in first.stdout.splitlines()]
+    expected = model(pad_batch([np.asarray(s, np.float32) for s in sketches]), training=False).numpy()
+    classes = read_spec(tiny_features).classes
+    assert [a["class"] for a in answers] == [classes[i] for i in expected.argmax(axis=1)]
+    np.testing.assert_allclose([a["probability"] for a in answers], expected.max(axis=1), atol=1e-5)
+    assert list((tmp_path / "data" / "serving-cache").glob("*/model.tflite"))  # work_dir: ./data
+
+    import subprocess
+    import sys
+
+    script = (
+        "import sys\nfrom flows.cli import main\ntry:\n    main(sys.argv[1:])\nfinally:\n"
+        "    print('tensorflow imported:', 'tensorflow' in sys.modules, file=sys.stderr)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "SKETCHPIPE_"))}
+    second = subprocess.run([sys.executable, "-c", script, *argv], cwd=tmp_path, env=env, capture_output=True,
+                            text=True, timeout=300)  # fmt: skip
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert "tensorflow imported: False" in second.stderr
+    assert [json.loads(line) for line in second.stdout.splitlines()] == answers

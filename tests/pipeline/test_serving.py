@@ -153,3 +153,70 @@ def test_a_move_beyond_what_training_allowed_is_refused_by_name_and_row():
         classifier.check_range([fine, fine, far], ["s.json[0]", "s.json[1]", "s.json[2]"])
     # a model logged before the limit was recorded answers as it did
     Classifier.from_metadata(None, {"classes": ["a", "b"], "max_len": 9}).check_range([far])
+
+
+def test_a_convolutional_model_converts_for_litert_and_answers_as_keras_does():
+    import keras
+
+    from pipeline.features import pad_batch
+    from pipeline.models import build_model
+    from pipeline.serving import LiteModel, export_model, lite_flatbuffer
+
+    keras.utils.set_random_seed(0)
+    params = {"filters": 8, "dilation_rates": [1, 1], "halve_after": [1], "positions": True, "raster_size": 8}
+    model = export_model(build_model("wavenet", 5, params), 10.0)
+    flatbuffer = lite_flatbuffer(model)
+    assert flatbuffer is not None
+    lite = LiteModel(flatbuffer)
+    rng = np.random.default_rng(1)
+    sketches = [
+        np.column_stack([rng.integers(-9, 9, (n, 2)), np.arange(n) == n - 1]).astype(np.float32) for n in (2, 9, 31)
+    ]
+    for batch in (pad_batch(sketches), pad_batch(sketches[:1], 50)):  # batch and length change between calls
+        np.testing.assert_allclose(lite(batch), model(batch, training=False), atol=1e-5)
+
+
+def test_a_recurrent_model_does_not_convert_and_keras_serves_it():
+    import keras
+
+    from pipeline.models import build_model
+    from pipeline.serving import export_model, lite_flatbuffer
+
+    keras.utils.set_random_seed(0)
+    assert lite_flatbuffer(export_model(build_model("gru", 3, {"units": 4, "num_layers": 1}), 10.0)) is None
+
+
+def test_predict_formats_hold_the_same_answers():
+    from pipeline.serving import format_predictions
+
+    names = ["a.json[0]", "b.ndjson:3"]
+    top = [[("cat", 0.9), ("dog", 0.06), ("owl", 0.01)], [("owl", 0.5), ("cat", 0.25), ("dog", 0.125)]]
+    assert format_predictions(names, top, "text").splitlines() == [
+        "a.json[0]: cat 0.900, dog 0.060, owl 0.010",
+        "b.ndjson:3: owl 0.500, cat 0.250, dog 0.125",
+    ]
+    rows = [json.loads(line) for line in format_predictions(names, top, "json").splitlines()]
+    assert rows[1] == {"sketch": "b.ndjson:3", "class": "owl", "probability": 0.5,
+                       "top_classes": ["owl", "cat", "dog"], "top_probabilities": [0.5, 0.25, 0.125]}  # fmt: skip
+    import csv
+
+    table = list(csv.DictReader(io.StringIO(format_predictions(names, top, "csv"))))
+    assert [row["class_1"] for row in table] == ["cat", "owl"] and table[1]["probability_3"] == "0.125000"
+
+
+def test_a_folder_and_request_shaped_json_read_like_their_files(tmp_path):
+    one, two = [[1, 2, 0], [3, 4, 1]], [[5, 5, 1]]
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "b.json").write_text(json.dumps({"dataframe_records": [{"strokes": one}, {"strokes": two}]}))
+    (tmp_path / "d" / "a.json").write_text(json.dumps({"strokes": one}))
+    (tmp_path / "d" / "notes.txt").write_text("not a sketch")
+    sketches = read_sketch_files([str(tmp_path / "d")])
+    assert list(sketches) == [f"{tmp_path / 'd' / 'a.json'}[0]", f"{tmp_path / 'd' / 'b.json'}[0]",
+                              f"{tmp_path / 'd' / 'b.json'}[1]"]  # fmt: skip
+    np.testing.assert_array_equal(sketches[f"{tmp_path / 'd' / 'b.json'}[1]"], np.array(two, np.float32))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(StrokeFormatError, match=r"empty: a folder with no \.npz, \.ndjson, \.json file"):
+        read_sketch_files([str(tmp_path / "empty")])
+    (tmp_path / "bad.json").write_text(json.dumps({"rows": one}))
+    with pytest.raises(StrokeFormatError, match=r"bad\.json: expected dataframe_records, dataframe_split"):
+        read_sketch_files([str(tmp_path / "bad.json")])

@@ -32,7 +32,7 @@ from pathlib import Path
 import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks._common import print_table, write_results  # noqa: E402
+from benchmarks._common import print_table, write_results
 
 REPO = Path(__file__).resolve().parents[1]
 REAL = REPO.parent / "shared" / "data" / "quickdraw-raw-345"
@@ -172,6 +172,12 @@ class _Server:
         self.out.close()
 
 
+def _promote(work: Path, env: dict, version: str) -> None:
+    """Move the champion the way a user does: ``sketchpipe promote --version N``."""
+    subprocess.run([sys.executable, "-m", "flows.cli", "promote", "--config", str(work / "serving.yaml"), "--version",
+                    version], cwd=work, env=env, check=True, capture_output=True, timeout=120)  # fmt: skip
+
+
 def _swap(work: Path, env: dict, port: int, bodies: list[bytes], target: str, seconds: float) -> dict:
     """Promote ``target`` while 10 clients load the server; return how long until ``GET /model`` named it."""
     result: dict = {}
@@ -180,8 +186,7 @@ def _swap(work: Path, env: dict, port: int, bodies: list[bytes], target: str, se
     )
     loader.start()
     time.sleep(seconds / 4)
-    subprocess.run([sys.executable, "-m", "flows.cli", "promote", "--version", target], cwd=work, env=env,
-                   check=True, capture_output=True, timeout=120)  # fmt: skip
+    _promote(work, env, target)
     promoted = time.monotonic()
     seen = None
     while time.monotonic() - promoted < 60:
@@ -257,8 +262,7 @@ def main() -> None:
                 print_table([row])
             if server.startswith("sketchpipe"):
                 swap = _swap(args.work, env, port, bodies, other, args.seconds)
-                subprocess.run([sys.executable, "-m", "flows.cli", "promote", "--version", champion],
-                               cwd=args.work, env=env, check=True, capture_output=True, timeout=120)  # fmt: skip
+                _promote(args.work, env, champion)
         finally:
             running.stop()
     limit = _model_limit(uri, bodies)

@@ -70,14 +70,16 @@ def serialized(cached: Task) -> Task:
 
     Two flow runs that reach the task with the same key at the same time do not both compute it;
     the second waits on a lock (files under ``$PREFECT_HOME/locks``, shared by the processes of one
-    machine) and then reads the first one's result. Workers on several machines need a shared lock
+    machine) and then reads the first one's result. A lock whose holder died is free
+    (:class:`~tasks.locks.LiveHolderLockManager`). Workers on several machines need a shared lock
     manager instead (``prefect-redis``'s ``RedisLockManager``).
     """
-    from prefect.locking.filesystem import FileSystemLockManager
     from prefect.settings import PREFECT_HOME
+
+    from tasks.locks import LiveHolderLockManager
 
     policy = cached.cache_policy.configure(
         isolation_level=IsolationLevel.SERIALIZABLE,
-        lock_manager=FileSystemLockManager(lock_files_directory=PREFECT_HOME.value() / "locks"),
+        lock_manager=LiveHolderLockManager(PREFECT_HOME.value() / "locks"),
     )
     return cached.with_options(cache_policy=policy)

@@ -54,10 +54,18 @@ TRANSFORMER_DEFAULTS = {"dim": 64, "heads": 4}  # pipeline.models.build_transfor
 ENV_PREFIX = "SKETCHPIPE_"
 
 
+MAX_MESSAGE_CHARS = 400
+MAX_CONFIG_BYTES = 1 << 20  # a settings file is a few kilobytes
+MAX_CONFIG_VALUES = 100_000  # values in a settings file once its aliases are expanded
+
+
 class ConfigError(ValueError):
     """A setting with a wrong value; ``field`` names it so the CLI can name the flag."""
 
     def __init__(self, field: str, message: str):
+        if len(message) > MAX_MESSAGE_CHARS:  # a value quoted whole could run to megabytes: an excerpt
+            cut = MAX_MESSAGE_CHARS // 2
+            message = f"{message[:cut]} ... ({len(message) - 2 * cut} characters) ... {message[-cut:]}"
         super().__init__(message)
         self.field = field
         self.origin: str | None = None  # where the value came from: "override", "environment" or a file path
@@ -389,6 +397,53 @@ def _coerce(name: str, value: Any) -> Any:
         raise ConfigError(name, f"cannot read {value!r} as {kind}") from exc
 
 
+def _read_yaml(path: Path):
+    """Return a YAML file's content, refusing a file over :data:`MAX_CONFIG_BYTES` and anchors and aliases
+    that would expand past :data:`MAX_CONFIG_VALUES` values (a few hundred bytes of nested aliases can
+    stand for billions), before anything is built from them."""
+    import stat
+
+    if not stat.S_ISREG(path.stat().st_mode):
+        raise ConfigError("config", f"{path} is not a regular file")
+    with open(path, "rb") as handle:
+        data = handle.read(MAX_CONFIG_BYTES + 1)
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError("config", f"{path} is over {MAX_CONFIG_BYTES // 1024} KiB; a settings file is a few")
+    text = data.decode("utf-8")
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except RecursionError:
+        raise ConfigError("config", f"{path} is nested too deeply") from None
+    if node is None:
+        return None
+    if _expanded_values(node) > MAX_CONFIG_VALUES:
+        raise ConfigError(
+            "config", f"{path}: its anchors and aliases expand to over {MAX_CONFIG_VALUES:,} values; not read"
+        )
+    return yaml.SafeLoader(text).construct_document(node)
+
+
+def _expanded_values(root) -> int:
+    """Return how many values a composed YAML node stands for with every alias expanded (counted once per
+    node, however often it is used, so this costs what the file's size does)."""
+    sizes: dict[int, int] = {}
+    stack = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        if id(node) in sizes:
+            continue
+        if isinstance(node, yaml.ScalarNode):
+            sizes[id(node)] = 1
+            continue
+        children = [c for pair in node.value for c in pair] if isinstance(node, yaml.MappingNode) else node.value
+        if children_done:
+            sizes[id(node)] = min(1 + sum(sizes.get(id(c), 0) for c in children), MAX_CONFIG_VALUES + 1)
+        else:
+            stack.append((node, True))
+            stack.extend((c, False) for c in children if id(c) not in sizes)
+    return sizes[id(root)]
+
+
 def load_settings(
     config_file: str | Path | None = None,
     overrides: Mapping[str, Any] | None = None,
@@ -408,11 +463,13 @@ def load_settings(
     values: dict[str, Any] = {}
     origin: dict[str, str] = {}
     path = Path(config_file) if config_file else Path("sketchpipe.yaml")
+    if config_file and path.is_dir():
+        raise ConfigError("config", f"{path} is a folder, not a settings file")
     if config_file and not path.is_file():
         raise ConfigError("config", f"config file {path} does not exist")
     if path.is_file():
         try:
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            loaded = _read_yaml(path) or {}
         except (yaml.YAMLError, UnicodeDecodeError) as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""

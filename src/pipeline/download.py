@@ -13,7 +13,10 @@ the MD5 or CRC32C that the server reports in ``x-goog-hash``), so a file under i
 always whole: such files are never fetched again. An interrupted file resumes with an HTTP Range
 request. Server errors (5xx), timeouts and dropped connections are retried with exponential
 backoff; a missing file (404) or a hash mismatch stops the download with one line naming the class
-and the URL.
+and the URL. Nothing is trusted for long: a file stops at :data:`MAX_FILE_BYTES` of its format and at
+``deadline_seconds`` however the server paces it, and it gets its final name only if it starts as its
+kind must (a zip archive for ``.npz``, a JSON object per line for ``.ndjson``): a server answering 200
+with an HTML page is not kept as ``cat.npz``.
 """
 
 from __future__ import annotations
@@ -42,6 +45,10 @@ FORMATS: dict[str, tuple[str, str]] = {
 SOURCE_FORMATS = {"sketchrnn": "sketchrnn", "ndjson": "simplified"}
 
 _CHUNK = 1 << 16  # what a dropped connection can cost: the chunk being received is lost
+
+# the most one class file of a format may hold: several times the largest official file of it
+MAX_FILE_BYTES = {"sketchrnn": 256 << 20, "sketchrnn-full": 4 << 30, "simplified": 4 << 30, "raw": 16 << 30}
+DEADLINE_SECONDS = 6 * 3600.0  # one file's download, all attempts together
 
 
 class DownloadError(RuntimeError):
@@ -120,15 +127,21 @@ def download_classes(
     backoff_seconds: float = 1.0,
     timeout_seconds: float = 60.0,
     show_progress: bool = False,
+    max_bytes: int | None = None,
+    deadline_seconds: float = DEADLINE_SECONDS,
 ) -> list[DownloadedFile]:
     """Fetch the class files ``names`` of ``file_format`` into ``dest``, in parallel; return them in order.
 
     Files already complete in ``dest`` are not fetched again; a ``.part`` file left by an
     interrupted download is resumed.
 
+    ``timeout_seconds`` bounds each read; ``max_bytes`` (default :data:`MAX_FILE_BYTES` of the format)
+    and ``deadline_seconds`` bound each file whatever the server sends.
+
     Raises:
-        DownloadError: a file is missing on the server, fails verification, or still fails after
-            ``retries`` retries. Downloads under way stop, keeping their ``.part`` files to resume.
+        DownloadError: a file is missing on the server, fails verification, is not what its name says,
+            grows past ``max_bytes``, is not done by ``deadline_seconds``, or still fails after ``retries``
+            retries. Downloads under way stop, keeping their ``.part`` files to resume.
     """
     if file_format not in FORMATS:
         raise ValueError(f"unknown format {file_format!r}; choose from {', '.join(FORMATS)}")
@@ -147,6 +160,8 @@ def download_classes(
             timeout_seconds=timeout_seconds,
             stop=stop,
             on_bytes=bar.add_bytes,
+            max_bytes=max_bytes or MAX_FILE_BYTES[file_format],
+            deadline=time.monotonic() + deadline_seconds,
         )
 
     results: dict[str, DownloadedFile] = {}
@@ -173,12 +188,18 @@ def _fetch_class(
     timeout_seconds: float,
     stop: threading.Event,
     on_bytes: Callable[[int], None],
+    max_bytes: int,
+    deadline: float,
 ) -> DownloadedFile:
     """Fetch one file to ``path`` through ``path.part``, resuming and retrying; verify and rename it."""
     import requests
 
     if path.exists():
-        return DownloadedFile(name, str(path), url, path.stat().st_size, 0, 0)
+        try:
+            _check_kind(name, url, path, path.name)
+            return DownloadedFile(name, str(path), url, path.stat().st_size, 0, 0)
+        except DownloadError:  # an earlier release kept what the server sent, an error page say: fetch again
+            pass
     part = path.with_name(path.name + ".part")
     fetched = 0
 
@@ -191,7 +212,7 @@ def _fetch_class(
         if stop.is_set():
             raise DownloadError(f"{name}: download stopped ({url})")
         try:
-            _fetch_once(name, url, part, timeout_seconds, stop, received)
+            _fetch_once(name, url, part, timeout_seconds, stop, received, max_bytes, deadline)
             break
         except (
             _RetryableError,
@@ -203,13 +224,23 @@ def _fetch_class(
                 raise DownloadError(
                     f"{name}: {url} still failing after {retries + 1} attempts ({_reason(exc)})"
                 ) from exc
+            if time.monotonic() + backoff_seconds * 2**attempt > deadline:
+                raise DownloadError(f"{name}: {url} not done within its deadline ({_reason(exc)})") from exc
             time.sleep(backoff_seconds * 2**attempt)
+    _check_kind(name, url, part, path.name)
     part.replace(path)
     return DownloadedFile(name, str(path), url, path.stat().st_size, fetched, attempt + 1)
 
 
 def _fetch_once(
-    name: str, url: str, part: Path, timeout_seconds: float, stop: threading.Event, on_bytes: Callable[[int], None]
+    name: str,
+    url: str,
+    part: Path,
+    timeout_seconds: float,
+    stop: threading.Event,
+    on_bytes: Callable[[int], None],
+    max_bytes: int,
+    deadline: float,
 ) -> None:
     """Make one request for the rest of ``part``, appending to it; when it is whole, verify it."""
     import requests
@@ -233,11 +264,21 @@ def _fetch_once(
         if status == 200 and have:  # the server ignored the range: the whole file comes again
             have = 0
         total = _total_length(response, have)
+        if total is not None and total > max_bytes:
+            raise DownloadError(f"{name}: the server announces {total:,} bytes, over the {max_bytes:,} allowed ({url})")
         hashes = _reported_hashes(response.headers.get("x-goog-hash", ""))
+        size = have
         with open(part, "ab" if have else "wb") as sink:
-            for chunk in response.iter_content(_CHUNK):
+            for chunk in _arriving(response):
                 if stop.is_set():
                     raise DownloadError(f"{name}: download stopped ({url})")
+                size += len(chunk)
+                if size > max_bytes:
+                    sink.close()
+                    part.unlink()
+                    raise DownloadError(f"{name}: over {max_bytes:,} bytes and still coming; not kept ({url})")
+                if time.monotonic() > deadline:  # a server that trickles bytes: each read is in time
+                    raise DownloadError(f"{name}: not done within its deadline; the part is kept to resume ({url})")
                 sink.write(chunk)
                 on_bytes(len(chunk))
     size = part.stat().st_size
@@ -247,6 +288,47 @@ def _fetch_once(
         part.unlink()
         raise DownloadError(f"{name}: got {size} bytes but the server announced {total} ({url})")
     _verify(name, url, part, hashes)
+
+
+def _arriving(response):
+    """Yield a streamed response's bytes as they arrive: each read returns after one receive, so a server
+    that sends a few bytes at a time (each in time for the read timeout) cannot hold a read for long."""
+    from urllib3.exceptions import ProtocolError, ReadTimeoutError, SSLError
+
+    while True:
+        try:
+            chunk = response.raw.read1(_CHUNK, decode_content=True)
+        except (ProtocolError, ReadTimeoutError, SSLError) as exc:  # what requests' iter_content would wrap
+            raise _RetryableError(f"connection broken ({type(exc).__name__})") from exc
+        if not chunk:
+            return
+        yield chunk
+
+
+_ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")  # a zip archive's first member, or an empty archive
+_GZIP_MAGIC = b"\x1f\x8b"
+
+
+def _check_kind(name: str, url: str, part: Path, final_name: str) -> None:
+    """Delete ``part`` and raise unless it starts as ``final_name``'s kind must: a zip archive for
+    ``.npz``, a JSON object on its first line (or gzip) for ``.ndjson``."""
+    with open(part, "rb") as head:
+        start = head.read(4096)
+    if final_name.endswith(".npz"):
+        fits, kind = start.startswith(_ZIP_MAGIC), "a zip archive (.npz)"
+    else:
+        line = start.split(b"\n", 1)[0].strip()
+        fits, kind = start.startswith(_GZIP_MAGIC) or line.startswith(b"{"), "JSON lines (.ndjson)"
+        if fits and not start.startswith(_GZIP_MAGIC) and b"\n" in start:
+            import json
+
+            try:
+                fits = isinstance(json.loads(line), dict)
+            except ValueError:
+                fits = False
+    if not fits:
+        part.unlink()
+        raise DownloadError(f"{name}: {url} answered with something that is not {kind}: {start[:40]!r}; not kept")
 
 
 def _total_length(response, offset: int) -> int | None:

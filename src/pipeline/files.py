@@ -83,3 +83,30 @@ def parameters_digest(parameters: dict[str, Any], length: int = 10) -> str:
     """Return a short stable hash of a mapping of parameters, for naming the folder they produce."""
     payload = json.dumps(parameters, sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:length]
+
+
+MAX_SKETCH_FILE_BYTES = 1 << 30  # predict reads a file whole into memory: a larger one is refused by name
+
+
+def check_source_file(path: Path, root: Path | None = None, max_bytes: int | None = None) -> None:
+    """Raise a :class:`~pipeline.strokes.StrokeFormatError` naming ``path`` unless it is a regular file (not a
+    FIFO, device or folder, which could block a read or never end), inside ``root`` once links are
+    resolved (a link out of the data folder is not followed), and of at most ``max_bytes``."""
+    from pipeline.strokes import StrokeFormatError
+
+    path = Path(path)
+    if root is not None:
+        resolved, inside = path.resolve(), Path(root).resolve()
+        if resolved != inside and inside not in resolved.parents:
+            raise StrokeFormatError(f"{path}: a link to {resolved}, outside the data folder {root}; not read")
+    try:
+        stat = path.stat()
+    except OSError as exc:
+        raise StrokeFormatError(f"{path}: {exc.strerror}") from None
+    import stat as kinds
+
+    if not kinds.S_ISREG(stat.st_mode):
+        raise StrokeFormatError(f"{path}: not a regular file (a FIFO, device or folder); not read")
+    if max_bytes is not None and stat.st_size > max_bytes:
+        size, limit = stat.st_size / 2**30, max_bytes / 2**30
+        raise StrokeFormatError(f"{path}: {size:.1f} GiB, over the {limit:g} GiB that is read whole")

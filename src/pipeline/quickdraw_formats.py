@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.dataset import Rejection, SketchRecord
+from pipeline.files import check_source_file
 from pipeline.strokes import StrokeFormatError, polylines_to_stroke3, simplify_rdp, stroke3_to_polylines
 
 NDJSON_PREFIXES = ("full_simplified_", "full_raw_", "simplified_", "raw_")
@@ -40,13 +41,15 @@ def class_files(data_dir: Path, pattern: str, prefixes: Sequence[str] = ()) -> d
     The class name is the file name without its extension and any of ``prefixes``.
 
     Raises:
-        StrokeFormatError: the folder is missing or empty, or two files name the same class.
+        StrokeFormatError: the folder is missing or empty, two files name the same class, or a file is not a
+            regular file inside the folder (see :func:`pipeline.files.check_source_file`).
     """
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise StrokeFormatError(f"{data_dir}: no such folder")
     files: dict[str, Path] = {}
     for path in sorted(data_dir.glob(pattern)):
+        check_source_file(path, data_dir)
         name = path.name.split(".")[0]
         for prefix in prefixes:
             name = name.removeprefix(prefix)
@@ -318,6 +321,8 @@ def tfrecord_classes(data_dir: Path) -> tuple[list[str], list[Path]]:
         raise StrokeFormatError(f"{data_dir}: no such folder")
     lists = sorted(data_dir.glob("*.classes"))
     shards = sorted(p for p in data_dir.glob("*.tfrecord*") if p.suffix != ".classes")
+    for path in [*lists, *shards]:
+        check_source_file(path, data_dir)
     if not shards:
         raise StrokeFormatError(f"{data_dir}: holds no .tfrecord shards")
     if not lists:

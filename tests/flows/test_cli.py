@@ -144,7 +144,8 @@ def test_download_of_a_missing_file_is_one_line_naming_class_and_url(in_tmp_cwd,
 @pytest.mark.parametrize(
     ("content", "message"),
     [
-        ('{"dx": 1}', "expected a stroke-3 list of [dx, dy, pen] rows, or a list of them"),
+        ('{"dx": 1}', "expected dataframe_records, dataframe_split, inputs, instances or strokes"),
+        ('"cat"', "expected a stroke-3 list of [dx, dy, pen] rows, or a list of them"),
         ("[[1, 2]]", "sketch 0 is not a non-empty list of [dx, dy, pen] rows"),
         ('[[[1, 2, 0], [3, "a", 1]]]', "sketch 0: a value is not a number"),
         ("[[[1, 2, 0], [3, 4]]]", "sketch 0 is not a list of [dx, dy, pen] rows"),

@@ -102,3 +102,29 @@ def test_promotion_waits_while_another_run_holds_the_registry(champion_store, ti
     promoting.join(timeout=120)
     assert outcome["decision"].alias == registry.CHAMPION
     assert client.get_model_version(settings.registered_model_name, "1").tags["promotion_verdict"] == "champion"
+
+
+def test_a_run_killed_while_it_holds_a_stage_lock_does_not_block_the_next(tmp_path, tracking_db):
+    """``kill -9`` of a run while it ingests leaves its lock file behind; the same command again takes the
+    stage over (its holder is gone) and completes, instead of waiting on the lock forever."""
+    import signal
+    import time
+
+    config = write_config(tmp_path, tracking_uri=f"sqlite:///{tracking_db}", architectures=("lstm",),
+                          synthetic_per_split={"train": 1500, "valid": 300, "test": 300})  # fmt: skip
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "PREFECT_HOME": str(tmp_path / "prefect-home")}
+    command = [sys.executable, "-m", "flows.cli", "run", "--config", config, "--epochs", "1"]
+    locks = tmp_path / "prefect-home" / "locks"
+    killed = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)  # fmt: skip
+    deadline = time.monotonic() + 240
+    while not list(locks.glob("ingest-*.lock")) and killed.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    held = list(locks.glob("ingest-*.lock"))
+    os.killpg(killed.pid, signal.SIGKILL)
+    killed.wait(timeout=30)
+    assert held and held[0].exists(), "the run was not caught holding its ingest lock"
+    again = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "promoted:" in again.stdout
+    assert not list(locks.glob("*.lock"))

@@ -313,7 +313,7 @@ def test_a_class_file_that_is_not_a_drawing_file_is_never_echoed_beyond_a_short_
     lines = [f"user{i}:x:{1000 + i}:{1000 + i}:A Person,,,:/home/user{i}:/bin/bash" for i in range(5)]
     secret.write_text("\n".join(lines) + "\n")
     (tmp_path / "data").mkdir()
-    (tmp_path / "data" / "cat.ndjson").symlink_to(secret)  # followed: data folders often link to other disks
+    (tmp_path / "data" / "cat.ndjson").write_text("\n".join(lines) + "\n")  # such a file in the data folder
     dataset = ingest(_settings(tmp_path, "ndjson"))
     quarantined = _quarantine(dataset)
     assert [q["reason"] for q in quarantined] == ["not JSON"] * 5
@@ -321,6 +321,10 @@ def test_a_class_file_that_is_not_a_drawing_file_is_never_echoed_beyond_a_short_
     assert not any(line[:40] in text for line in lines)  # at most the first 32 characters of a line
     assert all(len(q["value"]) < 80 for q in quarantined)
     _accounted(read_info(dataset), lines=5)
+    (tmp_path / "data" / "cat.ndjson").unlink()
+    (tmp_path / "data" / "cat.ndjson").symlink_to(secret)  # a link out of the data folder is not read at all
+    with pytest.raises(StrokeFormatError, match=r"cat\.ndjson: a link to .*outside/passwd, outside the data folder"):
+        ingest(_settings(tmp_path, "ndjson"))
 
 
 def test_an_npz_bomb_is_refused_from_its_zip_header_before_it_is_unpacked(tmp_path):
@@ -333,3 +337,55 @@ def test_an_npz_bomb_is_refused_from_its_zip_header_before_it_is_unpacked(tmp_pa
     assert bomb.stat().st_size < 1 << 20
     with pytest.raises(StrokeFormatError, match=r"cat\.npz: member train\.npy would unpack .* to 209,715,200"):
         ingest(_settings(tmp_path, "sketchrnn"))  # refused from the header: the member is never read
+
+
+@pytest.mark.parametrize("source", ["sketchrnn", "ndjson", "tfrecord"])
+def test_a_class_file_that_is_a_fifo_is_refused_by_name_not_read(tmp_path, source):
+    """A FIFO would block the first read forever (``zipfile`` waits for a writer that never comes)."""
+    import os
+
+    data = tmp_path / "data"
+    data.mkdir()
+    good = [np.array([[1, 2, 0], [3, 4, 1]], np.int16)] * 4
+    write_sketchrnn_npz(data / "cat.npz", {"train": good, "valid": good, "test": good})
+    (data / "cat.ndjson").write_bytes(_line() + b"\n")
+    (data / "q.classes").write_text("cat\nfish\n")
+    name = {"sketchrnn": "fish.npz", "ndjson": "fish.ndjson", "tfrecord": "fish.tfrecord"}[source]
+    os.mkfifo(data / name)
+    settings = tiny_settings(tmp_path / "work", tmp_path / "unused.db", source=source, data_dir=str(data),
+                             num_classes=None)  # fmt: skip
+    with pytest.raises(StrokeFormatError, match=r"fish\.[a-z]+: not a regular file \(a FIFO, device or folder\)"):
+        ingest(settings)
+
+
+def test_a_class_file_linked_outside_the_data_folder_is_refused_by_name(tmp_path):
+    outside = tmp_path / "secret.ndjson"
+    outside.write_bytes(_line(word="secret") + b"\n")
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "cat.ndjson").write_bytes(_line() + b"\n")
+    (data / "fish.ndjson").symlink_to(outside)
+    settings = tiny_settings(tmp_path / "work", tmp_path / "unused.db", source="ndjson", data_dir=str(data),
+                             num_classes=None)  # fmt: skip
+    with pytest.raises(StrokeFormatError, match=r"fish\.ndjson: a link to .*secret\.ndjson, outside the data folder"):
+        ingest(settings)
+    (data / "fish.ndjson").unlink()
+    (data / "fish.ndjson").symlink_to(data / "cat.ndjson")  # a link that stays inside is read
+    from pipeline.quickdraw_formats import class_files
+
+    assert list(class_files(data, "*.ndjson")) == ["cat", "fish"]
+
+
+@pytest.mark.parametrize("special", ["fifo", "/dev/zero"])
+def test_predict_refuses_a_fifo_or_device_at_once(tmp_path, special):
+    import os
+
+    from pipeline.serving import read_sketch_files
+
+    path = tmp_path / "s.json"
+    if special == "fifo":
+        os.mkfifo(path)
+    else:
+        path = Path(special)
+    with pytest.raises(StrokeFormatError, match="not a regular file"):
+        read_sketch_files([str(path)])

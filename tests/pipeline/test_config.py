@@ -323,3 +323,49 @@ def test_the_checked_choices_are_the_builders_choices():
     from pipeline import config, models
 
     assert config._MODEL_CHOICES == {"pooling": models.POOLINGS, "activation": models.RNN_ACTIVATIONS}
+
+
+def _nested_aliases(levels: int) -> str:
+    lines = ['l0: &l0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    for level in range(1, levels):
+        lines.append(f"l{level}: &l{level} [" + ", ".join([f"*l{level - 1}"] * 9) + "]")
+    return "\n".join(lines) + "\n"
+
+
+def test_a_billion_laughs_config_is_refused_before_it_expands(tmp_path):
+    """Nine levels of nine aliases: 241 bytes standing for 387 million strings."""
+    import resource
+
+    path = tmp_path / "bomb.yaml"
+    path.write_text(_nested_aliases(9))
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(ConfigError, match=r"bomb\.yaml: its anchors and aliases expand to over 100,000 values"):
+        load_settings(path, environ={})
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 50_000  # KB: nothing was expanded
+
+
+def test_an_error_quotes_a_long_value_as_a_short_excerpt(tmp_path):
+    """Five levels (59,049 strings) are within the bound, but the error never renders them whole."""
+    path = tmp_path / "big.yaml"
+    levels = [line.split(": ", 1)[1] for line in _nested_aliases(5).splitlines()]
+    path.write_text("models:\n" + "".join(f"  - {value}\n" for value in levels))
+    with pytest.raises(ConfigError) as refused:
+        load_settings(path, environ={})
+    assert refused.value.field == "models" and len(str(refused.value)) < 500
+    assert "characters) ..." in str(refused.value)
+
+
+def test_aliases_within_the_bound_read_as_yaml_says(tmp_path):
+    path = tmp_path / "shared.yaml"
+    path.write_text("models:\n  lstm: &small {units: 8, num_layers: 1}\n  gru: *small\n")
+    settings = load_settings(path, environ={})
+    assert settings.models["gru"] == settings.models["lstm"] == {"units": 8, "num_layers": 1}
+
+
+def test_a_folder_or_a_huge_file_given_as_config_is_named_for_what_it_is(tmp_path):
+    with pytest.raises(ConfigError, match="is a folder, not a settings file"):
+        load_settings(tmp_path, environ={})
+    huge = tmp_path / "huge.yaml"
+    huge.write_text("# " + "x" * (2 << 20) + "\n")
+    with pytest.raises(ConfigError, match=r"huge\.yaml is over 1024 KiB"):
+        load_settings(huge, environ={})

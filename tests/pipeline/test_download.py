@@ -18,7 +18,15 @@ from tests.bucket_server import FakeBucket
 
 
 def _payload(seed: int, size: int = 300_000) -> bytes:
-    return np.random.default_rng(seed).integers(0, 256, size, dtype=np.uint8).tobytes()
+    """Return ``size`` random bytes that start as a zip archive does (what a ``.npz`` must)."""
+    return b"PK\x03\x04" + np.random.default_rng(seed).integers(0, 256, size - 4, dtype=np.uint8).tobytes()
+
+
+def _ndjson_payload(seed: int, size: int = 300_000) -> bytes:
+    """Return about ``size`` bytes of JSON lines (what a ``.ndjson`` must hold)."""
+    rng = np.random.default_rng(seed)
+    lines = [f'{{"word": "cat", "key_id": "{i}", "n": {rng.integers(1 << 30)}}}\n'.encode() for i in range(size // 40)]
+    return b"".join(lines)
 
 
 @pytest.fixture
@@ -79,10 +87,10 @@ def test_a_dropped_connection_resumes_with_a_range_request(bucket, tmp_path):
 
 
 def test_a_part_file_left_by_an_interrupted_run_is_resumed(bucket, tmp_path):
-    bucket.put("full/simplified/cat.ndjson", _payload(2))
-    (tmp_path / "cat.ndjson.part").write_bytes(_payload(2)[:50_000])
+    bucket.put("full/simplified/cat.ndjson", _ndjson_payload(2)[:300_000])
+    (tmp_path / "cat.ndjson.part").write_bytes(_ndjson_payload(2)[:50_000])
     [downloaded] = _fetch(bucket, ["cat"], tmp_path, file_format="simplified")
-    assert (tmp_path / "cat.ndjson").read_bytes() == _payload(2)
+    assert (tmp_path / "cat.ndjson").read_bytes() == _ndjson_payload(2)[:300_000]
     assert [r.range for r in bucket.gets("full/simplified/cat.ndjson")] == ["bytes=50000-"]
     assert downloaded.fetched_bytes == 250_000
 
@@ -152,3 +160,91 @@ def test_ingest_downloads_the_missing_class_files_first(bucket, tmp_path):
     assert info.classes == ["cat", "The Eiffel Tower"]
     assert info.num_sketches == 20
     assert len(load_sketchrnn_npz(tmp_path / "work" / "raw" / "sketchrnn" / "cat.npz")["train"]) == 6
+
+
+@pytest.fixture
+def hostile_server():
+    """A real HTTP server on 127.0.0.1 whose answers a test sets: ``(status, headers, body chunks)``,
+    where the chunks may be an endless generator (sent at ``pace`` seconds apart)."""
+    import http.server
+    import threading
+    import time
+
+    answer = {"status": 200, "headers": {}, "chunks": lambda: iter(()), "pace": 0.0}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.0"  # no Content-Length needed: the body ends when the connection does
+
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            self.send_response(answer["status"])
+            for key, value in answer["headers"].items():
+                self.send_header(key, value)
+            self.end_headers()
+            try:
+                for chunk in answer["chunks"]():
+                    self.wfile.write(chunk)
+                    time.sleep(answer["pace"])
+            except (BrokenPipeError, ConnectionResetError):  # the client gave up: as it should
+                pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", answer
+    server.shutdown()
+    server.server_close()
+
+
+def _endless(chunk: bytes):
+    def chunks():
+        while True:
+            yield chunk
+
+    return chunks
+
+
+def test_an_endless_body_without_a_length_stops_at_the_cap_and_keeps_nothing(hostile_server, tmp_path):
+    import time
+
+    url, answer = hostile_server
+    answer["chunks"] = _endless(b"PK\x03\x04" + b"x" * 65_532)
+    started = time.monotonic()
+    with pytest.raises(DownloadError, match=r"^cat: over 2,000,000 bytes and still coming; not kept"):
+        download_classes(["cat"], "sketchrnn", tmp_path, base_url=url, max_bytes=2_000_000, retries=0)
+    assert time.monotonic() - started < 30
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_trickling_server_is_given_up_at_the_deadline(hostile_server, tmp_path):
+    import time
+
+    url, answer = hostile_server
+    answer["chunks"], answer["pace"] = _endless(b"PK\x03\x04"), 0.05  # every read in time, never done
+    started = time.monotonic()
+    with pytest.raises(DownloadError, match=r"^cat: not done within its deadline; the part is kept to resume"):
+        download_classes(["cat"], "sketchrnn", tmp_path, base_url=url, deadline_seconds=2, retries=0)
+    assert 1.5 < time.monotonic() - started < 30
+    assert not (tmp_path / "cat.npz").exists()
+
+
+@pytest.mark.parametrize("file_format", ["sketchrnn", "simplified"])
+def test_an_html_page_for_a_class_file_is_not_kept_under_its_name(hostile_server, tmp_path, file_format):
+    url, answer = hostile_server
+    page = b"<!DOCTYPE html><html><body>Sign in to continue</body></html>\n"
+    answer["headers"] = {"Content-Length": str(len(page))}
+    answer["chunks"] = lambda: iter([page])
+    with pytest.raises(
+        DownloadError, match=r"answered with something that is not (a zip archive|JSON lines).*<!DOCTYPE"
+    ):
+        download_classes(["cat"], file_format, tmp_path, base_url=url, retries=0)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_class_file_kept_by_an_earlier_release_that_is_not_its_kind_is_fetched_again(bucket, tmp_path):
+    (tmp_path / "cat.npz").write_bytes(b"<html>error</html>")
+    bucket.put("sketchrnn/cat.npz", _payload(9))
+    [downloaded] = _fetch(bucket, ["cat"], tmp_path)
+    assert not downloaded.skipped and (tmp_path / "cat.npz").read_bytes() == _payload(9)

@@ -126,6 +126,6 @@ def test_reading_ndjson_files_in_helper_processes_writes_the_same_dataset(tmp_pa
         a, b = open_split(inline, split), open_split(apart, split)
         assert np.array_equal(np.asarray(a.strokes), np.asarray(b.strokes)) and list(a.ids) == list(b.ids)
     (data / "square.ndjson").unlink()
-    (data / "square.ndjson").mkdir()  # an error in a helper process reaches the caller as itself
-    with pytest.raises(IsADirectoryError):
+    (data / "square.ndjson").mkdir()  # refused by name before any helper process starts
+    with pytest.raises(StrokeFormatError, match=r"square\.ndjson: not a regular file"):
         ingest(settings.replace(work_dir=str(tmp_path / "broken")))

@@ -127,6 +127,8 @@ def _check_resumable(settings: Settings, run_id: str) -> None:
     if run.data.tags.get("pipeline") != "training_pipeline":
         name = run.data.tags.get("mlflow.runName", "?")
         _fail(f"--resume: run {run_id} ({name}) is not a pipeline run; give the id `run` printed at its end")
+    if run.info.status == "FINISHED":
+        _fail(f"--resume: run {run_id} finished; there is nothing to resume (start a new one without --resume)")
 
 
 def _make_work_dir(settings: Settings) -> None:
@@ -297,6 +299,7 @@ def _cmd_run(args: argparse.Namespace) -> None:
     _make_work_dir(settings)
     if args.resume:
         _check_resumable(settings, args.resume)
+    _check_source(settings)
     _import_tensorflow_quietly(settings, args)
     from flows.training_pipeline import pipeline_with_task_runner
     from pipeline.report import promotion_line, results_table
@@ -311,6 +314,16 @@ def _cmd_run(args: argparse.Namespace) -> None:
     print(f"promoted: {promotion_line(result, settings.registered_model_name)}")
     print(f"MLflow run {result.parent_run_id} in experiment {settings.experiment_name!r}")
     print(f"tracking store: {settings.resolved_tracking_uri} (open it with `sketchpipe ui`)")
+
+
+def _check_source(settings: Settings) -> None:
+    """Stop in one line, before Prefect or TensorFlow start, if the source cannot give a run its classes."""
+    from pipeline.stages.data import check_source
+
+    if settings.data_dir and not settings.download and not Path(settings.data_dir).is_dir():
+        _fail(f"--data-dir: {settings.data_dir}: no such folder")
+    with _flow_errors():
+        check_source(settings)
 
 
 def _cmd_tune(args: argparse.Namespace) -> None:
@@ -338,6 +351,7 @@ def _cmd_tune(args: argparse.Namespace) -> None:
             _fail(f"--output: no folder {target.parent} to write {target.name} in")
         if not os.access(target.parent, os.W_OK):
             _fail(f"--output: cannot write in {target.parent}")
+    _check_source(settings)
     _import_tensorflow_quietly(settings, args)
     from flows.tuning import tuning_with_task_runner
     from pipeline.tuning import OBJECTIVE, trial_line
@@ -460,18 +474,44 @@ def _cmd_predict(args: argparse.Namespace) -> None:
     if not args.model_uri:
         _require_store(settings)
     if not lite_cached(settings, args.model_uri):  # from the cache, a LiteRT model needs no TensorFlow
+        _check_model_uri(settings, args.model_uri)  # in a second or two, before TensorFlow's import
         _import_tensorflow_quietly(settings, args)
     try:
         classifier = load_classifier(settings, args.model_uri, lite=True)
     except Exception as exc:  # an unknown model, alias or store: one line, not a traceback
-        if not args.model_uri:
-            _fail_without_champion(settings)
-        _fail(f"--model-uri: cannot load {args.model_uri}: {exc}")
+        _fail_loading(settings, args.model_uri, exc)
     try:
         classifier.check_range(list(sketches.values()), list(sketches))
     except StrokeFormatError as exc:
         _fail(str(exc))
     print(format_predictions(list(sketches), classifier.top_k(list(sketches.values()), k=3), args.output_format))
+
+
+def _check_model_uri(settings: Settings, model_uri: str | None) -> None:
+    """Stop in one line if the model (the champion by default) is not in the store, before TensorFlow loads."""
+    from pipeline import registry, tracking
+    from pipeline.serving import champion_uri
+
+    try:
+        registry.model_source(tracking.client_for(settings.resolved_tracking_uri), model_uri or champion_uri(settings))
+    except Exception as exc:
+        _fail_loading(settings, model_uri, exc)
+
+
+def _fail_loading(settings: Settings, model_uri: str | None, exc: BaseException) -> NoReturn:
+    """Stop with one line naming what the user gave: ``--model-uri`` if they gave one, else the store
+    (``--tracking-uri``) when it cannot be read, else why its registered model has no champion."""
+    if model_uri:
+        _fail(f"--model-uri: cannot load {model_uri}: {_short(exc)}")
+    _fail_without_champion(settings)  # a readable store: says why there is no champion, and stops
+    _fail(f"--tracking-uri: cannot read the champion from {settings.resolved_tracking_uri}: {_short(exc)}")
+
+
+def _short(exc: BaseException, limit: int = 200) -> str:
+    """Return the first line of an error's message, at most ``limit`` characters."""
+    lines = str(exc).strip().splitlines()
+    text = lines[0] if lines else type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _fail_without_champion(settings: Settings) -> None:
@@ -495,6 +535,10 @@ def _require_store(settings: Settings) -> None:
         _fail(
             f"--tracking-uri: no tracking store at {uri.removeprefix('sqlite:///')} (train with `sketchpipe run` first)"
         )
+    if uri.startswith("sqlite:///"):
+        with open(uri.removeprefix("sqlite:///"), "rb") as store:
+            if store.read(16) not in (b"SQLite format 3\x00", b""):
+                _fail(f"--tracking-uri: {uri.removeprefix('sqlite:///')} is not an SQLite database")
     if not uri.startswith(("http://", "https://")):
         return  # nothing to ask; and a predict served from the cache need not import MLflow (~2 s)
     from pipeline.tracking import TrackingStoreUnavailableError, check_store
@@ -508,6 +552,17 @@ def _require_store(settings: Settings) -> None:
 def _cmd_promote(args: argparse.Namespace) -> None:
     settings, _ = _settings(args, ["tracking_uri"])
     _require_store(settings)
+    if args.version:  # answered in a second or two, before Prefect is imported
+        from pipeline import registry, tracking
+
+        try:
+            known = registry.version_exists(
+                tracking.client_for(settings.resolved_tracking_uri), settings.registered_model_name, args.version
+            )
+        except Exception as exc:
+            _fail(f"--tracking-uri: cannot read the registry at {settings.resolved_tracking_uri}: {_short(exc)}")
+        if not known:
+            _fail(f"--version: model {settings.registered_model_name!r} has no version {args.version}")
     from prefect.settings import PREFECT_API_URL
 
     from flows.promotion import promote_model
@@ -542,14 +597,8 @@ def _cmd_serve_model(args: argparse.Namespace) -> None:
     settings, _ = _settings(args, ["tracking_uri"])
     _require_store(settings)
     uri = args.model_uri or champion_uri(settings)
-    from pipeline import registry, tracking
 
-    try:  # here, in one line, before TensorFlow is loaded
-        registry.model_source(tracking.client_for(settings.resolved_tracking_uri), uri)
-    except Exception as exc:
-        if not args.model_uri:
-            _fail_without_champion(settings)
-        _fail(f"--model-uri: cannot load {uri}: {str(exc).splitlines()[0] if str(exc) else _one_line(exc)}")
+    _check_model_uri(settings, args.model_uri)
     _check_can_listen(args.host, args.port)
     _import_tensorflow_quietly(settings, args, whole_command=False)
     from pipeline.model_server import ServerOptions, serve

@@ -178,6 +178,30 @@ def synthetic_source_dir(settings: Settings, classes: list[str]) -> Path:
     return folder
 
 
+def source_classes(settings: Settings) -> list[str]:
+    """Return the classes a run of these settings would ingest, from the file names alone (nothing is read
+    but a TFRecord folder's class list): the checks a run makes first, in a fraction of a second.
+
+    Raises:
+        ClassSelectionError, StrokeFormatError: as :func:`ingest` would, before anything is started.
+    """
+    if settings.source == "synthetic":
+        return select_classes(list(SHAPES), settings.classes, settings.num_classes or SYNTHETIC_DEFAULT_CLASSES)
+    return select_classes(list(_source_files(settings)), settings.classes, settings.num_classes)
+
+
+def _source_files(settings: Settings) -> dict[str, Path | None]:
+    """Return class name -> file of a real source's folder (``None`` for a TFRecord folder's classes)."""
+    data_dir = Path(settings.data_dir)
+    if settings.source == "sketchrnn":
+        return sketchrnn_class_files(data_dir)
+    if settings.source == "ndjson":
+        return class_files(data_dir, "*.ndjson", NDJSON_PREFIXES)
+    if settings.source == "tfrecord":
+        return dict.fromkeys(tfrecord_classes(data_dir)[0])
+    raise ValueError(f"unknown source {settings.source!r}")
+
+
 def ingest(settings: Settings) -> Path:
     """Read the configured source into a dataset folder under ``<work_dir>/datasets``; return it.
 
@@ -189,19 +213,13 @@ def ingest(settings: Settings) -> Path:
     """
     out_root = Path(settings.work_dir) / "datasets"
     cap = settings.max_per_class
+    classes = source_classes(settings)
     if settings.source in ("synthetic", "sketchrnn"):
-        if settings.source == "synthetic":
-            available = {name: None for name in SHAPES}
-            wanted = settings.num_classes or SYNTHETIC_DEFAULT_CLASSES
-            classes = select_classes(list(available), settings.classes, wanted)
-            files = sketchrnn_class_files(synthetic_source_dir(settings, classes))
-        else:
-            files = sketchrnn_class_files(Path(settings.data_dir))
-            classes = select_classes(list(files), settings.classes, settings.num_classes)
+        folder = synthetic_source_dir(settings, classes) if settings.source == "synthetic" else settings.data_dir
+        files = sketchrnn_class_files(Path(folder))
         records = iter_sketchrnn_records({c: files[c] for c in classes}, cap)
     elif settings.source == "ndjson":
-        files = class_files(Path(settings.data_dir), "*.ndjson", NDJSON_PREFIXES)
-        classes = select_classes(list(files), settings.classes, settings.num_classes)
+        files = _source_files(settings)
         chosen = {c: files[c] for c in classes}
         records = iter_ndjson_parallel(
             chosen,
@@ -214,7 +232,6 @@ def ingest(settings: Settings) -> Path:
         )
     elif settings.source == "tfrecord":
         all_classes, shards = tfrecord_classes(Path(settings.data_dir))
-        classes = select_classes(all_classes, settings.classes, settings.num_classes)
         records = iter_tfrecord_records(
             shards, all_classes, classes, cap, valid_share=settings.valid_share, test_share=settings.test_share
         )

@@ -275,6 +275,17 @@ def find_registered_version(client: mlflow.MlflowClient, name: str, run_id: str)
     return None
 
 
+def version_exists(client: mlflow.MlflowClient, name: str, version: str) -> bool:
+    """Return whether registered model ``name`` has ``version``."""
+    try:
+        client.get_model_version(name, version)
+    except MlflowException as exc:
+        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            return False
+        raise
+    return True
+
+
 def current_alias(client: mlflow.MlflowClient, name: str, alias: str):
     """Return the model version that holds ``alias``, or ``None`` when no version does."""
     try:

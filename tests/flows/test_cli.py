@@ -324,12 +324,49 @@ def test_resuming_a_run_that_is_not_a_pipeline_run_is_refused_naming_the_flag(in
     uri = f"sqlite:///{tracking_db}"
     client = mlflow.MlflowClient(uri)
     child = client.create_run(client.create_experiment("elsewhere"), run_name="lstm").info.run_id
+    finished = client.create_run(client.get_experiment_by_name("elsewhere").experiment_id,
+                                 tags={"pipeline": "training_pipeline"}).info.run_id  # fmt: skip
+    client.set_terminated(finished, "FINISHED")
     for run_id, message in (
         ("abc", f"--resume: no run abc in the tracking store {uri}"),
         (child, f"--resume: run {child} (lstm) is not a pipeline run; give the id `run` printed at its end"),
+        (finished, f"--resume: run {finished} finished; there is nothing to resume (start a new one without --resume)"),
     ):
         with pytest.raises(SystemExit) as exit_info:
             main(["run", "--resume", run_id, "--tracking-uri", uri])
         assert exit_info.value.code == 2
         assert capsys.readouterr().err == f"sketchpipe: error: {message}\n"
     assert not Path("data/datasets").exists()  # nothing ran
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--source", "ndjson", "--data-dir", "missing"], "--data-dir: missing: no such folder"),
+        (["--source", "ndjson", "--data-dir", "data-in", "--classes", "cat,dogz"],
+         "--classes: unknown class dogz; available: cat, fish"),
+        (["--source", "ndjson", "--data-dir", "data-in", "--num-classes", "3"],
+         "--num-classes: asked for 3 classes but the source has 2"),
+        (["--num-classes", "1"], "--num-classes: the dataset has one class (circle); training needs at least 2"),
+    ],
+)  # fmt: skip
+def test_what_the_source_cannot_give_stops_run_before_anything_starts(in_tmp_cwd, capsys, argv, message):
+    """Checked from the file names, before Prefect's server, TensorFlow or ingest start."""
+    Path("data-in").mkdir()
+    for name in ("cat", "fish"):
+        Path(f"data-in/{name}.ndjson").write_text('{"word": "x", "drawing": [[[0, 1], [0, 1]]]}\n')
+    with pytest.raises(SystemExit) as exit_info:
+        main(["run", *argv])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == f"sketchpipe: error: {message}\n"
+    assert not Path("data/datasets").exists() and not Path(".prefect").exists()
+
+
+def test_a_store_that_is_not_a_database_is_named_by_its_flag(in_tmp_cwd, capsys):
+    Path("store.db").write_text("not a database")
+    Path("s.json").write_text("[[1, 2, 0], [3, 4, 1]]")
+    for argv in (["predict", "s.json"], ["promote", "--version", "1"], ["serve-model"]):
+        with pytest.raises(SystemExit) as exit_info:
+            main([*argv, "--tracking-uri", "sqlite:///store.db"])
+        assert exit_info.value.code == 2
+        assert capsys.readouterr().err == "sketchpipe: error: --tracking-uri: store.db is not an SQLite database\n"

@@ -61,14 +61,27 @@ def validate(settings: Settings, dataset_dir: Path) -> ValidationReport:
     )
 
 
-def preprocess(settings: Settings, report: ValidationReport) -> Path:
-    """Write the model-ready features (flat arrays per split) of the accepted sketches; return their folder."""
-    dataset_dir = Path(report.dataset_dir)
-    classes = read_info(dataset_dir).classes
+def check_source(settings: Settings) -> None:
+    """Raise what a run of these settings would meet first with its source (a missing folder, a class it
+    lacks, a single class), from the file names alone; a source still to be downloaded is not checked."""
+    if settings.download:
+        return
+    from pipeline.ingest import source_classes
+
+    _require_two_classes(settings, source_classes(settings))
+
+
+def _require_two_classes(settings: Settings, classes: list[str]) -> None:
     if len(classes) < 2:  # a classifier of one class learns nothing (and is always right)
         field = "classes" if settings.classes else "num_classes" if settings.num_classes else "data_dir"
         held = f"one class ({classes[0]})" if classes else "no class"
         raise ClassSelectionError(field, f"the dataset has {held}; training needs at least 2")
+
+
+def preprocess(settings: Settings, report: ValidationReport) -> Path:
+    """Write the model-ready features (flat arrays per split) of the accepted sketches; return their folder."""
+    dataset_dir = Path(report.dataset_dir)
+    _require_two_classes(settings, read_info(dataset_dir).classes)
     # named after the validation report (dataset + thresholds) and the crop length
     out_dir = Path(settings.work_dir) / "features" / f"{Path(report.output_dir).name}-len{settings.max_len}"
     accepted = {split: report.accepted_indices(split) for split in SPLITS}

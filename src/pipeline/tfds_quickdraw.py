@@ -13,11 +13,20 @@ manager from ``base_url`` (the public ``quickdraw_dataset`` bucket by default)::
 
     builder = QuickdrawSketchRnn(config=QuickdrawSketchRnnConfig(name="cats", source="local", classes=("cat",)))
     builder.download_and_prepare()
+
+The prepared data goes where TFDS puts it: ``data_dir`` if given, else ``$TFDS_DATA_DIR``, else
+``~/tensorflow_datasets``. TFDS reuses prepared data by config name, so a ``local`` set prepared from
+one manual folder remembers that folder's files (``manual_dir.json`` beside the data);
+``builder.download_and_prepare`` from a folder with other files is refused in one line (give that
+folder its own ``data_dir``) rather than answered with the first folder's sketches. ``tfds.load`` does
+not call the builder at all once a config is prepared: give each manual folder its own ``data_dir``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +37,16 @@ from pipeline.strokes import load_sketchrnn_npz
 from pipeline.synthetic import SHAPES, synthetic_split
 
 _TFDS_SPLITS = {"train": "train", "valid": "validation", "test": "test"}
+MANUAL_STAMP = "manual_dir.json"  # beside prepared local data: the manual folder and its files' fingerprint
+
+
+def _folder_fingerprint(folder: Path) -> str:
+    """Return a fingerprint of a manual folder's class files: names, sizes and modification times."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(folder).glob("*.npz")):
+        stat = path.stat()
+        digest.update(f"{path.name}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:16]
 
 
 @dataclasses.dataclass
@@ -59,6 +78,30 @@ class QuickdrawSketchRnn(tfds.core.GeneratorBasedBuilder):
         "int16 stroke-3 sketches, e.g. from the Quick, Draw! sketchrnn release) in the manual folder, "
         "or give no manual folder to download the official files."
     )
+
+    def download_and_prepare(self, **kwargs) -> None:
+        """Prepare the data as TFDS does; for ``local`` from a manual folder, first refuse a folder whose files
+        differ from the one the data in ``data_dir`` was prepared from (TFDS would reuse that data).
+
+        Raises:
+            ValueError: naming both folders and what to do.
+        """
+        config = kwargs.get("download_config")
+        manual = getattr(config, "manual_dir", None) if config is not None else None
+        stamp = Path(self.data_dir) / MANUAL_STAMP
+        current = None
+        if self.builder_config.source == "local" and manual and any(Path(manual).glob("*.npz")):
+            current = _folder_fingerprint(Path(manual))
+            if stamp.is_file():
+                recorded = json.loads(stamp.read_text())
+                if recorded["fingerprint"] != current:
+                    raise ValueError(
+                        f"quickdraw_sketch_rnn/{self.builder_config.name} in {self.data_dir} was prepared from "
+                        f"{recorded['folder']}; {manual} holds other files: give it its own data_dir"
+                    )
+        super().download_and_prepare(**kwargs)
+        if current is not None and not stamp.is_file():
+            stamp.write_text(json.dumps({"folder": str(manual), "fingerprint": current}))
 
     def _info(self) -> tfds.core.DatasetInfo:
         names = list(SHAPES)[: self.builder_config.num_classes] if self.builder_config.source == "synthetic" else None

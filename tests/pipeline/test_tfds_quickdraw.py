@@ -4,6 +4,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import pytest
 import tensorflow_datasets as tfds
 
 from pipeline.strokes import write_sketchrnn_npz
@@ -88,3 +89,19 @@ def test_without_a_manual_folder_the_builder_downloads_the_official_files(tmp_pa
     expected = load_sketchrnn_npz(files / "cat.npz")["test"][1]
     np.testing.assert_array_equal(examples["The Eiffel Tower/test/1"]["strokes"], expected)
     assert examples["The Eiffel Tower/test/1"]["label"] == 1
+
+
+def test_a_second_manual_folder_with_other_files_is_refused_not_answered_with_the_first(tmp_path):
+    def prepare(manual):
+        builder = QuickdrawSketchRnn(config="local", data_dir=str(tmp_path / "tfds"))
+        builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=str(manual)))
+        return builder
+
+    first = _write_local_files(tmp_path / "first")
+    assert len(list(tfds.as_numpy(prepare(first).as_dataset(split="train")))) == 6
+    assert len(list(tfds.as_numpy(prepare(first).as_dataset(split="train")))) == 6  # the same folder: reused
+    other = _write_local_files(tmp_path / "other")
+    (other / "bee.npz").unlink()
+    refused = r"was prepared from .*first; .*other holds other files: give it its own data_dir"
+    with pytest.raises(ValueError, match=refused):
+        prepare(other)

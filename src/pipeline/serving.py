@@ -130,9 +130,16 @@ def champion_uri(settings: Settings) -> str:
 LITE_MODEL = "model.tflite"  # in a serving-cache folder: the model for LiteRT, when it converts
 
 
+LITE_BATCH = 16  # sketches per call of a model converted at a fixed shape (recurrent models)
+
+
 class LiteModel:
     """A serving model converted for LiteRT's interpreter: called like the Keras model (a zero-padded
-    ``(batch, time, 3)`` float32 batch in, probabilities out), without importing TensorFlow."""
+    ``(batch, time, 3)`` float32 batch in, probabilities out), without importing TensorFlow.
+
+    A model converted at a fixed shape ``(B, T, 3)`` (see :func:`lite_flatbuffer`) takes any batch: it
+    is cut into calls of ``B`` sketches padded to ``T`` points (padding never changes a prediction).
+    """
 
     def __init__(self, flatbuffer: bytes):
         from ai_edge_litert.interpreter import Interpreter, OpResolverType
@@ -142,12 +149,30 @@ class LiteModel:
         self._interpreter = Interpreter(
             model_content=flatbuffer, experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
         )
-        self._input = self._interpreter.get_input_details()[0]["index"]
+        details = self._interpreter.get_input_details()[0]
+        self._input = details["index"]
         self._output = self._interpreter.get_output_details()[0]["index"]
-        self._shape: tuple[int, ...] | None = None
+        signature = tuple(int(d) for d in details["shape_signature"])
+        self._fixed = signature if min(signature) > 0 else None
+        self._shape: tuple[int, ...] | None = self._fixed
+        if self._fixed:
+            self._interpreter.allocate_tensors()
 
     def __call__(self, batch: np.ndarray, training: bool = False) -> np.ndarray:
         batch = np.ascontiguousarray(batch, dtype=np.float32)
+        if self._fixed is None:
+            return self._invoke(batch)
+        size, length = self._fixed[0], self._fixed[1]
+        if batch.shape[1] > length:
+            raise ValueError(f"a batch of {batch.shape[1]} points; this model takes at most {length}")
+        out = []
+        for start in range(0, len(batch), size):
+            part = np.zeros((size, length, batch.shape[2]), np.float32)
+            part[: min(size, len(batch) - start), : batch.shape[1]] = batch[start : start + size]
+            out.append(self._invoke(part)[: len(batch) - start])
+        return np.concatenate(out)
+
+    def _invoke(self, batch: np.ndarray) -> np.ndarray:
         if batch.shape != self._shape:
             self._interpreter.resize_tensor_input(self._input, batch.shape)
             self._interpreter.allocate_tensors()
@@ -157,12 +182,13 @@ class LiteModel:
         return self._interpreter.get_tensor(self._output).copy()
 
 
-def lite_flatbuffer(model, tolerance: float = 1e-4) -> bytes | None:
+def lite_flatbuffer(model, max_len: int, tolerance: float = 1e-4) -> bytes | None:
     """Return ``model`` converted for LiteRT with built-in operations only, if it converts and answers as
     the Keras model does on sketches of three lengths (padding included); else ``None``.
 
-    Convolutional and attention models convert; recurrent layers over a length unknown until a batch
-    arrives need TensorFlow's own list operations, which LiteRT's interpreter does not have.
+    Convolutional and attention models convert for any batch and length. Recurrent layers over a length
+    unknown until a batch arrives need TensorFlow's own list operations, which LiteRT lacks; they are
+    converted at a fixed shape instead (:data:`LITE_BATCH` sketches of ``max_len`` points).
     """
     import contextlib
     import io
@@ -173,19 +199,31 @@ def lite_flatbuffer(model, tolerance: float = 1e-4) -> bytes | None:
     absl = logging.getLogger("absl")
     level = absl.level
     absl.setLevel(logging.ERROR)  # the converter's notes on what it froze
+    rng = np.random.default_rng(0)
+    sketches = [
+        np.column_stack([rng.integers(-20, 20, (n, 2)), (np.arange(n) % 5 == 4) | (np.arange(n) == n - 1)])
+        for n in (3, 17, min(40, max_len))
+    ]
+    batch = pad_batch([s.astype(np.float32) for s in sketches])
+    expected = np.asarray(model(batch, training=False))
+    fixed = tf.function(
+        lambda strokes: model(strokes, training=False),
+        input_signature=[tf.TensorSpec([LITE_BATCH, max_len, 3], tf.float32)],
+    )
+    converters = (
+        lambda: tf.lite.TFLiteConverter.from_keras_model(model),
+        # without the model as its trackable object: the converter freezes the weights into the graph
+        lambda: tf.lite.TFLiteConverter.from_concrete_functions([fixed.get_concrete_function()]),
+    )
     try:
-        with contextlib.redirect_stdout(io.StringIO()):  # Keras's export prints its signature
-            flatbuffer = tf.lite.TFLiteConverter.from_keras_model(model).convert()
-        rng = np.random.default_rng(0)
-        sketches = [
-            np.column_stack([rng.integers(-20, 20, (n, 2)), (np.arange(n) % 5 == 4) | (np.arange(n) == n - 1)])
-            for n in (3, 17, 40)
-        ]
-        batch = pad_batch([s.astype(np.float32) for s in sketches])
-        if np.abs(LiteModel(flatbuffer)(batch) - np.asarray(model(batch, training=False))).max() > tolerance:
-            return None
-        return flatbuffer
-    except Exception:  # an operation LiteRT lacks: the Keras model serves instead
+        for converter in converters:
+            try:
+                with contextlib.redirect_stdout(io.StringIO()):  # Keras's export prints its signature
+                    flatbuffer = converter().convert()
+            except Exception:  # an operation LiteRT lacks at this shape
+                continue
+            if np.abs(LiteModel(flatbuffer)(batch) - expected).max() <= tolerance:
+                return flatbuffer
         return None
     finally:
         absl.setLevel(level)
@@ -223,7 +261,7 @@ def load_classifier(settings: Settings, model_uri: str | None = None, lite: bool
     shutil.rmtree(cache, ignore_errors=True)
     local = registry.download_model(tracking.client_for(settings.resolved_tracking_uri), uri, cache / "model")
     classifier = _classifier_from(local, uri)
-    flatbuffer = lite_flatbuffer(classifier.model) if lite else None
+    flatbuffer = lite_flatbuffer(classifier.model, classifier.max_len) if lite else None
     if flatbuffer is not None:
         (cache / LITE_MODEL).write_bytes(flatbuffer)
     state = _store_state(settings.resolved_tracking_uri)

@@ -150,3 +150,20 @@ def settings_classes(result) -> list[str]:
     from pipeline.features import read_spec
 
     return read_spec(Path(result.features_dir)).classes
+
+
+def test_every_architecture_predicts_from_the_cache_without_tensorflow(contract_run):
+    """predict's cache converts each version for LiteRT (any shape, or a fixed one for recurrent layers),
+    checked against the Keras model; the cached load answers as the Keras model does."""
+    from pipeline.serving import LiteModel, lite_cached, load_classifier
+
+    settings, result = contract_run
+    sketches, _ = split_sketches(Path(result.features_dir), "test")
+    sample = [np.asarray(s, np.float32) for s in sketches[:20]]
+    for row in result.rows:
+        uri = f"models:/{settings.registered_model_name}/{row.model_version}"
+        keras_answer = load_classifier(settings, uri, lite=True).probabilities(sample)
+        assert lite_cached(settings, uri), row.architecture
+        cached = load_classifier(settings, uri, lite=True)
+        assert isinstance(cached.model, LiteModel), row.architecture
+        np.testing.assert_allclose(cached.probabilities(sample), keras_answer, atol=1e-4, err_msg=row.architecture)

@@ -161,6 +161,25 @@ def test_the_real_data_profile_trains_on_real_drawings(tmp_path):
     assert params["augment_point_dropout"] == "0.05"
     assert "val_cross_entropy" in run.data.metrics  # the plain cross-entropy beside the smoothed loss
 
+    # the profile's champion (label-smoothed) serves: predict in a new process answers with class names,
+    # and again from the cache (LiteRT), and mlflow.pyfunc loads it in a process that never trained
+    sample = tmp_path / "one.ndjson"
+    sample.write_text((REAL_DATA / "cat.ndjson").read_text().splitlines()[0] + "\n")
+    argv = ["predict", "--config", str(profile), "--format", "json", str(sample)]
+    answers = [json.loads(_run_cli(tmp_path, argv)[0].stdout.strip().splitlines()[-1]) for _ in range(2)]
+    assert answers[0] == answers[1] and answers[0]["class"] in official_categories()
+    assert list((tmp_path / "data" / "serving-cache").glob("*/model.tflite"))
+    script = (
+        "import mlflow.pyfunc, pandas as pd\n"
+        "m = mlflow.pyfunc.load_model('models:/quickdraw-sketch-classifier@champion')\n"
+        "print(m.predict(pd.DataFrame({'strokes': [[[3, 4, 0], [5, -2, 1]]]}))['class'][0])\n"
+    )
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}"}
+    loaded = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
+                            timeout=600)  # fmt: skip
+    assert loaded.returncode == 0, loaded.stderr[-2000:]
+    assert loaded.stdout.strip().splitlines()[-1] in official_categories()
+
 
 @pytest.mark.slow
 @pytest.mark.skipif(not REAL_DATA.is_dir(), reason=f"real Quick, Draw! sample not found at {REAL_DATA}")

@@ -165,7 +165,7 @@ def test_a_convolutional_model_converts_for_litert_and_answers_as_keras_does():
     keras.utils.set_random_seed(0)
     params = {"filters": 8, "dilation_rates": [1, 1], "halve_after": [1], "positions": True, "raster_size": 8}
     model = export_model(build_model("wavenet", 5, params), 10.0)
-    flatbuffer = lite_flatbuffer(model)
+    flatbuffer = lite_flatbuffer(model, max_len=60)
     assert flatbuffer is not None
     lite = LiteModel(flatbuffer)
     rng = np.random.default_rng(1)
@@ -176,14 +176,26 @@ def test_a_convolutional_model_converts_for_litert_and_answers_as_keras_does():
         np.testing.assert_allclose(lite(batch), model(batch, training=False), atol=1e-5)
 
 
-def test_a_recurrent_model_does_not_convert_and_keras_serves_it():
+def test_a_recurrent_model_converts_at_a_fixed_shape_and_takes_any_batch():
     import keras
 
+    from pipeline.features import pad_batch
     from pipeline.models import build_model
-    from pipeline.serving import export_model, lite_flatbuffer
+    from pipeline.serving import LITE_BATCH, LiteModel, export_model, lite_flatbuffer
 
     keras.utils.set_random_seed(0)
-    assert lite_flatbuffer(export_model(build_model("gru", 3, {"units": 4, "num_layers": 1}), 10.0)) is None
+    model = export_model(build_model("lstm", 3, {"units": 4, "num_layers": 2, "bidirectional": True}), 10.0)
+    flatbuffer = lite_flatbuffer(model, max_len=30)
+    assert flatbuffer is not None
+    rng = np.random.default_rng(2)
+    sketches = [
+        np.column_stack([rng.integers(-9, 9, (n, 2)), np.arange(n) == n - 1]).astype(np.float32)
+        for n in rng.integers(1, 31, LITE_BATCH + 5)  # more than one call's worth, of every length
+    ]
+    batch = pad_batch(sketches)
+    np.testing.assert_allclose(LiteModel(flatbuffer)(batch), model(batch, training=False), atol=1e-5)
+    with pytest.raises(ValueError, match="this model takes at most 30"):
+        LiteModel(flatbuffer)(pad_batch(sketches, 31))
 
 
 def test_predict_formats_hold_the_same_answers():

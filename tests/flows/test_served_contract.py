@@ -25,6 +25,9 @@ from pipeline import registry, tracking
 from pipeline.features import split_sketches
 from tests.conftest import LEARNS, tiny_settings, write_settings_file
 
+# trains seven architectures and converts each for LiteRT: minutes on 2 cores (make test-slow)
+pytestmark = pytest.mark.slow
+
 # the real-data profile's model options (configs/quickdraw.yaml), at a size that trains in seconds
 PROFILE_MODELS = {
     "simple_rnn": {"units": 8, "num_layers": 1, "pooling": "mean", "positions": True, "bidirectional": True,

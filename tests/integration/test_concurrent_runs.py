@@ -7,6 +7,7 @@ import sys
 import threading
 
 import mlflow
+import pytest
 from prefect import flow, get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName, TaskRunFilter, TaskRunFilterFlowRunId
 from prefect.concurrency.sync import concurrency
@@ -104,6 +105,7 @@ def test_promotion_waits_while_another_run_holds_the_registry(champion_store, ti
     assert client.get_model_version(settings.registered_model_name, "1").tags["promotion_verdict"] == "champion"
 
 
+@pytest.mark.slow  # two pipeline runs, one of them killed: about a minute
 def test_a_run_killed_while_it_holds_a_stage_lock_does_not_block_the_next(tmp_path, tracking_db):
     """``kill -9`` of a run while it ingests leaves its lock file behind; the same command again takes the
     stage over (its holder is gone) and completes, instead of waiting on the lock forever."""

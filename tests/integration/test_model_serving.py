@@ -193,6 +193,7 @@ def test_serve_model_batches_concurrent_requests_and_follows_the_champion(champi
         _stop(server)
 
 
+@pytest.mark.slow  # another server start: the contract on plain MLflow serving runs with the slow tests
 def test_mlflow_models_serve_answers_the_same(champion_store, tmp_path):
     """Plain ``mlflow models serve`` on the same version: the registered model's pyfunc flavour."""
     settings, model = champion_store

@@ -134,7 +134,7 @@ class _KnownOnlyHere(keras.layers.Layer):
         return inputs
 
 
-def test_a_version_that_does_not_load_in_a_fresh_process_never_becomes_champion(gate):
+def test_a_version_that_does_not_load_where_it_is_served_never_becomes_champion(gate):
     settings, client, register, promote, log_perfect_evaluation = gate
     inputs = keras.Input((None, 3))
     model = keras.Model(inputs, _untrained(6)(_KnownOnlyHere()(inputs)))
@@ -142,12 +142,13 @@ def test_a_version_that_does_not_load_in_a_fresh_process_never_becomes_champion(
     log_perfect_evaluation(version)  # the best score there is: only loading can keep it out
     decision = promote([version])
     assert decision.alias == "rejected" and not decision.moves_champion
-    assert decision.reason.startswith(f"models:/{settings.registered_model_name}/{version.version} does not load")
+    assert decision.reason.startswith(f"models:/{settings.registered_model_name}/{version.version} does not load as")
     assert "_KnownOnlyHere" in decision.reason, decision.reason
     name = settings.registered_model_name
     assert registry.alias_version(client, name, "champion") is None
     assert registry.alias_version(client, name, "challenger") is None
     assert client.get_model_version(name, version.version).tags["promotion_verdict"] == "rejected"
+    assert "tests>_KnownOnlyHere" in keras.saving.get_custom_objects()  # the registry is as it was
 
 
 @pytest.mark.parametrize("tagged", [True, False], ids=["label-space-tag", "read-from-MLmodel"])

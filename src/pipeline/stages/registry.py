@@ -119,8 +119,8 @@ def promote(settings: Settings, versions: list[registry.RegisteredVersion], feat
     best = best_candidate(versions)
     spec = read_spec(features_dir)
     test_set = f"{spec.dataset_fingerprint[:12]}/test"
-    try:  # outside the lock: a fresh process takes seconds to load TensorFlow
-        registry.check_loads_in_fresh_process(settings.resolved_tracking_uri, f"models:/{name}/{best.version}")
+    try:  # outside the lock: loading takes a moment
+        registry.check_loads_as_served(client, f"models:/{name}/{best.version}")
     except registry.UnservableModelError as exc:
         decision = rejected_decision(best.version, best.test_accuracy, None, str(exc), test_set)
         registry.apply_promotion(client, name, decision)

@@ -80,6 +80,7 @@ def _promoted_version(stdout: str, store: str) -> str:
     return version
 
 
+@pytest.mark.slow  # about a minute: the 345-class runs are the slow suite's
 def test_the_whole_flow_at_345_classes_registers_promotes_and_stays_within_memory(tmp_path):
     classes = official_categories()
     rng = np.random.default_rng(0)

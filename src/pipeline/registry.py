@@ -32,7 +32,7 @@ class LabelSpaceError(ValueError):
 
 
 class UnservableModelError(RuntimeError):
-    """A registered version does not load and answer in a fresh process, as serving would load it."""
+    """A registered version does not load and answer as serving loads it (no project classes registered)."""
 
 
 @dataclasses.dataclass(frozen=True)

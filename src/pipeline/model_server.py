@@ -147,7 +147,6 @@ class ModelHolder:
             return False
         loaded = self._load(self.model_uri)
         previous, self.current = self.current, loaded  # one reference swap: running batches keep theirs
-        log.warning("now serving %s version %s (was %s)", self.name, loaded.version, previous.version)
         print(f"now serving {self.name} version {loaded.version} @{self.alias} (was {previous.version})", flush=True)
         return True
 

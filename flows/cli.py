@@ -44,7 +44,12 @@ _SETTING_FLAGS = {
 
 
 class _Parser(argparse.ArgumentParser):
-    """An argument parser whose errors are one line."""
+    """An argument parser whose errors are one line, and which takes no abbreviation of a flag (``--epoch 2``
+    is an error, not ``--epochs 2``)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message}\n")
@@ -253,6 +258,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-wait-ms", type=_non_negative, default=5.0, metavar="MS",
         help="how long a request waits for others to share its model call (default 5)",
     )  # fmt: skip
+    from flows.score_commands import add_parsers
+
+    add_parsers(commands, _positive, _non_negative)
     ui = commands.add_parser("ui", help="the MLflow UI and tracking server on 127.0.0.1 over the configured store")
     ui.add_argument("--config", metavar="FILE", help="YAML settings file")
     ui.add_argument("--tracking-uri", dest="tracking_uri", metavar="URI", help="the store to serve (default mlflow/)")
@@ -747,12 +755,16 @@ def main(argv: list[str] | None = None) -> None:
         level = "WARNING" if args.command == "serve" else "CRITICAL"
         os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", level)
         os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # e.g. a new store's migration notes
+    from flows import score_commands
+
     command = {
         "run": _cmd_run,
         "tune": _cmd_tune,
         "validate": _cmd_validate,
         "download": _cmd_download,
         "predict": _cmd_predict,
+        "score": score_commands.cmd_score,
+        "monitor": score_commands.cmd_monitor,
         "promote": _cmd_promote,
         "serve": _cmd_serve,
         "serve-model": _cmd_serve_model,

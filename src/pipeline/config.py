@@ -154,6 +154,10 @@ class Settings:
     registered_model_name: str = "quickdraw-synthetic"  # one registered model per set of classes
     promotion_margin: float = 0.0  # least accuracy gain over the champion that counts
     promotion_alpha: float = 0.05  # significance level of McNemar's exact test
+    # Scoring and monitoring
+    reference_sample: int = 5000  # test sketches a registered version's reference profile keeps
+    drift_share: float = 0.3  # share of the monitored columns that must drift for drift_detected (3 of 10)
+    retrain_on_drift: bool = False  # monitor starts the training deployment when it finds drift
 
     @property
     def resolved_download_format(self) -> str:
@@ -248,7 +252,7 @@ def check_settings(settings: Settings) -> Settings:
             "--task-runner ray needs the address of a Ray cluster (ray://head:10001), or 'local' for a temporary "
             "local one, which listens on all network interfaces (Ray cannot bind to 127.0.0.1)",
         )
-    for name in ("epochs", "batch_size", "max_len", "min_points", "download_workers"):
+    for name in ("epochs", "batch_size", "max_len", "min_points", "download_workers", "reference_sample"):
         if getattr(settings, name) < 1:
             raise ConfigError(name, f"must be at least 1 (got {getattr(settings, name)})")
     for name in ("lr_patience", "early_stopping_patience", "intra_op_threads", "inter_op_threads"):
@@ -260,6 +264,8 @@ def check_settings(settings: Settings) -> Settings:
         raise ConfigError("max_invalid_fraction", f"must be between 0 and 1 (got {settings.max_invalid_fraction})")
     if not 0.0 < settings.promotion_alpha <= 1.0:
         raise ConfigError("promotion_alpha", f"must be in (0, 1] (got {settings.promotion_alpha})")
+    if not 0.0 < settings.drift_share <= 1.0:
+        raise ConfigError("drift_share", f"must be in (0, 1] (got {settings.drift_share})")
     for name, low, high in (
         ("augment_scale", 0.0, 0.9),
         ("augment_rotation", 0.0, 180.0),

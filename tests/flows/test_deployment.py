@@ -29,3 +29,24 @@ def test_deployment_has_its_cron_schedule_and_a_run_completes(tmp_path, mlflow_t
     with get_client(sync_client=True) as client:
         finished = client.read_flow_run(flow_run.id)
     assert finished.state.is_completed(), finished.state.message
+
+
+def test_every_deployment_in_prefect_yaml_names_a_flow_and_its_parameters():
+    import importlib
+    import inspect
+    from pathlib import Path
+
+    import yaml
+    from prefect.client.schemas.schedules import CronSchedule
+
+    spec = yaml.safe_load((Path(__file__).parents[2] / "prefect.yaml").read_text())
+    names = {d["name"] for d in spec["deployments"]}
+    assert names == {"scheduled-training", "monitoring"}
+    for deployment in spec["deployments"]:
+        path, function = deployment["entrypoint"].split(":")
+        module = path.removesuffix(".py").replace("/", ".")
+        flow = getattr(importlib.import_module(module), function)
+        accepted = set(inspect.signature(flow.fn).parameters)
+        assert set(deployment["parameters"]) <= accepted, deployment["name"]
+        for schedule in deployment["schedules"]:
+            CronSchedule(cron=schedule["cron"])

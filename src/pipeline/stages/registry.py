@@ -14,6 +14,7 @@ from pipeline.evaluation import Evaluation
 from pipeline.features import read_spec, record_indices
 from pipeline.promotion import PromotionDecision, best_candidate, decide_promotion, rejected_decision
 from pipeline.report import ArchitectureResult, winner_markdown, write_comparison_csv
+from pipeline.scoring.profile import REFERENCE_DIR, source_format, write_reference
 from pipeline.serving import load_classifier, model_metadata
 from pipeline.stages.training import SERVING_MODEL, TEST_PROBABILITIES, ArchitectureRun
 from pipeline.validation import ValidationReport
@@ -79,7 +80,8 @@ def start_tracking_run(
 def register(
     settings: Settings, run: ArchitectureRun, evaluation: Evaluation, features_dir: Path
 ) -> registry.RegisteredVersion:
-    """Log the model (taking raw stroke-3) to its run with ``mlflow.keras`` and register a new version."""
+    """Log the model (taking raw stroke-3) to its run with ``mlflow.keras`` and register a new version, with
+    the reference profile that monitoring compares scored batches with (``reference/`` in the run)."""
     import keras
 
     client = tracking.client_for(settings.resolved_tracking_uri)
@@ -87,12 +89,26 @@ def register(
     if existing is not None:  # a resumed pipeline run registered this one before it was stopped
         return existing
     spec = read_spec(features_dir)
+    serving = keras.saving.load_model(
+        Path(run.model_path).parent / SERVING_MODEL, compile=False
+    )  # what evaluate scored
+    metadata = model_metadata(spec, settings.max_abs_delta)
+    # the reference profile first: a version is never registered without what monitoring compares with
+    reference = write_reference(
+        serving,
+        metadata,
+        features_dir,
+        Path(run.model_path).parent / REFERENCE_DIR,
+        settings.reference_sample,
+        source_format(settings.source, settings.data_dir),
+    )
+    tracking.log_artifacts(client, run.run_id, reference, REFERENCE_DIR)
     return registry.log_and_register_model(
         client,
         run.run_id,
-        keras.saving.load_model(Path(run.model_path).parent / SERVING_MODEL, compile=False),  # what evaluate scored
+        serving,
         settings.registered_model_name,
-        metadata=model_metadata(spec, settings.max_abs_delta),
+        metadata=metadata,
         tags={
             "architecture": run.architecture,
             "dataset_fingerprint": spec.dataset_fingerprint,

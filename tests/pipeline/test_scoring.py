@@ -192,3 +192,36 @@ def test_merge_parts_keeps_rows_in_order_and_gathers_quarantine(tmp_path):
     assert merge_parts(parts, out) == 4
     assert pq.read_table(out).column("record").to_pylist() == ["0-a", "0-b", "2-a", "2-b"]
     assert quarantine_path(out).read_text().splitlines()[1:] == [f"f{i},line 1,not JSON,,1" for i in range(3)]
+
+
+def test_a_line_too_long_is_skipped_without_being_held(tmp_path):
+    from pipeline.quickdraw_formats import MAX_RECORD_BYTES
+
+    path = write_ndjson(tmp_path / "long.ndjson", "cat", [SQUARE])
+    with open(path, "ab") as sink:
+        sink.write(b'{"drawing": "' + b"x" * (3 * MAX_RECORD_BYTES) + b'"}\n')
+    write_ndjson(tmp_path / "tail.ndjson", "cat", [TWO_STROKES])
+    with open(path, "ab") as sink:
+        sink.write((tmp_path / "tail.ndjson").read_bytes())
+    items = list(iter_chunks(path))
+    rejections = [i for i in items if isinstance(i, Rejection)]
+    assert [(r.record, r.reason) for r in rejections] == [("line 2", "record too long")]
+    assert [r for i in items if isinstance(i, SketchChunk) for r in i.records] == ["line 1", "line 3"]
+
+
+def test_a_gzip_bomb_is_stopped_where_it_expands(tmp_path):
+    from pipeline.scoring import readers
+
+    first = write_ndjson(tmp_path / "a.ndjson", "cat", [SQUARE]).read_bytes()
+    bomb = tmp_path / "bomb.ndjson.gz"
+    with gzip.open(bomb, "wb") as sink:
+        sink.write(first)
+        block = b"\n" * (1 << 20)
+        for _ in range(readers.EXPANSION_CHECKED_FROM // len(block) + 8):
+            sink.write(block)
+    assert bomb.stat().st_size * readers.MAX_EXPANSION < readers.EXPANSION_CHECKED_FROM
+    items = list(iter_chunks(bomb))
+    chunks = [i for i in items if isinstance(i, SketchChunk)]
+    (stopped,) = [i for i in items if isinstance(i, Rejection)]
+    assert [c.records for c in chunks] == [["line 1"]]  # what came before stays
+    assert stopped.reason == "compressed file broken here" and "times its size" in stopped.value

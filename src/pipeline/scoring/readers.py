@@ -132,10 +132,46 @@ def iter_chunks(path: Path, size: int = 4096) -> Iterator[SketchChunk | Rejectio
         yield from _json_chunks(path, size)
 
 
+MAX_EXPANSION = 200  # a gzip file unpacking to more than this many times its size (past 8 MiB) is refused
+EXPANSION_CHECKED_FROM = 8 << 20
+
+
+class ExpansionError(OSError):
+    """A compressed file that unpacks to far more than any real drawings would (a decompression bomb)."""
+
+
+def _bounded_lines(stream, limit: int = MAX_RECORD_BYTES) -> Iterator[bytes | None]:
+    """Yield the lines of a binary stream, each read up to ``limit`` + 1 bytes: a longer line is skipped
+    unread in pieces and stands as ``None`` (one line of gigabytes must not be held in memory). A gzip
+    stream that unpacks to over :data:`MAX_EXPANSION` times what it has read raises :class:`ExpansionError`
+    (ended as a broken compressed file: the lines before it stay)."""
+    packed = getattr(stream, "fileobj", None)
+    unpacked = 0
+    while True:
+        line = stream.readline(limit + 1)
+        unpacked += len(line)
+        if packed is not None and unpacked > EXPANSION_CHECKED_FROM and unpacked > MAX_EXPANSION * packed.tell():
+            raise ExpansionError(f"unpacks to over {MAX_EXPANSION} times its size")
+        if not line:
+            return
+        if len(line) <= limit or line.endswith(b"\n"):
+            yield line
+            continue
+        while line and not line.endswith(b"\n"):  # the rest of the long line
+            line = stream.readline(1 << 20)
+            unpacked += len(line)
+            if packed is not None and unpacked > MAX_EXPANSION * max(packed.tell(), 1) > EXPANSION_CHECKED_FROM:
+                raise ExpansionError(f"unpacks to over {MAX_EXPANSION} times its size")
+        yield None
+
+
 def _ndjson_chunks(path: Path, size: int) -> Iterator[SketchChunk | Rejection]:
     builder = _ChunkBuilder(str(path), size)
-    with open_ndjson(path) as lines:
-        for number, raw_line in _numbered_lines(lines, str(path)):
+    with open_ndjson(path) as stream:
+        for number, raw_line in _numbered_lines(_bounded_lines(stream), str(path)):
+            if raw_line is None:
+                yield Rejection(str(path), f"line {number}", "record too long", f"over {MAX_RECORD_BYTES:,} bytes")
+                continue
             if isinstance(raw_line, Rejection):
                 yield raw_line
                 break

@@ -185,7 +185,9 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--trials", required=True, type=_positive, metavar="N", help="finished trials the study needs")
     tune.add_argument("--parallel", type=_positive, default=1, metavar="K", help="trials at once (default 1)")
     tune.add_argument("--study", metavar="NAME", help="study name (default tune-<architecture>-<source>); resumes")
-    tune.add_argument("--output", metavar="FILE", help="where the best settings go (default tuned-<architecture>.yaml)")
+    tune.add_argument(
+        "--output", metavar="FILE", help="where the best settings go (default <work_dir>/tuned/<architecture>.yaml)"
+    )
 
     validate = commands.add_parser("validate", help="ingest and validate only; print counts and quarantine")
     _add_setting_flags(validate, _DATA_FLAGS)

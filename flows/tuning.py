@@ -45,7 +45,8 @@ def tuning_flow(
         asked = [tuning.ask_trial(study, architecture) for _ in range(min(parallel, remaining))]
         ran += [future.result() for future in [trial_task.submit(settings, ref, a, features_dir) for a in asked]]
         remaining -= len(asked)
-    path = Path(output or f"tuned-{architecture}.yaml")
+    path = Path(output or Path(settings.work_dir) / "tuned" / f"{architecture}.yaml")
+    path.parent.mkdir(parents=True, exist_ok=True)
     best = export_best_task(settings, ref, path)
     return {
         "study": ref.name,

@@ -43,6 +43,11 @@ from flows.cli import main
         (["serve-model", "--port", "0"], "--port: a port is a whole number from 1 to 65535 (got '0')"),
         (["ui", "--port", "99999"], "--port: a port is a whole number from 1 to 65535"),
         (["download", "--format", "raw", "--classes", "cat", "--dest", "/proc/x"], "--dest: cannot create /proc/x"),
+        (["run", "--epoch", "2"], "unrecognized arguments: --epoch 2"),  # no abbreviation of --epochs
+        (["score", "--output", "s.csv", "."], "--output: s.csv: the scores file must end in .parquet"),
+        (["score", "--output", "s.parquet", "missing"], "missing: No such file or directory"),
+        (["monitor", "--scores", "missing.parquet"], "--scores: missing.parquet: no such file"),
+        (["monitor", "--scores", "s.parquet", "--drift-share", "2"], "--drift-share: must be in (0, 1]"),
     ],
 )
 def test_wrong_values_fail_fast_naming_the_flag(in_tmp_cwd, capsys, argv, flag):

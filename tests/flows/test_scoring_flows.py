@@ -220,3 +220,14 @@ def test_a_version_without_reference_cannot_be_monitored(trained, tmp_path, caps
     with pytest.raises(SystemExit) as stopped:
         _monitor(config, scores, "--model-uri", f"models:/{settings.registered_model_name}/{other.version}")
     assert stopped.value.code == 2 and "has no reference profile" in capsys.readouterr().err
+
+
+def test_the_scheduled_monitoring_flow_scores_the_inbox_then_compares(trained, tmp_path):
+    from flows.scoring import monitoring_pipeline
+
+    _, config, _ = trained
+    output = tmp_path / "scores" / "latest.parquet"  # its folder is made
+    summary = monitoring_pipeline(inputs=[str(_batch(tmp_path / "inbox", 71))], output=str(output), config_file=config)
+    assert pq.read_metadata(output).num_rows == 640
+    assert not summary.drift_detected and summary.current_rows == 640
+    assert json.loads(output.with_name("latest.drift.json").read_text())["drift_share"] == summary.drift_share

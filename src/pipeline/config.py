@@ -154,6 +154,8 @@ class Settings:
     registered_model_name: str = "quickdraw-synthetic"  # one registered model per set of classes
     promotion_margin: float = 0.0  # least accuracy gain over the champion that counts
     promotion_alpha: float = 0.05  # significance level of McNemar's exact test
+    # evaluation keeps each test sketch's top classes; this keeps every probability too (tests x classes floats)
+    keep_test_probabilities: bool = False
     # Scoring and monitoring
     reference_sample: int = 5000  # test sketches a registered version's reference profile keeps
     drift_share: float = 0.3  # share of the monitored columns that must drift for drift_detected (3 of 10)

@@ -81,6 +81,7 @@ def padded_length(longest: int, max_len: int, bucket: int) -> int:
 
 def score_batch(model: LoadedModel, sketches: list[np.ndarray], k: int, bucket: int) -> tuple[np.ndarray, np.ndarray]:
     """Return the ``k`` best class indices and their probabilities, best first, per sketch (one model call)."""
+    from pipeline.evaluation import top_k_indices
     from pipeline.features import pad_batch
     from pipeline.strokes import drop_noop_points
 
@@ -88,11 +89,8 @@ def score_batch(model: LoadedModel, sketches: list[np.ndarray], k: int, bucket: 
     cropped = [drop_noop_points(sketch)[:max_len] for sketch in sketches]
     batch = pad_batch(cropped, padded_length(max(len(s) for s in cropped), max_len, bucket))
     probabilities = model.infer(batch).numpy()
-    k = min(k, probabilities.shape[1])
-    top = np.argpartition(-probabilities, k - 1, axis=1)[:, :k]  # no full sort of every class
-    top_p = np.take_along_axis(probabilities, top, axis=1)
-    order = np.argsort(-top_p, axis=1, kind="stable")
-    return np.take_along_axis(top, order, axis=1), np.take_along_axis(top_p, order, axis=1)
+    top = top_k_indices(probabilities, k)
+    return top, np.take_along_axis(probabilities, top, axis=1)
 
 
 class ModelHolder:

@@ -87,15 +87,31 @@ class Classifier:
         """Return sketches as one zero-padded batch, without their no-op points, cropped as in training."""
         return pad_batch([drop_noop_points(np.asarray(s, dtype=np.float32))[: self.max_len] for s in sketches])
 
+    def ranked(self, sketches: list[np.ndarray], k: int = 3, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+        """Return the ``k`` most likely class indices per sketch, most likely first, and their
+        probabilities; a chunk of sketches at a time, so no ``(sketches, classes)`` matrix is kept."""
+        from pipeline.evaluation import top_k_indices
+
+        k = min(k, len(self.classes))
+        indices, chosen = [np.zeros((0, k), np.int32)], [np.zeros((0, k), np.float32)]
+        for start in range(0, len(sketches), chunk):
+            probabilities = self.probabilities(sketches[start : start + chunk])
+            best = top_k_indices(probabilities, k)
+            indices.append(best)
+            chosen.append(np.take_along_axis(probabilities, best, axis=1))
+        return np.concatenate(indices), np.concatenate(chosen)
+
     def top_classes(self, sketches: list[np.ndarray]) -> list[str]:
         """Return the most likely class name per sketch."""
-        return [self.classes[i] for i in self.probabilities(sketches).argmax(axis=1)]
+        return [self.classes[i] for i in self.ranked(sketches, 1)[0][:, 0]]
 
     def top_k(self, sketches: list[np.ndarray], k: int = 3) -> list[list[tuple[str, float]]]:
         """Return the ``k`` most likely classes with their probabilities, per sketch."""
-        probabilities = self.probabilities(sketches)
-        order = np.argsort(-probabilities, axis=1)[:, :k]
-        return [[(self.classes[i], float(row[i])) for i in top] for row, top in zip(probabilities, order, strict=True)]
+        indices, chosen = self.ranked(sketches, k)
+        return [
+            [(self.classes[i], float(p)) for i, p in zip(row, probabilities, strict=True)]
+            for row, probabilities in zip(indices, chosen, strict=True)
+        ]
 
 
 def model_metadata(spec, max_abs_delta: float) -> dict:

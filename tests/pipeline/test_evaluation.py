@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 
 from pipeline.evaluation import score_predictions
 
@@ -42,8 +43,14 @@ def test_evaluate_model_scores_the_given_sketches_in_order_and_reports_speed_and
     serving = export_model(trained, spec.scale)
     sketches, labels = split_sketches(tiny_features, "test")
     assert len(sketches) == spec.counts["test"] and max(len(s) for s in sketches) <= spec.max_len
-    evaluation, probabilities = evaluate_model(serving, sketches, labels, 4, model_size_bytes=1234)
+    evaluation, predictions = evaluate_model(
+        serving, sketches, labels, 4, model_size_bytes=1234, keep_probabilities=True, batch_size=16
+    )
+    probabilities = predictions.probabilities
     assert probabilities.shape == (len(sketches), 4)
+    np.testing.assert_array_equal(predictions.ranked, np.argsort(-probabilities, axis=1, kind="stable")[:, :3])
+    np.testing.assert_allclose(predictions.top_probabilities, -np.sort(-probabilities, axis=1)[:, :3])
+    assert evaluate_model(serving, sketches, labels, 4, model_size_bytes=1)[1].probabilities is None
     # row i is sketch i: the trained network on sketch i alone, normalised as preprocessing does
     infer = compiled_inference(trained)
     for i in (0, len(sketches) // 2, len(sketches) - 1):
@@ -56,3 +63,19 @@ def test_evaluate_model_scores_the_given_sketches_in_order_and_reports_speed_and
     assert evaluation.num_params == trained.count_params()
     assert evaluation.model_size_bytes == 1234
     assert len(evaluation.precision) == len(evaluation.recall) == 4
+
+
+def test_top_k_indices_rank_as_a_full_sort_does_and_break_ties_by_index():
+    from pipeline.evaluation import score_ranked, top_k_indices
+
+    rng = np.random.default_rng(0)
+    probabilities = rng.random((50, 345)).astype(np.float32)
+    np.testing.assert_array_equal(
+        top_k_indices(probabilities, 3), np.argsort(-probabilities, axis=1, kind="stable")[:, :3]
+    )
+    assert top_k_indices(np.array([[0.2, 0.4, 0.4, 0.0]]), 3).tolist() == [[1, 2, 0]]
+    assert top_k_indices(np.array([[0.7, 0.3]]), 3).tolist() == [[0, 1]]  # k above the class count
+    labels = np.array([2, 0, 1])
+    ranked = np.array([[2, 0, 1], [1, 0, 2], [0, 2, 3]])
+    scores = score_ranked(ranked, labels, 4)
+    assert scores["accuracy"] == pytest.approx(1 / 3) and scores["top3_accuracy"] == pytest.approx(2 / 3)

@@ -24,7 +24,7 @@ TWO_STROKES = np.array([[0, 0, 0], [4, 0, 1], [0, 3, 0], [0, 5, 1]], dtype=np.fl
 def _chunk(sketches: list[np.ndarray], durations=None) -> SketchChunk:
     n = len(sketches)
     return SketchChunk(
-        "s", [f"[{i}]" for i in range(n)], [None] * n, [None] * n, ["simplified"] * n,
+        ["s"] * n, [f"[{i}]" for i in range(n)], [None] * n, [None] * n, ["simplified"] * n,
         np.concatenate(sketches).astype(np.float32) if n else np.zeros((0, 3), np.float32),
         np.array([len(s) for s in sketches], dtype=np.int64),
         np.full(n, np.nan) if durations is None else np.asarray(durations, dtype=np.float64),

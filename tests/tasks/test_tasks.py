@@ -89,7 +89,8 @@ def test_evaluation_artifacts_hold_the_probabilities_scores_and_figures(chain, s
     logged = {Path(a.path).name for a in client.list_artifacts(run_id, "evaluation")}
     figures = {"confusion_matrix.png", "confused_pairs.png", "training_curves.png", "misclassified.png"}
     assert {
-        "test_probabilities.npy",
+        "test_top_classes.npy",
+        "test_top_probabilities.npy",
         "per_class.json",
         "confusion_matrix.csv",
         "per_class_scores.json",
@@ -98,11 +99,15 @@ def test_evaluation_artifacts_hold_the_probabilities_scores_and_figures(chain, s
     assert {p.name for p in Path(chain["figures"]).glob("*.png")} == figures
     images = [Path(a.path).name for a in client.list_artifacts(run_id, "images")]  # the chart view's image grid
     assert all(any(name.startswith(f"{Path(f).stem}+step+0+") for name in images) for f in figures), images
-    probabilities = tracking.load_array_artifact(client, run_id, "evaluation/test_probabilities.npy")
+    assert "test_probabilities.npy" not in logged  # (sketches x classes) only with keep_test_probabilities
+    ranked = tracking.load_array_artifact(client, run_id, "evaluation/test_top_classes.npy")
+    top = tracking.load_array_artifact(client, run_id, "evaluation/test_top_probabilities.npy")
     spec = read_spec(chain["features"])
     labels = np.asarray(open_split(spec.dataset_dir, "test").labels)[record_indices(chain["features"], "test")]
-    assert probabilities.shape == (80, 4)
-    assert (probabilities.argmax(axis=1) == labels).mean() == pytest.approx(chain["evaluation"].accuracy)
+    assert ranked.shape == top.shape == (80, 3)
+    assert (ranked[:, 0] == labels).mean() == pytest.approx(chain["evaluation"].accuracy)
+    assert (ranked == labels[:, None]).any(axis=1).mean() == pytest.approx(chain["evaluation"].top3_accuracy)
+    assert (np.diff(top, axis=1) <= 0).all()
     assert tracking.load_array_artifact(client, run_id, "evaluation/missing.npy") is None
 
 
@@ -115,8 +120,11 @@ def test_the_registered_model_is_the_one_evaluated(chain, settings):
     classifier = load_classifier(settings, f"models:/{settings.registered_model_name}/{chain['version'].version}")
     sketches, _ = split_sketches(chain["features"], "test")
     client = tracking.client_for(settings.resolved_tracking_uri)
-    evaluated = tracking.load_array_artifact(client, chain["run"].run_id, "evaluation/test_probabilities.npy")
-    np.testing.assert_allclose(classifier.probabilities(sketches), evaluated, atol=1e-5)
+    run_id = chain["run"].run_id
+    evaluated = tracking.load_array_artifact(client, run_id, "evaluation/test_top_probabilities.npy")
+    ranked = tracking.load_array_artifact(client, run_id, "evaluation/test_top_classes.npy")
+    served = classifier.probabilities(sketches)
+    np.testing.assert_allclose(np.take_along_axis(served, ranked, axis=1), evaluated, atol=1e-5)
 
 
 def test_register_and_promote(chain, settings):

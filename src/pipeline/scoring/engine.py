@@ -23,8 +23,9 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.dataset import Rejection
+from pipeline.evaluation import top_k_indices
 from pipeline.scoring.descriptors import DESCRIPTORS, segment_starts, sketch_descriptors
-from pipeline.scoring.readers import SketchChunk, iter_chunks
+from pipeline.scoring.readers import CHUNK_SKETCHES, SketchChunk, iter_chunks
 
 BATCH_SKETCHES = 256  # sketches per model call
 QUARANTINE_COLUMNS = ("source", "record", "reason", "value", "count")
@@ -154,10 +155,7 @@ def predict_chunk(model: ScoringModel, rows: np.ndarray, lengths: np.ndarray, k:
     for begin in range(0, n, BATCH_SKETCHES):
         index = order[begin : begin + BATCH_SKETCHES]
         probabilities, features = model.predict(padded(rows, starts[index], lengths[index], model.max_len))
-        best = np.argpartition(-probabilities, k - 1, axis=1)[:, :k] if k < probabilities.shape[1] else None
-        if best is None:
-            best = np.broadcast_to(np.arange(k), probabilities.shape).copy()
-        ranked = np.take_along_axis(best, np.argsort(-np.take_along_axis(probabilities, best, 1), axis=1), 1)
+        ranked = top_k_indices(probabilities, k)
         top[index] = ranked
         top_p[index] = np.take_along_axis(probabilities, ranked, 1)
         projected = model.embed(features)
@@ -178,7 +176,7 @@ def chunk_table(model: ScoringModel, chunk: SketchChunk, k: int):
     classes = np.asarray(model.classes, dtype=object)
     k = top.shape[1]
     columns = {
-        "source": pa.array([chunk.source] * len(kept), pa.string()).dictionary_encode(),
+        "source": pa.array([chunk.sources[i] for i in kept], pa.string()).dictionary_encode(),
         "record": pa.array([chunk.records[i] for i in kept], pa.string()),
         "key_id": pa.array([chunk.key_ids[i] for i in kept], pa.string()),
         "word": pa.array([chunk.words[i] for i in kept], pa.string()),
@@ -231,7 +229,9 @@ def _prefetched(chunks: Iterator, depth: int = 2) -> Iterator:
         stop.set()
 
 
-def score_part(model: ScoringModel, files: list[Path], out: Path, k: int = 3, chunk_size: int = 4096) -> PartResult:
+def score_part(
+    model: ScoringModel, files: list[Path], out: Path, k: int = 3, chunk_size: int = CHUNK_SKETCHES
+) -> PartResult:
     """Score ``files`` in order into the Parquet file ``out``, their rejected records into
     ``out.quarantine.csv``; return the counts."""
     import pyarrow.parquet as pq
@@ -244,7 +244,7 @@ def score_part(model: ScoringModel, files: list[Path], out: Path, k: int = 3, ch
         rejected = csv.writer(sink)
         rejected.writerow(QUARANTINE_COLUMNS)
         try:
-            for item in _prefetched(item for path in files for item in iter_chunks(path, chunk_size)):
+            for item in _prefetched(iter_chunks(files, chunk_size)):
                 if isinstance(item, Rejection):
                     result.records_in += item.count
                     result.quarantined += item.count
@@ -252,7 +252,7 @@ def score_part(model: ScoringModel, files: list[Path], out: Path, k: int = 3, ch
                     continue
                 table, refused = chunk_table(model, item, k)
                 for index, reason in refused:
-                    rejected.writerow([item.source, item.records[index], reason, "", 1])
+                    rejected.writerow([item.sources[index], item.records[index], reason, "", 1])
                 result.records_in += len(item)
                 result.quarantined += len(refused)
                 result.scored += table.num_rows

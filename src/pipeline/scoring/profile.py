@@ -57,7 +57,7 @@ def test_sample(features_dir: Path, size: int, fmt: str, seed: int = 0) -> Sketc
         indices = np.sort(np.random.default_rng(seed).choice(indices, size, replace=False))
     sketches = [split.sketch(int(i)) for i in indices]  # at most `size`: bounded whatever the split's size
     return SketchChunk(
-        str(spec.dataset_dir), [f"test[{i}]" for i in indices], [None] * len(indices),
+        [str(spec.dataset_dir)] * len(indices), [f"test[{i}]" for i in indices], [None] * len(indices),
         [spec.classes[int(label)] for label in np.asarray(split.labels)[indices]], [fmt] * len(indices),
         np.concatenate(sketches).astype(np.float32) if sketches else np.zeros((0, 3), np.float32),
         np.fromiter(map(len, sketches), dtype=np.int64, count=len(sketches)), np.full(len(indices), np.nan),

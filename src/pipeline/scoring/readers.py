@@ -39,9 +39,10 @@ FORMATS = ("simplified", "raw", "tfrecord", "stroke3")
 
 @dataclasses.dataclass
 class SketchChunk:
-    """Sketches of one file as flat arrays: sketch ``i`` is ``rows[starts[i] : starts[i] + lengths[i]]``."""
+    """Sketches as flat arrays: sketch ``i`` is ``rows[starts[i] : starts[i] + lengths[i]]``, from file
+    ``sources[i]``."""
 
-    source: str
+    sources: list[str]
     records: list[str]  # where in the file: "line 3", "train[12]", "record 7", "[0]"
     key_ids: list[str | None]  # the drawing's key_id where the format has one
     words: list[str | None]  # the class the file names (ndjson word), where it has one
@@ -55,18 +56,19 @@ class SketchChunk:
 
 
 class _ChunkBuilder:
-    """Collects sketches of one file until ``size`` of them make a chunk."""
+    """Collects sketches, of one file or of several, until ``size`` of them make a chunk."""
 
-    def __init__(self, source: str, size: int):
-        self.source, self.size = source, size
+    def __init__(self, size: int):
+        self.size = size
         self._reset()
 
     def _reset(self) -> None:
-        self.records, self.key_ids, self.words, self.formats = [], [], [], []
+        self.sources, self.records, self.key_ids, self.words, self.formats = [], [], [], [], []
         self.sketches: list[np.ndarray] = []
         self.durations: list[float] = []
 
-    def add(self, record: str, sketch: np.ndarray, fmt: str, key_id=None, word=None, duration=np.nan) -> None:
+    def add(self, source: str, record: str, sketch: np.ndarray, fmt: str, key_id=None, word=None, duration=np.nan):
+        self.sources.append(source)
         self.records.append(record)
         self.key_ids.append(key_id)
         self.words.append(word)
@@ -84,7 +86,7 @@ class _ChunkBuilder:
         lengths = np.fromiter(map(len, self.sketches), dtype=np.int64, count=len(self.sketches))
         rows = np.concatenate(self.sketches).astype(np.float32, copy=False)
         chunk = SketchChunk(
-            self.source, self.records, self.key_ids, self.words, self.formats, rows, lengths,
+            self.sources, self.records, self.key_ids, self.words, self.formats, rows, lengths,
             np.asarray(self.durations, dtype=np.float64),
         )  # fmt: skip
         self._reset()
@@ -117,19 +119,39 @@ def score_files(paths: list[str | Path]) -> list[Path]:
     return files
 
 
-def iter_chunks(path: Path, size: int = 4096) -> Iterator[SketchChunk | Rejection]:
-    """Yield the sketches of one file in chunks of up to ``size``, and a :class:`Rejection` for every record
-    that is not a sketch (a file that cannot be read at all is one rejection)."""
-    path = Path(path)
+CHUNK_SKETCHES = 8192  # sketches per chunk: sorted by length into batches, so larger chunks pad less
+
+
+def iter_chunks(paths: Path | list[Path], size: int = CHUNK_SKETCHES) -> Iterator[SketchChunk | Rejection]:
+    """Yield the sketches of the files, in order, in chunks of up to ``size`` (a chunk may span files), and
+    a :class:`Rejection` for every record that is not a sketch (a file that cannot be read at all is one
+    rejection)."""
+    builder = _ChunkBuilder(size)
+    for path in [paths] if isinstance(paths, str | Path) else paths:
+        path = Path(path)
+        for item in _records(path):
+            if isinstance(item, Rejection):
+                yield item
+                continue
+            builder.add(str(path), *item)
+            if builder.full:
+                yield builder.take()
+    chunk = builder.take()
+    if chunk is not None:
+        yield chunk
+
+
+def _records(path: Path) -> Iterator[tuple | Rejection]:
+    """Yield ``(record, stroke-3, format, key_id, word, duration)`` per sketch of one file, or a Rejection."""
     name = path.name
     if name.endswith((".ndjson", ".ndjson.gz")):
-        yield from _ndjson_chunks(path, size)
+        yield from _ndjson_records(path)
     elif name.endswith(".npz"):
-        yield from _npz_chunks(path, size)
+        yield from _npz_records(path)
     elif name.endswith(".tfrecord"):
-        yield from _tfrecord_chunks(path, size)
+        yield from _tfrecord_records(path)
     else:
-        yield from _json_chunks(path, size)
+        yield from _json_records(path)
 
 
 MAX_EXPANSION = 200  # a gzip file unpacking to more than this many times its size (past 8 MiB) is refused
@@ -165,8 +187,7 @@ def _bounded_lines(stream, limit: int = MAX_RECORD_BYTES) -> Iterator[bytes | No
         yield None
 
 
-def _ndjson_chunks(path: Path, size: int) -> Iterator[SketchChunk | Rejection]:
-    builder = _ChunkBuilder(str(path), size)
+def _ndjson_records(path: Path) -> Iterator[tuple | Rejection]:
     with open_ndjson(path) as stream:
         for number, raw_line in _numbered_lines(_bounded_lines(stream), str(path)):
             if raw_line is None:
@@ -180,15 +201,7 @@ def _ndjson_chunks(path: Path, size: int) -> Iterator[SketchChunk | Rejection]:
             if not raw_line.strip():
                 continue
             outcome = _ndjson_drawing(str(path), number, raw_line)
-            if isinstance(outcome, Rejection):
-                yield outcome
-                continue
-            builder.add(f"line {number}", *outcome)
-            if builder.full:
-                yield builder.take()
-    chunk = builder.take()
-    if chunk is not None:
-        yield chunk
+            yield outcome if isinstance(outcome, Rejection) else (f"line {number}", *outcome)
 
 
 def _ndjson_drawing(source: str, number: int, raw_line: bytes):
@@ -228,28 +241,21 @@ def _ndjson_drawing(source: str, number: int, raw_line: bytes):
     return sketch, "raw" if raw else "simplified", key_id, (word[:MAX_KEY_ID_CHARS] if word else None), duration
 
 
-def _npz_chunks(path: Path, size: int) -> Iterator[SketchChunk | Rejection]:
+def _npz_records(path: Path) -> Iterator[tuple | Rejection]:
     try:
         check_source_file(path, max_bytes=MAX_SKETCH_FILE_BYTES)
         splits = load_sketchrnn_npz(path)
     except StrokeFormatError as exc:
         yield Rejection(str(path), "whole file", "not a readable sketch-rnn npz file", str(exc)[-120:])
         return
-    builder = _ChunkBuilder(str(path), size)
     for split, sketches in splits.items():
         for index, sketch in enumerate(sketches):
-            builder.add(f"{split}[{index}]", sketch, "simplified")
-            if builder.full:
-                yield builder.take()
-    chunk = builder.take()
-    if chunk is not None:
-        yield chunk
+            yield f"{split}[{index}]", sketch, "simplified"
 
 
-def _tfrecord_chunks(path: Path, size: int) -> Iterator[SketchChunk | Rejection]:
+def _tfrecord_records(path: Path) -> Iterator[tuple | Rejection]:
     import tensorflow as tf
 
-    builder = _ChunkBuilder(str(path), size)
     for index, raw_record in enumerate(_readable_records(path)):
         if isinstance(raw_record, Rejection):
             yield dataclasses.replace(raw_record, source=str(path))
@@ -265,15 +271,10 @@ def _tfrecord_chunks(path: Path, size: int) -> Iterator[SketchChunk | Rejection]
         if len(shape) != 2 or shape[1] != 3 or shape[0] < 1 or shape[0] * 3 != len(ink):
             yield Rejection(str(path), record, "ink does not match its shape", f"shape {shape}, {len(ink)} values")
             continue
-        builder.add(record, ink.reshape(shape), "tfrecord")
-        if builder.full:
-            yield builder.take()
-    chunk = builder.take()
-    if chunk is not None:
-        yield chunk
+        yield record, ink.reshape(shape), "tfrecord"
 
 
-def _json_chunks(path: Path, size: int) -> Iterator[SketchChunk | Rejection]:
+def _json_records(path: Path) -> Iterator[tuple | Rejection]:
     from pipeline.serving import _decode, _parse_json_sketches
 
     try:
@@ -283,14 +284,8 @@ def _json_chunks(path: Path, size: int) -> Iterator[SketchChunk | Rejection]:
     except (StrokeFormatError, ValueError) as exc:
         yield Rejection(str(path), "whole file", "not a stroke-3 JSON file", str(exc)[-120:])
         return
-    builder = _ChunkBuilder(str(path), size)
     for index, sketch in enumerate(sketches):
-        builder.add(f"[{index}]", sketch, "stroke3")
-        if builder.full:
-            yield builder.take()
-    chunk = builder.take()
-    if chunk is not None:
-        yield chunk
+        yield f"[{index}]", sketch, "stroke3"
 
 
 def ndjson_kind(data_dir: Path) -> str:

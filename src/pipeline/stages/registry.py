@@ -16,7 +16,7 @@ from pipeline.promotion import PromotionDecision, best_candidate, decide_promoti
 from pipeline.report import ArchitectureResult, winner_markdown, write_comparison_csv
 from pipeline.scoring.profile import REFERENCE_DIR, source_format, write_reference
 from pipeline.serving import load_classifier, model_metadata
-from pipeline.stages.training import SERVING_MODEL, TEST_PROBABILITIES, ArchitectureRun
+from pipeline.stages.training import SERVING_MODEL, TEST_PROBABILITIES, TEST_TOP_CLASSES, ArchitectureRun
 from pipeline.validation import ValidationReport
 
 
@@ -153,13 +153,9 @@ def promote(settings: Settings, versions: list[registry.RegisteredVersion], feat
             truth = np.asarray([spec.classes[int(label)] for label in test_labels])
             predicted = {}
             for version in (best, registry.RegisteredVersion(name, champion, "", "", float("nan"))):
-                probabilities = None
-                if version.run_id:
-                    probabilities = tracking.load_array_artifact(
-                        client, version.run_id, f"evaluation/{TEST_PROBABILITIES}"
-                    )
-                if probabilities is not None and probabilities.shape == (len(indices), len(spec.classes)):
-                    predicted[version.version] = [spec.classes[i] for i in probabilities.argmax(axis=1)]
+                evaluated = _evaluated_classes(client, version.run_id, len(indices)) if version.run_id else None
+                if evaluated is not None:
+                    predicted[version.version] = [spec.classes[i] for i in evaluated]
                 else:
                     classifier = load_classifier(settings, f"models:/{name}/{version.version}")
                     predicted[version.version] = classifier.top_classes(sketches)
@@ -176,6 +172,17 @@ def promote(settings: Settings, versions: list[registry.RegisteredVersion], feat
         )
         registry.apply_promotion(client, name, decision)
         return decision
+
+
+def _evaluated_classes(client, run_id: str, count: int) -> np.ndarray | None:
+    """Return the class index its run's evaluation predicted for each of ``count`` test sketches, or None
+    (a run evaluated on another test set; runs evaluated before the top classes were kept, that logged
+    every probability, are read from those)."""
+    ranked = tracking.load_array_artifact(client, run_id, f"evaluation/{TEST_TOP_CLASSES}")
+    if ranked is not None:
+        return ranked[:, 0] if ranked.ndim == 2 and len(ranked) == count else None
+    probabilities = tracking.load_array_artifact(client, run_id, f"evaluation/{TEST_PROBABILITIES}")
+    return probabilities.argmax(axis=1) if probabilities is not None and len(probabilities) == count else None
 
 
 def result_row(run: ArchitectureRun, evaluation: Evaluation, version: registry.RegisteredVersion) -> ArchitectureResult:

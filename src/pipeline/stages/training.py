@@ -23,7 +23,11 @@ from pipeline.plots import (
 from pipeline.serving import export_model
 from pipeline.training import TrainingConfig, train_model
 
-TEST_PROBABILITIES = "test_probabilities.npy"  # in a run's ``evaluation`` artifacts, rows in test record order
+# in a run's ``evaluation`` artifacts, rows in test record order: the top classes of each test sketch (the
+# predicted one first) and their probabilities; every probability only with keep_test_probabilities
+TEST_TOP_CLASSES = "test_top_classes.npy"
+TEST_TOP_PROBABILITIES = "test_top_probabilities.npy"
+TEST_PROBABILITIES = "test_probabilities.npy"
 SERVING_MODEL = "serving.keras"  # beside a run's trained model: what evaluation scored and registration logs
 
 
@@ -165,12 +169,20 @@ def evaluate(settings: Settings, run: ArchitectureRun, features_dir: Path) -> Ev
     serving_path = Path(run.model_path).parent / SERVING_MODEL
     serving.save(serving_path)
     sketches, labels = split_sketches(features_dir, "test")
-    evaluation, probabilities = evaluate_model(
-        serving, sketches, labels, len(spec.classes), model_size_bytes=serving_path.stat().st_size
+    evaluation, predictions = evaluate_model(
+        serving,
+        sketches,
+        labels,
+        len(spec.classes),
+        model_size_bytes=serving_path.stat().st_size,
+        keep_probabilities=settings.keep_test_probabilities,
     )
     out = Path(run.model_path).parent / "evaluation"
     out.mkdir(parents=True, exist_ok=True)
-    np.save(out / TEST_PROBABILITIES, probabilities)
+    np.save(out / TEST_TOP_CLASSES, predictions.ranked)
+    np.save(out / TEST_TOP_PROBABILITIES, predictions.top_probabilities)
+    if predictions.probabilities is not None:
+        np.save(out / TEST_PROBABILITIES, predictions.probabilities)
     per_class = evaluation.per_class_table(spec.classes)
     (out / "per_class.json").write_text(json.dumps(per_class))
     write_confusion_csv(evaluation.confusion, spec.classes, out / "confusion_matrix.csv")
@@ -191,27 +203,27 @@ def plot_evaluation(settings: Settings, run: ArchitectureRun, evaluation: Evalua
     client = tracking.client_for(settings.resolved_tracking_uri)
     spec = read_spec(features_dir)
     out = Path(run.model_path).parent / "evaluation" / "figures"
-    probabilities = np.load(out.parent / TEST_PROBABILITIES, allow_pickle=False)
+    ranked = np.load(out.parent / TEST_TOP_CLASSES, allow_pickle=False)
+    confidence = np.load(out.parent / TEST_TOP_PROBABILITIES, allow_pickle=False)[:, 0]
     title = f"{run.architecture}: test accuracy {evaluation.accuracy:.3f}"
     confusion = np.array(evaluation.confusion)
     save_figure(confusion_matrix_figure(confusion, spec.classes, title), out / "confusion_matrix.png")
     save_figure(confused_pairs_figure(confusion, spec.classes, title), out / "confused_pairs.png")
     history = tracking.metric_histories(client, run.run_id, ["loss", "val_loss", "accuracy", "val_accuracy"])
     save_figure(training_curves_figure(history, run.architecture), out / "training_curves.png")
-    save_figure(_misclassified_figure(spec, features_dir, probabilities), out / "misclassified.png")
+    save_figure(_misclassified_figure(spec, features_dir, ranked[:, 0], confidence), out / "misclassified.png")
     tracking.log_artifacts(client, run.run_id, out, "evaluation")
     tracking.log_images(client, run.run_id, {path.stem: path for path in sorted(out.glob("*.png"))})
     return out
 
 
-def _misclassified_figure(spec, features_dir: Path, probabilities: np.ndarray, limit: int = 16):
+def _misclassified_figure(spec, features_dir: Path, predicted: np.ndarray, confidence: np.ndarray, limit: int = 16):
     """Return a grid of (up to ``limit``) misclassified test sketches, captioned true -> predicted."""
     test = open_split(spec.dataset_dir, "test")
     indices = record_indices(features_dir, "test")
     labels = np.asarray(test.labels)[indices]
-    predicted = probabilities.argmax(axis=1)
     wrong = np.flatnonzero(predicted != labels)[:limit]
     return sketch_grid_figure(
         [test.sketch(int(indices[i])) for i in wrong],
-        [f"{spec.classes[labels[i]]} -> {spec.classes[predicted[i]]} ({probabilities[i].max():.2f})" for i in wrong],
+        [f"{spec.classes[labels[i]]} -> {spec.classes[predicted[i]]} ({confidence[i]:.2f})" for i in wrong],
     )

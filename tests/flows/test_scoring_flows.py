@@ -231,3 +231,16 @@ def test_the_scheduled_monitoring_flow_scores_the_inbox_then_compares(trained, t
     assert pq.read_metadata(output).num_rows == 640
     assert not summary.drift_detected and summary.current_rows == 640
     assert json.loads(output.with_name("latest.drift.json").read_text())["drift_share"] == summary.drift_share
+
+
+@pytest.mark.slow
+def test_parts_score_alike_on_a_local_dask_cluster(trained, tmp_path):
+    _, config, _ = trained
+    folder = _batch(tmp_path / "batch", 81, count=160)
+    threads, dask = tmp_path / "threads.parquet", tmp_path / "dask.parquet"
+    _score(config, [str(folder)], threads, "--parts", "3")
+    _score(config, [str(folder)], dask, "--parts", "3", "--task-runner", "dask")
+    by_threads, by_dask = pq.read_table(threads).to_pandas(), pq.read_table(dask).to_pandas()
+    assert len(by_dask) == 160 and by_dask["record"].tolist() == by_threads["record"].tolist()
+    assert by_dask["predicted_class"].tolist() == by_threads["predicted_class"].tolist()
+    np.testing.assert_allclose(by_dask["confidence"], by_threads["confidence"], atol=1e-5)

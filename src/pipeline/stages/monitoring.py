@@ -88,23 +88,19 @@ def track(settings: Settings, summary: DriftSummary, scores: str, html: Path, su
     """Record a monitoring run in the inference experiment: the verdict, the share, each column's score and
     the report; return its run id."""
     from pipeline import tracking
-    from pipeline.stages.scoring import inference_experiment
+    from pipeline.stages.scoring import start_inference_run
 
-    client = tracking.client_for(settings.resolved_tracking_uri)
-    experiment_id = tracking.ensure_experiment(client, inference_experiment(settings), settings.artifact_location)
-    run = client.create_run(
-        experiment_id,
-        run_name=f"monitor-{summary.model_name}-v{summary.model_version}",
-        tags={
-            "pipeline": "monitor",
-            "model_name": summary.model_name,
-            "model_version": summary.model_version,
+    client, run_id = start_inference_run(
+        settings,
+        "monitor",
+        summary.model_name,
+        summary.model_version,
+        {
             "drift_detected": str(summary.drift_detected).lower(),
             "drifted_columns": ",".join(summary.drifted_columns)[:500],
             "scores": str(Path(scores).resolve())[:500],
         },
     )
-    run_id = run.info.run_id
     try:
         metrics = {"drift_detected": float(summary.drift_detected), "drift_share": summary.drift_share}
         metrics.update({f"drift_score.{c}": r["score"] for c, r in summary.columns.items()})

@@ -170,29 +170,39 @@ def inference_experiment(settings: Settings) -> str:
     return f"{settings.experiment_name}-inference"
 
 
-def _track(settings: Settings, summary: ScoreSummary, inputs: list[str], classes: Counter, top_k: int) -> str:
+def start_inference_run(settings: Settings, kind: str, name: str, version: str, tags: dict[str, str]):
+    """Open a ``score`` or ``monitor`` run (``kind``) in the inference experiment, tagged with the model
+    version and linked to its logged model; return the client and the run id."""
     from mlflow.entities import LoggedModelInput
 
     from pipeline import tracking
 
     client = tracking.client_for(settings.resolved_tracking_uri)
     experiment_id = tracking.ensure_experiment(client, inference_experiment(settings), settings.artifact_location)
-    version = client.get_model_version(summary.model_name, summary.model_version)
+    registered = client.get_model_version(name, version)
     run = client.create_run(
         experiment_id,
-        run_name=f"score-{summary.model_name}-v{summary.model_version}",
-        tags={
-            "pipeline": "score",
-            "model_name": summary.model_name,
-            "model_version": summary.model_version,
-            "model_run_id": version.run_id or "",
-            "output": summary.output[: tracking.MAX_TAG_VALUE],
-        },
-    )
-    run_id = run.info.run_id
+        run_name=f"{kind}-{name}-v{version}",
+        tags={"pipeline": kind, "model_name": name, "model_version": version,
+              "model_run_id": registered.run_id or "", **tags},
+    )  # fmt: skip
     try:
-        if getattr(version, "model_id", None):
-            client.log_inputs(run_id, models=[LoggedModelInput(model_id=version.model_id)])
+        if getattr(registered, "model_id", None):
+            client.log_inputs(run.info.run_id, models=[LoggedModelInput(model_id=registered.model_id)])
+    except Exception:
+        tracking.end_run(client, run.info.run_id, "FAILED")
+        raise
+    return client, run.info.run_id
+
+
+def _track(settings: Settings, summary: ScoreSummary, inputs: list[str], classes: Counter, top_k: int) -> str:
+    from pipeline import tracking
+
+    client, run_id = start_inference_run(
+        settings, "score", summary.model_name, summary.model_version,
+        {"output": summary.output[: tracking.MAX_TAG_VALUE]},
+    )  # fmt: skip
+    try:
         tracking.log_params(
             client,
             run_id,

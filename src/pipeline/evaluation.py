@@ -151,6 +151,34 @@ def measure_latency(infer, sketches: list[np.ndarray], count: int = 100) -> tupl
     return float(np.percentile(timings, 50)), float(np.percentile(timings, 95))
 
 
+EVAL_CHUNK_SKETCHES = 8192  # test sketches read, sorted by length and predicted at once
+
+
+def split_chunks(dataset_dir: Path, indices: np.ndarray, split: str = "test", size: int = EVAL_CHUNK_SKETCHES):
+    """Yield ``(rows, lengths)`` of a dataset split's sketches at ``indices`` (ascending, as a features
+    folder lists them), in that order, ``size`` at a time: one positioned read per chunk, so memory
+    holds a chunk, whatever the split's size."""
+    from pipeline.dataset import open_split
+    from pipeline.features import gather_rows
+
+    arrays = open_split(dataset_dir, split)
+    for begin in range(0, len(indices), size):
+        part = np.asarray(indices[begin : begin + size], dtype=np.int64)
+        low = int(part.min())
+        rows, offsets = arrays.rows(low, int(part.max()) + 1)
+        starts = offsets[part - low]
+        lengths = (offsets[part - low + 1] - starts).astype(np.int64)
+        yield gather_rows(rows, starts, lengths), lengths
+
+
+def list_chunks(sketches: list[np.ndarray], size: int = EVAL_CHUNK_SKETCHES):
+    """Yield ``(rows, lengths)`` chunks of a list of sketches (what :func:`split_chunks` yields)."""
+    for begin in range(0, len(sketches), size):
+        part = sketches[begin : begin + size]
+        lengths = np.fromiter(map(len, part), dtype=np.int64, count=len(part))
+        yield np.concatenate(part).astype(np.float32, copy=False), lengths
+
+
 def evaluate_model(
     model,
     sketches: list[np.ndarray],
@@ -160,32 +188,68 @@ def evaluate_model(
     keep_probabilities: bool = False,
     batch_size: int = 256,
 ) -> tuple[Evaluation, SplitPredictions]:
-    """Score a serving model (raw stroke-3 in, probabilities out) on sketches with known labels.
-
-    Returns its metrics, speed and size, and its top classes per sketch in the order of ``sketches``
-    (every probability too with ``keep_probabilities``). Each batch's probabilities are reduced to
-    its top classes as they come, so memory holds no ``(sketches, classes)`` matrix. Throughput is
-    timed on this pass, after the graph function has been traced and warmed.
-    """
+    """Score a serving model on a list of sketches with known labels (see :func:`evaluate_chunks`)."""
     if not sketches:
         raise ValueError("no sketches to evaluate on")
+    longest = max(len(s) for s in sketches)
+    return evaluate_chunks(
+        model, list_chunks(sketches), labels, num_classes, model_size_bytes, longest, keep_probabilities, batch_size
+    )
+
+
+def evaluate_chunks(
+    model,
+    chunks,
+    labels: np.ndarray,
+    num_classes: int,
+    model_size_bytes: int,
+    max_len: int,
+    keep_probabilities: bool = False,
+    batch_size: int = 256,
+) -> tuple[Evaluation, SplitPredictions]:
+    """Score a serving model (raw stroke-3 in, probabilities out) on sketches with known labels, given as
+    ``(rows, lengths)`` chunks (:func:`split_chunks`), each sketch cropped to ``max_len``.
+
+    Returns its metrics, speed and size, and its top classes per sketch in the order of ``labels``
+    (every probability too with ``keep_probabilities``). Each chunk is sorted by length into batches
+    (little padding; padding never changes a prediction) and each batch's probabilities are reduced
+    to its top classes as they come: memory holds a chunk, not the split, and no ``(sketches, classes)``
+    matrix. Throughput is timed over this pass, after the graph function has been traced.
+    """
+    from pipeline.features import padded, segment_starts
+
+    labels = np.asarray(labels)
+    count = len(labels)
+    if count == 0:
+        raise ValueError("no sketches to evaluate on")
     infer = compiled_inference(model)
-    infer(pad_batch(sketches[:batch_size]))  # trace and optimise before the timed pass
     k = min(TOP_K, num_classes)
-    ranked = np.zeros((len(sketches), k), dtype=np.int32)
-    top_probabilities = np.zeros((len(sketches), k), dtype=np.float32)
-    kept = []
-    started = time.perf_counter()
-    for start in range(0, len(sketches), batch_size):
-        probabilities = infer(pad_batch(sketches[start : start + batch_size])).numpy()
-        best = top_k_indices(probabilities, k)
-        ranked[start : start + len(best)] = best
-        top_probabilities[start : start + len(best)] = np.take_along_axis(probabilities, best, axis=1)
-        if keep_probabilities:
-            kept.append(probabilities)
-    throughput = len(sketches) / (time.perf_counter() - started)
-    scores = score_ranked(ranked, np.asarray(labels), num_classes)
-    p50, p95 = measure_latency(infer, sketches)
+    ranked = np.zeros((count, k), dtype=np.int32)
+    top_probabilities = np.zeros((count, k), dtype=np.float32)
+    kept = np.zeros((count, num_classes), dtype=np.float32) if keep_probabilities else None
+    first: list[np.ndarray] = []
+    done, seconds = 0, 0.0
+    for rows, lengths in chunks:
+        starts = segment_starts(lengths)
+        if not first:  # the latency sketches, and the trace before the timed pass
+            first = [rows[a : a + n][:max_len] for a, n in zip(starts[:100], lengths[:100], strict=True)]
+            infer(pad_batch(first))
+        order = np.argsort(lengths, kind="stable")
+        started = time.perf_counter()
+        for begin in range(0, len(order), batch_size):
+            index = order[begin : begin + batch_size]
+            probabilities = infer(padded(rows, starts[index], lengths[index], max_len)).numpy()
+            best = top_k_indices(probabilities, k)
+            ranked[done + index] = best
+            top_probabilities[done + index] = np.take_along_axis(probabilities, best, axis=1)
+            if kept is not None:
+                kept[done + index] = probabilities
+        seconds += time.perf_counter() - started
+        done += len(lengths)
+    if done != count:
+        raise ValueError(f"{done} sketches for {count} labels")
+    scores = score_ranked(ranked, labels, num_classes)
+    p50, p95 = measure_latency(infer, first)
     evaluation = Evaluation(
         accuracy=scores["accuracy"],
         top3_accuracy=scores["top3_accuracy"],
@@ -193,11 +257,11 @@ def evaluate_model(
         precision=scores["precision"],
         recall=scores["recall"],
         confusion=scores["confusion"],
-        num_examples=len(sketches),
+        num_examples=count,
         latency_p50_ms=p50,
         latency_p95_ms=p95,
-        throughput_per_s=throughput,
+        throughput_per_s=count / seconds if seconds else 0.0,
         num_params=int(model.count_params()),
         model_size_bytes=int(model_size_bytes),
     )
-    return evaluation, SplitPredictions(ranked, top_probabilities, np.concatenate(kept) if kept else None)
+    return evaluation, SplitPredictions(ranked, top_probabilities, kept)

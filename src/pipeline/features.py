@@ -466,3 +466,21 @@ def pad_batch(sketches: list[np.ndarray], length: int | None = None) -> np.ndarr
     for i, sketch in enumerate(sketches):
         batch[i, : len(sketch)] = sketch[:length]
     return batch
+
+
+def segment_starts(lengths: np.ndarray) -> np.ndarray:
+    """Return where each sketch begins in the flat rows."""
+    starts = np.zeros(len(lengths), dtype=np.int64)
+    np.cumsum(lengths[:-1], out=starts[1:])
+    return starts
+
+
+def padded(rows: np.ndarray, starts: np.ndarray, lengths: np.ndarray, max_len: int) -> np.ndarray:
+    """Return the sketches at ``starts``/``lengths`` of the flat rows, cropped to ``max_len`` and
+    zero-padded into one ``(batch, time, 3)`` float32 array (no loop over sketches)."""
+    cropped = np.minimum(lengths, max_len)
+    batch = np.zeros((len(lengths), int(cropped.max(initial=1)), 3), dtype=np.float32)
+    sketch_of = np.repeat(np.arange(len(lengths)), cropped)
+    position = np.arange(len(sketch_of)) - np.repeat(segment_starts(cropped), cropped)
+    batch[sketch_of, position] = rows[np.repeat(starts, cropped) + position]
+    return batch

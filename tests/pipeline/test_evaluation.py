@@ -79,3 +79,26 @@ def test_top_k_indices_rank_as_a_full_sort_does_and_break_ties_by_index():
     ranked = np.array([[2, 0, 1], [1, 0, 2], [0, 2, 3]])
     scores = score_ranked(ranked, labels, 4)
     assert scores["accuracy"] == pytest.approx(1 / 3) and scores["top3_accuracy"] == pytest.approx(2 / 3)
+
+
+def test_the_split_read_in_chunks_scores_as_the_list_does(tiny_features):
+    from pipeline.dataset import open_split
+    from pipeline.evaluation import evaluate_chunks, evaluate_model, split_chunks
+    from pipeline.features import read_spec, record_indices, split_sketches
+    from pipeline.models import build_model
+    from pipeline.serving import export_model
+
+    spec = read_spec(tiny_features)
+    serving = export_model(build_model("lstm", 4, {"units": 4, "num_layers": 1}), spec.scale)
+    sketches, labels = split_sketches(tiny_features, "test")
+    listed, by_list = evaluate_model(serving, sketches, labels, 4, model_size_bytes=1, keep_probabilities=True)
+    indices = record_indices(tiny_features, "test")
+    chunks = list(split_chunks(spec.dataset_dir, indices, size=7))  # chunks that cut the split anywhere
+    assert sum(len(lengths) for _, lengths in chunks) == len(indices)
+    streamed, by_chunks = evaluate_chunks(
+        serving, iter(chunks), np.asarray(open_split(spec.dataset_dir, "test").labels)[indices], 4, 1, spec.max_len,
+        keep_probabilities=True, batch_size=5,
+    )  # fmt: skip
+    np.testing.assert_allclose(by_chunks.probabilities, by_list.probabilities, atol=1e-5)
+    np.testing.assert_array_equal(by_chunks.ranked[:, 0], by_list.ranked[:, 0])
+    assert streamed.accuracy == listed.accuracy and streamed.confusion == listed.confusion

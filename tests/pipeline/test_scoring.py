@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from pipeline.dataset import Rejection
-from pipeline.features import pad_batch
+from pipeline.features import pad_batch, padded
 from pipeline.quickdraw_formats import write_ndjson, write_tfrecord
 from pipeline.scoring.descriptors import sketch_descriptors
-from pipeline.scoring.engine import clean, merge_parts, padded, partition, quarantine_path
+from pipeline.scoring.engine import clean, merge_parts, partition, quarantine_path
 from pipeline.scoring.readers import SketchChunk, iter_chunks, ndjson_kind, score_files
 from pipeline.strokes import StrokeFormatError, drop_noop_points, write_sketchrnn_npz
 from pipeline.synthetic import draw_sketch

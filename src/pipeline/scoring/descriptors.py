@@ -16,14 +16,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from pipeline.features import segment_starts
+
 DESCRIPTORS = ("points", "strokes", "width", "height", "aspect", "pen_up_share", "duration_s")
-
-
-def segment_starts(lengths: np.ndarray) -> np.ndarray:
-    """Return where each sketch begins in the flat rows."""
-    starts = np.zeros(len(lengths), dtype=np.int64)
-    np.cumsum(lengths[:-1], out=starts[1:])
-    return starts
 
 
 def sketch_descriptors(rows: np.ndarray, lengths: np.ndarray, durations: np.ndarray | None = None) -> dict:

@@ -24,7 +24,8 @@ import numpy as np
 
 from pipeline.dataset import Rejection
 from pipeline.evaluation import top_k_indices
-from pipeline.scoring.descriptors import DESCRIPTORS, segment_starts, sketch_descriptors
+from pipeline.features import padded, segment_starts
+from pipeline.scoring.descriptors import DESCRIPTORS, sketch_descriptors
 from pipeline.scoring.readers import CHUNK_SKETCHES, SketchChunk, iter_chunks
 
 BATCH_SKETCHES = 256  # sketches per model call
@@ -130,17 +131,6 @@ def clean(chunk: SketchChunk, max_abs_delta: float | None) -> tuple[np.ndarray, 
     new_lengths = np.bincount(sketch_of[keep_rows], minlength=n)[kept].astype(np.int64)
     refused = [(int(i), str(reasons[i])) for i in np.flatnonzero(~ok)]
     return rows[keep_rows], new_lengths, kept, refused
-
-
-def padded(rows: np.ndarray, starts: np.ndarray, lengths: np.ndarray, max_len: int) -> np.ndarray:
-    """Return the sketches at ``starts``/``lengths`` of the flat rows, cropped to ``max_len`` and
-    zero-padded into one ``(batch, time, 3)`` float32 array (no loop over sketches)."""
-    cropped = np.minimum(lengths, max_len)
-    batch = np.zeros((len(lengths), int(cropped.max(initial=1)), 3), dtype=np.float32)
-    sketch_of = np.repeat(np.arange(len(lengths)), cropped)
-    position = np.arange(len(sketch_of)) - np.repeat(segment_starts(cropped), cropped)
-    batch[sketch_of, position] = rows[np.repeat(starts, cropped) + position]
-    return batch
 
 
 def predict_chunk(model: ScoringModel, rows: np.ndarray, lengths: np.ndarray, k: int):

@@ -104,8 +104,8 @@ def write_reference(serving, metadata: dict, features_dir: Path, out_dir: Path, 
 
 def _penultimate(model, rows: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     """Return the penultimate features of cleaned sketches (for fitting the projection)."""
-    from pipeline.scoring.descriptors import segment_starts
-    from pipeline.scoring.engine import BATCH_SKETCHES, padded
+    from pipeline.features import padded, segment_starts
+    from pipeline.scoring.engine import BATCH_SKETCHES
 
     starts = segment_starts(lengths)
     out = [

@@ -11,8 +11,8 @@ import numpy as np
 from pipeline import progress, registry, tracking
 from pipeline.config import Settings
 from pipeline.dataset import open_split
-from pipeline.evaluation import Evaluation, evaluate_model, write_confusion_csv
-from pipeline.features import read_spec, record_indices, split_sketches
+from pipeline.evaluation import Evaluation, evaluate_chunks, split_chunks, write_confusion_csv
+from pipeline.features import read_spec, record_indices
 from pipeline.plots import (
     confused_pairs_figure,
     confusion_matrix_figure,
@@ -168,13 +168,14 @@ def evaluate(settings: Settings, run: ArchitectureRun, features_dir: Path) -> Ev
     serving = export_model(keras.saving.load_model(run.model_path, compile=False), spec.scale)
     serving_path = Path(run.model_path).parent / SERVING_MODEL
     serving.save(serving_path)
-    sketches, labels = split_sketches(features_dir, "test")
-    evaluation, predictions = evaluate_model(
+    indices = record_indices(features_dir, "test")
+    evaluation, predictions = evaluate_chunks(
         serving,
-        sketches,
-        labels,
+        split_chunks(spec.dataset_dir, indices),
+        np.asarray(open_split(spec.dataset_dir, "test").labels)[indices],
         len(spec.classes),
         model_size_bytes=serving_path.stat().st_size,
+        max_len=spec.max_len,
         keep_probabilities=settings.keep_test_probabilities,
     )
     out = Path(run.model_path).parent / "evaluation"

@@ -10,7 +10,7 @@ import numpy as np
 from pipeline import registry, tracking
 from pipeline.config import Settings
 from pipeline.dataset import open_split, read_info
-from pipeline.evaluation import Evaluation
+from pipeline.evaluation import Evaluation, split_chunks
 from pipeline.features import read_spec, record_indices
 from pipeline.promotion import PromotionDecision, best_candidate, decide_promotion, rejected_decision
 from pipeline.report import ArchitectureResult, winner_markdown, write_comparison_csv
@@ -149,7 +149,6 @@ def promote(settings: Settings, versions: list[registry.RegisteredVersion], feat
         indices = record_indices(features_dir, "test")
         test_labels = np.asarray(test.labels)[indices]
         if champion not in (None, best.version):
-            sketches = [test.sketch(int(i)) for i in indices]
             truth = np.asarray([spec.classes[int(label)] for label in test_labels])
             predicted = {}
             for version in (best, registry.RegisteredVersion(name, champion, "", "", float("nan"))):
@@ -158,7 +157,11 @@ def promote(settings: Settings, versions: list[registry.RegisteredVersion], feat
                     predicted[version.version] = [spec.classes[i] for i in evaluated]
                 else:
                     classifier = load_classifier(settings, f"models:/{name}/{version.version}")
-                    predicted[version.version] = classifier.top_classes(sketches)
+                    predicted[version.version] = [  # the test split a chunk at a time, as evaluation reads it
+                        label
+                        for rows, lengths in split_chunks(spec.dataset_dir, indices)
+                        for label in classifier.top_classes(np.split(rows, np.cumsum(lengths)[:-1]))
+                    ]
             correct = {version: np.asarray(labels) == truth for version, labels in predicted.items()}
         decision = decide_promotion(
             best.version,

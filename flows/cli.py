@@ -34,6 +34,12 @@ _SETTING_FLAGS = {
     ),
     "architectures": dict(metavar="A,B", help="comma-separated architectures to train"),
     "epochs": dict(metavar="N", type=int, help="training epochs per architecture"),
+    "steps_per_epoch": dict(
+        metavar="N", type=int, help="batches per epoch (0: one pass over the training split; default)"
+    ),
+    "max_parallel_architectures": dict(
+        metavar="N", type=int, help="architectures trained and evaluated at once (0: by free memory; default)"
+    ),
     "tracking_uri": dict(metavar="URI", help="MLflow tracking URI (default: SQLite store under mlflow/)"),
     "registered_model_name": dict(
         metavar="NAME", help="the registered model that versions go to (one per set of classes)"

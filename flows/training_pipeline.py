@@ -16,6 +16,7 @@ from pipeline.download import DownloadError
 from pipeline.report import PipelineResult
 from pipeline.stages.data import outputs_present
 from pipeline.stages.registry import result_row
+from pipeline.stages.training import parallel_architectures
 from pipeline.validation import DataValidationError, ValidationReport
 from tasks.data import download_task, ingest_task, preprocess_task, serialized, validate_task
 from tasks.registry import (
@@ -48,11 +49,18 @@ def training_pipeline(
     parent_run_id = start_tracking_run(settings, report, features_dir, run_name, resume_run_id)
     decision = None
     try:
-        runs = {a: train_task.submit(settings, a, features_dir, parent_run_id) for a in settings.architectures}
-        evaluations = {a: evaluate_task.submit(settings, runs[a], features_dir) for a in runs}
-        figures = [plot_evaluation_task.submit(settings, runs[a], evaluations[a], features_dir) for a in runs]
+        architectures = settings.architectures
+        at_once = parallel_architectures(settings, features_dir, len(architectures))
+        print(f"Training {len(architectures)} architecture(s), {at_once} at a time")
+        runs, evaluations, figures, versions = {}, {}, [], {}
         register = _with_retries(register_task, settings)
-        versions = {a: register.submit(settings, runs[a], evaluations[a], features_dir) for a in runs}
+        for i, a in enumerate(architectures):
+            if i >= at_once:  # one starts training when one of those before it has been evaluated
+                evaluations[architectures[i - at_once]].wait()
+            runs[a] = train_task.submit(settings, a, features_dir, parent_run_id)
+            evaluations[a] = evaluate_task.submit(settings, runs[a], features_dir)
+            figures.append(plot_evaluation_task.submit(settings, runs[a], evaluations[a], features_dir))
+            versions[a] = register.submit(settings, runs[a], evaluations[a], features_dir)
         for stage in (runs, evaluations, versions):  # a failure surfaces as its own error, not as an
             for future in stage.values():  # "upstream task did not complete" of the tasks after it
                 future.result()
@@ -122,9 +130,13 @@ def _with_retries(task: Task, settings: Settings) -> Task:
     )
 
 
+TASKS_PER_ARCHITECTURE = 4
+
+
 def pipeline_with_task_runner(settings: Settings) -> Flow:
     """Return ``training_pipeline`` with the task runner the settings ask for (see :func:`task_runner_for`):
-    one concurrent task per architecture."""
+    room for every architecture's tasks (the flow itself bounds how many train and evaluate at once:
+    ``max_parallel_architectures``)."""
     return training_pipeline.with_options(task_runner=task_runner_for(settings, len(settings.architectures)))
 
 
@@ -157,6 +169,12 @@ def task_runner_for(settings: Settings, concurrency: int):
         if settings.dask_address:
             return DaskTaskRunner(address=settings.dask_address)
         return DaskTaskRunner(
-            cluster_kwargs={"n_workers": 1, "threads_per_worker": max(1, concurrency), "dashboard_address": None}
+            cluster_kwargs={
+                "n_workers": 1,
+                "threads_per_worker": TASKS_PER_ARCHITECTURE * max(1, concurrency),
+                "dashboard_address": None,
+            }
         )
-    return ThreadPoolTaskRunner(max_workers=max(4, concurrency))
+    # a thread for each task an architecture submits (train, evaluate, plot, register): a submitted task
+    # waits for the ones before it in a thread of its own; the flow bounds how many architectures train
+    return ThreadPoolTaskRunner(max_workers=TASKS_PER_ARCHITECTURE * max(1, concurrency))

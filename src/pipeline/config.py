@@ -110,6 +110,10 @@ class Settings:
     # training steps per call into TensorFlow (Keras's steps_per_execution): the same updates, less
     # Python between them; batch callbacks (the progress bar) then run once per call
     steps_per_execution: int = 1
+    # batches per epoch (0: one pass over the training split); more often validation, checkpoints and early
+    # stopping on a large split, the passes (each a new shuffle of all of it) running on across epochs
+    steps_per_epoch: int = 0
+    validation_sample: int = 50_000  # validation sketches scored each epoch, a fixed sample (0: the whole split)
     # Training-time augmentation (training split only; 0 turns each off): each axis scaled by a factor
     # in [1 - s, 1 + s], a rotation of up to this many degrees, Gaussian jitter of the absolute points
     # (in normalised units), and each stroke dropped with this probability (never all of a sketch's);
@@ -136,6 +140,8 @@ class Settings:
     early_stopping_patience: int = 3  # epochs without a better val_loss before training stops
     models: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
     task_runner: str = "thread"
+    # architectures trained and evaluated at once (0: as many as half the free memory holds, by the dataset's size)
+    max_parallel_architectures: int = 0
     distribute: str = "auto"  # tf.distribute: auto (mirrored when several GPUs are visible) | mirrored | default
     io_retries: int = 2  # retries of the I/O tasks (data stages, tracking, registry)
     retry_backoff_seconds: float = 2.0  # first retry delay; doubles on each retry
@@ -257,7 +263,15 @@ def check_settings(settings: Settings) -> Settings:
     for name in ("epochs", "batch_size", "max_len", "min_points", "download_workers", "reference_sample"):
         if getattr(settings, name) < 1:
             raise ConfigError(name, f"must be at least 1 (got {getattr(settings, name)})")
-    for name in ("lr_patience", "early_stopping_patience", "intra_op_threads", "inter_op_threads"):
+    for name in (
+        "lr_patience",
+        "early_stopping_patience",
+        "intra_op_threads",
+        "inter_op_threads",
+        "steps_per_epoch",
+        "validation_sample",
+        "max_parallel_architectures",
+    ):
         if getattr(settings, name) < 0:
             raise ConfigError(name, f"must be at least 0 (got {getattr(settings, name)})")
     if settings.max_per_class is not None and settings.max_per_class < 1:

@@ -173,8 +173,15 @@ def make_dataset(
     seed: int = 0,
     bucket_boundaries: tuple[int, ...] | str | None = "auto",
     augmentation: Augmentation | None = None,
+    sample: int | None = None,
+    repeat: bool = False,
 ):
     """Return a ``tf.data.Dataset`` of ``(strokes, label)`` batches, ``strokes`` (batch, time, 3) float32.
+
+    ``sample``: when the split holds more sketches, a fixed subset of that many (drawn once, seeded by
+    ``seed``; the same in every epoch), so that a large validation split costs a bounded time per epoch.
+    ``repeat``: the passes over the split follow one another without end (each with its own shuffle),
+    for training in epochs of a fixed number of batches (Keras's ``steps_per_epoch``).
 
     ``augmentation`` (for the training split only) transforms every block of sketches on the fly,
     seeded by ``seed`` and the epoch (see :func:`augment_rows`); evaluation and serving never get it.
@@ -194,7 +201,9 @@ def make_dataset(
     """
     import tensorflow as tf
 
-    batches = BlockBatches(Path(features_dir), split, batch_size, shuffle, seed, bucket_boundaries, augmentation)
+    batches = BlockBatches(
+        Path(features_dir), split, batch_size, shuffle, seed, bucket_boundaries, augmentation, sample=sample
+    )
 
     def to_batches(rows, lengths, labels, sizes):
         cut = functools.partial(tf.RaggedTensor.from_row_lengths, validate=RAGGED_CHECKS)
@@ -213,7 +222,10 @@ def make_dataset(
     dataset = dataset.flat_map(to_batches).map(
         lambda sketches, labels: (sketches.to_tensor(), labels), num_parallel_calls=PADDING_THREADS
     )
-    dataset = dataset.apply(tf.data.experimental.assert_cardinality(len(batches))).prefetch(PREFETCH_BATCHES)
+    dataset = dataset.apply(tf.data.experimental.assert_cardinality(len(batches)))
+    if repeat:
+        dataset = dataset.repeat()  # each pass calls ``blocks`` again: the next shuffle of the whole split
+    dataset = dataset.prefetch(PREFETCH_BATCHES)
     # tf.data's autotuner stalled training on 2 cores: every few epochs one ran twice as long at half the CPU
     # (1.3 s -> 2.5 s for the real-data wavenet), so that a run's speed depended on how many epochs stalled.
     # The sizes above are fixed, so there is nothing left to tune (README, Accuracy on real drawings,
@@ -357,14 +369,19 @@ class BlockBatches:
         seed: int = 0,
         bucket_boundaries: tuple[int, ...] | str | None = None,
         augmentation: Augmentation | None = None,
+        sample: int | None = None,
     ):
         folder = Path(features_dir) / split
         self.split = split
         self.augmentation = augmentation
-        self.strokes = np.load(folder / "strokes.npy", mmap_mode="r")
-        self.offsets = np.load(folder / "offsets.npy")
+        self.strokes = _mapped(folder / "strokes.npy")
+        offsets = np.load(folder / "offsets.npy")
+        self.starts = offsets[:-1]
         self.labels = np.load(folder / "labels.npy")
-        self.lengths = np.diff(self.offsets)
+        self.lengths = np.diff(offsets)
+        if sample is not None and sample < len(self.labels):
+            chosen = np.sort(np.random.default_rng([seed, len(self.labels)]).choice(len(self.labels), sample, False))
+            self.starts, self.labels, self.lengths = self.starts[chosen], self.labels[chosen], self.lengths[chosen]
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.seed = seed
@@ -398,7 +415,7 @@ class BlockBatches:
         width = int(lengths.max())
         steps = np.arange(width)
         real = steps < lengths[:, None]
-        rows = np.where(real, self.offsets[indices][:, None] + steps, 0)
+        rows = np.where(real, self.starts[indices][:, None] + steps, 0)
         strokes = np.asarray(self.strokes[rows.ravel()]).reshape(len(indices), width, NUM_FEATURES)
         strokes[~real] = 0.0
         return strokes, self.labels[indices]
@@ -414,13 +431,28 @@ class BlockBatches:
             group = batches[first:stop]
             order = np.concatenate(group)
             lengths = self.lengths[order]
-            rows = gather_rows(self.strokes, self.offsets[order], lengths)
+            rows = gather_rows(self.strokes, self.starts[order], lengths)
             if self.augmentation is not None:
                 rows, lengths = augment_rows(rows, lengths, self.augmentation, rng)
             sizes = np.fromiter(map(len, group), dtype=np.int64, count=len(group))
             if len(rows) != lengths.sum() or len(order) != sizes.sum():  # what from_row_lengths would check
                 raise ValueError(f"{self.split}: a block of {len(rows)} rows and {len(order)} sketches does not add up")
             yield rows, lengths, self.labels[order], sizes
+
+
+def _mapped(path: Path) -> np.ndarray:
+    """Return the rows file memory-mapped, one mapping per file for every dataset of the process.
+
+    Architectures trained at once read the same split: one mapping keeps its pages (which count in the
+    resident size of every mapping that touched them) once, not once per architecture.
+    """
+    stat = path.stat()
+    return _mapping(str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=16)
+def _mapping(path: str, mtime_ns: int, size: int) -> np.ndarray:
+    return np.load(path, mmap_mode="r")
 
 
 def _blocks(num_batches: int) -> list[tuple[int, int]]:

@@ -44,6 +44,8 @@ class TrainingConfig:
     lr_patience: int = 2  # plateau: epochs without a better val_loss before the rate halves
     warmup_epochs: int = 0  # cosine only: linear warm-up from 0 over this many epochs
     steps_per_execution: int = 1  # training steps per call into TensorFlow (same updates, less Python)
+    steps_per_epoch: int | None = None  # batches per epoch; None: one pass over the training split
+    validation_sample: int | None = None  # validation sketches scored each epoch; None: the whole split
     model_params: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     @property
@@ -239,11 +241,19 @@ def train_model(
     spec = read_spec(features_dir)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    # With steps_per_epoch, an epoch is that many batches of an endless run of passes over the split (each
+    # pass a new shuffle of all of it): validation, checkpoints and early stopping come every so many batches
     train = make_dataset(
-        features_dir, "train", config.batch_size, shuffle=True, seed=config.seed, augmentation=config.augmentation
+        features_dir,
+        "train",
+        config.batch_size,
+        shuffle=True,
+        seed=config.seed,
+        augmentation=config.augmentation,
+        repeat=config.steps_per_epoch is not None,
     )
-    model = seeded_model(config, len(spec.classes), int(train.cardinality()))
-    valid = make_dataset(features_dir, "valid", config.batch_size)
+    model = seeded_model(config, len(spec.classes), config.steps_per_epoch or int(train.cardinality()))
+    valid = make_dataset(features_dir, "valid", config.batch_size, seed=config.seed, sample=config.validation_sample)
     model_path = out_dir / "model.keras"
     backup = keras.callbacks.BackupAndRestore(str(out_dir / "backup"))
     # written under a name of its own, then renamed: a full disk never leaves a truncated best.keras
@@ -278,6 +288,7 @@ def train_model(
             train,
             validation_data=valid,
             epochs=config.epochs,
+            steps_per_epoch=config.steps_per_epoch,
             callbacks=[*(callbacks or []), *standard],  # loggers first: a crash may repeat a step, never lose one
             shuffle=False,  # tf.data shuffles
             verbose=0,

@@ -1,6 +1,7 @@
 """The whole training flow on a real Prefect server and a real MLflow store."""
 
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -164,3 +165,29 @@ def test_a_failed_training_task_surfaces_its_own_error_not_the_tasks_it_held_up(
     with pytest.raises(ValueError, match="planted: this model cannot be built") as raised:
         training_pipeline(config_file=str(config_file), overrides={"epochs": 1})
     assert not isinstance(raised.value, UnfinishedRun)
+
+
+def test_with_one_architecture_at_a_time_the_next_trains_once_the_one_before_is_evaluated(pipeline_setup, caplog):
+    settings, config_file = pipeline_setup
+    result = training_pipeline(config_file=str(config_file), overrides={"epochs": 1, "max_parallel_architectures": 1})
+    assert "Training 2 architecture(s), 1 at a time" in caplog.text  # the flow logs its prints
+    client = tracking.client_for(settings.resolved_tracking_uri)
+    runs = {row.architecture: client.get_run(row.run_id) for row in result.rows}
+    evaluated = client.get_metric_history(runs["lstm"].info.run_id, "test_accuracy")[-1].timestamp
+    assert runs["conv_lstm"].info.start_time >= evaluated
+    assert {row.architecture for row in result.rows} == {"lstm", "conv_lstm"}
+
+
+def test_the_architectures_at_once_follow_the_setting_else_the_free_memory_and_the_split(pipeline_setup):
+    from pipeline.features import read_spec
+    from pipeline.stages.training import ARCHITECTURE_BYTES, BYTES_PER_TRAINING_SKETCH, parallel_architectures
+
+    settings, _ = pipeline_setup
+    features_dir = next(p.parent for p in (Path(settings.work_dir) / "features").rglob("spec.json"))
+    train = read_spec(features_dir).counts["train"]
+    need = ARCHITECTURE_BYTES + BYTES_PER_TRAINING_SKETCH * train
+    assert parallel_architectures(settings.replace(max_parallel_architectures=3), features_dir, 7) == 3
+    assert parallel_architectures(settings.replace(max_parallel_architectures=9), features_dir, 7) == 7
+    assert parallel_architectures(settings, features_dir, 7, available=int(2 * need * 3.5)) == 3
+    assert parallel_architectures(settings, features_dir, 7, available=need) == 1  # never none
+    assert parallel_architectures(settings, features_dir, 2, available=100 * need) == 2

@@ -370,3 +370,40 @@ def test_training_config_passes_augmentation_only_when_asked(dataset_settings):
     assert config.augmentation.reverse_strokes == 0.2 and config.augmentation.point_dropout == 0.3
     assert config.augmentation.shuffle_strokes == 0.4
     assert config.as_params()["augment_rotation"] == 15.0
+
+
+def test_a_validation_sample_is_a_fixed_subset_and_the_same_every_epoch(tiny_features):
+    from pipeline.features import BlockBatches, make_dataset
+
+    whole = BlockBatches(tiny_features, "valid", batch_size=8, bucket_boundaries=None)
+    sample = BlockBatches(tiny_features, "valid", batch_size=8, bucket_boundaries=None, seed=4, sample=10)
+    assert len(sample.labels) == 10 and len(sample) == 2
+    # each sampled sketch is one of the split's, rows and label together
+    starts = whole.starts.tolist()
+    for start, length, label in zip(sample.starts, sample.lengths, sample.labels, strict=True):
+        at = starts.index(int(start))
+        assert whole.lengths[at] == length and whole.labels[at] == label
+    again = BlockBatches(tiny_features, "valid", batch_size=8, bucket_boundaries=None, seed=4, sample=10)
+    assert np.array_equal(again.starts, sample.starts)
+    other = BlockBatches(tiny_features, "valid", batch_size=8, bucket_boundaries=None, seed=5, sample=10)
+    assert not np.array_equal(other.starts, sample.starts)
+    larger = BlockBatches(tiny_features, "valid", batch_size=8, bucket_boundaries=None, sample=10_000)
+    assert len(larger.labels) == len(whole.labels)
+    dataset = make_dataset(tiny_features, "valid", 8, seed=4, sample=10)
+    first = np.sort(np.concatenate([labels.numpy() for _, labels in dataset]))
+    second = np.sort(np.concatenate([labels.numpy() for _, labels in dataset]))
+    assert np.array_equal(first, second) and np.array_equal(first, np.sort(sample.labels))
+
+
+def test_a_repeated_training_set_runs_pass_after_pass_each_a_new_shuffle_of_the_whole_split(tiny_features):
+    from pipeline.features import BlockBatches, make_dataset
+
+    batches = BlockBatches(tiny_features, "train", 16, shuffle=True, seed=2, bucket_boundaries="auto")
+    per_pass = len(batches)
+    dataset = make_dataset(tiny_features, "train", 16, shuffle=True, seed=2, repeat=True)
+    served = [labels.numpy() for _, labels in dataset.take(3 * per_pass + 1)]
+    assert len(served) == 3 * per_pass + 1  # runs on past the end of a pass
+    passes = [np.concatenate(served[i * per_pass : (i + 1) * per_pass]) for i in range(3)]
+    for labels in passes:  # every pass serves the whole split once
+        assert np.array_equal(np.sort(labels), np.sort(batches.labels))
+    assert not np.array_equal(passes[0], passes[1])

@@ -233,3 +233,31 @@ def test_the_weights_moving_average_is_what_validation_scores_and_the_saved_mode
         assert model.optimizer.use_ema
         scored = model.evaluate(valid, verbose=0, return_dict=True)["loss"]
         assert scored == pytest.approx(min(averaged.history["val_loss"]), rel=1e-5)
+
+
+def test_epochs_of_a_fixed_number_of_batches_run_on_through_the_split(tiny_features, dataset_settings, tmp_path):
+    import keras
+
+    from pipeline.features import make_dataset
+
+    per_pass = int(make_dataset(tiny_features, "train", 64).cardinality())
+    steps = per_pass // 2 + 1  # epochs end part-way through a pass
+
+    class Count(keras.callbacks.Callback):
+        batches: list[int] = []
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.batches.append(0)
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.batches[-1] += 1
+
+    counter = Count()
+    config = training_config(dataset_settings.replace(epochs=3, steps_per_epoch=steps, validation_sample=16), "gru")
+    assert config.steps_per_epoch == steps and config.validation_sample == 16
+    trained = train_model(config, tiny_features, tmp_path / "m", callbacks=[counter])
+    assert counter.batches == [steps, steps, steps]  # no short epoch where a pass ends
+    assert trained.epochs_run == 3 and len(trained.history["val_loss"]) == 3
+    assert keras.saving.load_model(trained.model_path, compile=False).count_params() == trained.num_params
+    whole = training_config(dataset_settings.replace(steps_per_epoch=0, validation_sample=0), "gru")
+    assert whole.steps_per_epoch is None and whole.validation_sample is None

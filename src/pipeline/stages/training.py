@@ -56,8 +56,34 @@ def training_config(settings: Settings, architecture: str) -> TrainingConfig:
         lr_patience=settings.lr_patience,
         warmup_epochs=settings.warmup_epochs,
         steps_per_execution=settings.steps_per_execution,
+        steps_per_epoch=settings.steps_per_epoch or None,
+        validation_sample=settings.validation_sample or None,
         model_params=dict(settings.models.get(architecture, {})),
     )
+
+
+# What one architecture trained and evaluated at once holds in memory, measured with benchmarks/full_scale.py:
+# TensorFlow's runtime, the model, its optimizer and traced functions, batches in flight and an evaluation
+# chunk, plus per training sketch the split's offsets, labels and lengths and an epoch's permutation
+ARCHITECTURE_BYTES = 1 << 30
+BYTES_PER_TRAINING_SKETCH = 64
+MEMORY_SHARE = 0.5  # of the memory free at the start: the rest stays for the page cache and the flow
+
+
+def parallel_architectures(settings: Settings, features_dir: Path, count: int, available: int | None = None) -> int:
+    """Return how many of ``count`` architectures to train and evaluate at once.
+
+    ``max_parallel_architectures`` when set; else as many as :data:`MEMORY_SHARE` of the memory free now
+    (``available`` bytes, psutil's measure by default) holds at the training split's size, at least one.
+    """
+    if settings.max_parallel_architectures:
+        return max(1, min(count, settings.max_parallel_architectures))
+    if available is None:
+        import psutil
+
+        available = psutil.virtual_memory().available
+    need = ARCHITECTURE_BYTES + BYTES_PER_TRAINING_SKETCH * read_spec(features_dir).counts["train"]
+    return max(1, min(count, int(available * MEMORY_SHARE // need)))
 
 
 @dataclasses.dataclass(frozen=True)

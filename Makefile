@@ -4,12 +4,12 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test test-slow lint ui clean
+.PHONY: run test test-slow lint docs ui clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev,dask,ray]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,docs,dask,ray]'
 	touch $(STAMP)
 
 run: $(STAMP)
@@ -25,8 +25,11 @@ test: lint
 test-slow: $(STAMP)
 	$(BIN)/pytest -m slow
 
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
 ui: $(STAMP)
 	$(BIN)/sketchpipe ui
 
 clean:
-	rm -rf data .prefect mlflow/mlflow.db mlflow/artifacts
+	rm -rf data .prefect mlflow/mlflow.db mlflow/artifacts site

@@ -35,13 +35,15 @@ def prepared_features(work_dir: Path, per_class: int, num_classes: int = 8, **ch
     return settings, data.preprocess(settings, report)
 
 
-def write_results(name: str, params: dict, rows: list[dict], extra: dict | None = None) -> Path:
-    """Write ``benchmarks/results/<name>.json`` with the machine, parameters, rows and any ``extra``
-    sections; return its path."""
+def write_results(
+    name: str, params: dict, rows: list[dict], extra: dict | None = None, folder: Path = RESULTS
+) -> Path:
+    """Write ``<folder>/<name>.json`` (``benchmarks/results`` by default) with the machine, parameters, rows
+    and any ``extra`` sections; return its path."""
     import os
 
-    RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"{name}.json"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.json"
     payload = {
         "benchmark": name,
         "when": time.strftime("%Y-%m-%dT%H:%M:%S"),

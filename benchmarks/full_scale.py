@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import threading
@@ -172,7 +171,7 @@ def eval_phase(args) -> None:
         model, split_chunks(spec.dataset_dir, indices), labels, len(spec.classes), 0, spec.max_len
     )
     seconds = time.perf_counter() - started
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = _high_water_mark()
     # the anchor: model.predict on the batches evaluation made of the first chunks (length-sorted, padded)
     batches = []
     for rows, lengths in split_chunks(spec.dataset_dir, indices[: 4 * EVAL_CHUNK_SKETCHES]):
@@ -191,6 +190,13 @@ def eval_phase(args) -> None:
         "model_predict_per_s": round(anchor), "x_model_predict": round(len(indices) / seconds / anchor, 2),
         "peak_rss_mb": round(peak / 2**20), "accuracy": round(evaluation.accuracy, 4),
     }), flush=True)  # fmt: skip
+
+
+def _high_water_mark() -> int:
+    """Return this process's peak resident bytes (``VmHWM``: ``ru_maxrss`` would keep, across the exec, the
+    peak of the process that started this one)."""
+    with open("/proc/self/status") as status:
+        return 1024 * next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
 
 
 def _child(phase: str, *extra: str, args) -> dict | list:
@@ -244,6 +250,7 @@ def main() -> None:
     parser.add_argument("--steps-per-epoch", type=int, default=300)
     parser.add_argument("--work", type=Path, default=Path("/tmp/sketchpipe-full-scale"))
     parser.add_argument("--name", default="full_scale")
+    parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results", help="folder of the JSON")
     parser.add_argument("--phase", choices=("all", "flow", "eval"), default="all")
     parser.add_argument("--data", type=Path)
     parser.add_argument("--features")
@@ -281,8 +288,9 @@ def main() -> None:
     print(f"evaluation peak RSS, all / a tenth of the test split: {flat:.2f}x\n")
     print_table(artifacts)
     params = {**vars(args), "work": str(args.work), "data": str(data), "sizes": sizes}
-    params = {k: v for k, v in params.items() if k not in ("phase", "features", "model", "limit")}
-    path = write_results(args.name, params, stages, {"evaluation": evals, "artifacts": artifacts, "model": str(first)})
+    params = {k: v for k, v in params.items() if k not in ("phase", "features", "model", "limit", "results")}
+    extra = {"evaluation": evals, "evaluation_rss_ratio": round(flat, 2), "artifacts": artifacts, "model": str(first)}
+    path = write_results(args.name, params, stages, extra, folder=args.results)
     print(f"\nwrote {path}")
 
 

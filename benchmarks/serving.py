@@ -1,7 +1,7 @@
 """Serving under load: ``sketchpipe serve-model`` beside plain ``mlflow models serve`` on the same version.
 
 Both servers are started by this script on 127.0.0.1, one after the other (they would share the same two
-cores), and sent the README's request (``dataframe_records``, two real drawings of random length each,
+cores), and sent the documented request (``dataframe_records``, two real drawings of random length each,
 from ``../shared/data/quickdraw-raw-345``) by 1, 10 and 50 concurrent clients (threads) for a bounded
 time each. Then, with a load running against ``serve-model``, ``sketchpipe promote --version N`` moves
 the champion: the table says how long until ``GET /model`` names N, and how many requests failed across
@@ -85,7 +85,7 @@ def _second_version(uri: str) -> tuple[str, str]:
 
 
 def _requests_of(count: int, seed: int) -> list[bytes]:
-    """Return ``count`` request bodies of two random real drawings each (the README's request form)."""
+    """Return ``count`` request bodies of two random real drawings each (the documented request form)."""
     from pipeline.serving import read_sketch_files
 
     sketches = list(read_sketch_files(sorted(str(p) for p in REAL.glob("*.ndjson"))).values())

@@ -2,7 +2,7 @@
 
     .venv/bin/pip install playwright          # the Python driver only; the browser is the system's
     apt-get install chromium                  # Debian's Chromium (or point --browser at another)
-    .venv/bin/python docs/ui_screenshot.py [--out docs/mlflow-compare-runs.png] [--browser /usr/bin/chromium]
+    .venv/bin/python docs/ui_screenshot.py [--out docs/images/mlflow-compare-runs.png] [--browser /usr/bin/chromium]
 
 It runs the pipeline on the synthetic default in a temporary folder (three architectures, so there is
 something to compare), starts ``sketchpipe ui`` there (a real ``mlflow server`` on 127.0.0.1), opens the
@@ -61,7 +61,7 @@ def _choose(page, box: int, names: list[str]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default=str(ROOT / "docs" / "mlflow-compare-runs.png"))
+    parser.add_argument("--out", default=str(ROOT / "docs" / "images" / "mlflow-compare-runs.png"))
     parser.add_argument("--browser", default="/usr/bin/chromium", help="a Chromium executable")
     parser.add_argument("--architectures", default="lstm,conv_lstm,wavenet")
     parser.add_argument("--epochs", type=int, default=5)

@@ -76,37 +76,37 @@ class Settings:
     """Everything a pipeline run needs; every field can be set by file, environment or flag."""
 
     # Data
-    source: str = "synthetic"
-    data_dir: str | None = None
-    classes: tuple[str, ...] | None = None
+    source: str = "synthetic"  # synthetic | sketchrnn | ndjson | tfrecord
+    data_dir: str | None = None  # folder of the source's files (every source but synthetic)
+    classes: tuple[str, ...] | None = None  # the class names to use (default: see num_classes)
     num_classes: int | None = None  # the first N classes; default: all of a real source, 8 synthetic ones
-    max_per_class: int | None = None
+    max_per_class: int | None = None  # at most this many sketches per class and split (default: all)
     recognized_only: bool = True  # ndjson: keep only drawings the game recognised
     valid_share: float = 0.05  # ndjson and TFRecord: share of records (by a hash of the key) in valid
     test_share: float = 0.05  # ... and in test (TFRecord: only when there are no eval shards)
     download: bool = False  # fetch missing official class files into data_dir before ingest
     download_format: str | None = None  # sketchrnn | sketchrnn-full | simplified | raw (default: by source)
-    download_base_url: str = "https://storage.googleapis.com/quickdraw_dataset"
-    download_workers: int = 4
-    synthetic_per_split: Mapping[str, int] = dataclasses.field(
+    download_base_url: str = "https://storage.googleapis.com/quickdraw_dataset"  # the bucket that download fetches from
+    download_workers: int = 4  # class files fetched at once
+    synthetic_per_split: Mapping[str, int] = dataclasses.field(  # synthetic sketches per class and split
         default_factory=lambda: {"train": 400, "valid": 80, "test": 120}
     )
-    seed: int = 42
-    work_dir: str = "data"
+    seed: int = 42  # weights, shuffles, dropout, augmentation and samples
+    work_dir: str = "data"  # datasets, features, models, reports and caches
     # Validation
     min_points: int = 1  # one offset: a straight line, a real drawing of `line`
-    max_points: int = 1000
-    max_abs_delta: float = 1000.0
-    max_invalid_fraction: float = 0.05
+    max_points: int = 1000  # longest sketch accepted, in points
+    max_abs_delta: float = 1000.0  # largest pen move accepted, in either axis
+    max_invalid_fraction: float = 0.05  # validation fails above this share of rejected records
     max_class_imbalance: float = 10.0  # median / smallest class count in train
     # Preprocessing
-    max_len: int = 100
-    batch_size: int = 64
+    max_len: int = 100  # points per sketch kept for the model (longer ones are cropped)
+    batch_size: int = 64  # sketches per training batch
     # Training
-    architectures: tuple[str, ...] = ("lstm", "conv_lstm")
-    epochs: int = 5
-    learning_rate: float = 3e-3
-    clipnorm: float = 1.0
+    architectures: tuple[str, ...] = ("lstm", "conv_lstm")  # the architectures to train, compare and register
+    epochs: int = 5  # most training epochs per architecture
+    learning_rate: float = 3e-3  # the optimizer's (starting) learning rate
+    clipnorm: float = 1.0  # gradients clipped to this norm
     # training steps per call into TensorFlow (Keras's steps_per_execution): the same updates, less
     # Python between them; batch callbacks (the progress bar) then run once per call
     steps_per_execution: int = 1
@@ -120,26 +120,27 @@ class Settings:
     # each stroke drawn backwards, each point inside a stroke dropped (as a coarser simplification
     # would), and a sketch's strokes drawn in a random order, with these probabilities
     augment_scale: float = 0.0
-    augment_rotation: float = 0.0
-    augment_jitter: float = 0.0
-    augment_stroke_dropout: float = 0.0
-    augment_reverse_strokes: float = 0.0
-    augment_point_dropout: float = 0.0
-    augment_shuffle_strokes: float = 0.0
+    augment_rotation: float = 0.0  # most rotation, degrees
+    augment_jitter: float = 0.0  # Gaussian jitter of the absolute points (normalised units)
+    augment_stroke_dropout: float = 0.0  # probability of dropping each stroke
+    augment_reverse_strokes: float = 0.0  # probability of drawing each stroke backwards
+    augment_point_dropout: float = 0.0  # probability of dropping each point inside a stroke
+    augment_shuffle_strokes: float = 0.0  # probability of drawing a sketch's strokes in a random order
     # Regularisation and schedule: AdamW's decoupled weight decay (0: plain Adam), label smoothing, and
     # the learning rate's course: plateau (halved when val_loss stalls) or cosine (linear warm-up over
     # warmup_epochs, then a cosine decay to 0 at the last epoch). Dropout is a model hyperparameter.
     weight_decay: float = 0.0
-    label_smoothing: float = 0.0
+    label_smoothing: float = 0.0  # share of each target spread over the other classes
     # Polyak averaging: validation, checkpoints and the saved model use an exponential moving average
     # of the weights (this momentum per step; 0: off, the last weights as they are)
     ema_momentum: float = 0.0
-    lr_schedule: str = "plateau"
+    lr_schedule: str = "plateau"  # plateau | cosine
     lr_patience: int = 2  # plateau: epochs without a better val_loss before the rate halves
-    warmup_epochs: int = 0
+    warmup_epochs: int = 0  # cosine: linear warm-up over this many epochs
     early_stopping_patience: int = 3  # epochs without a better val_loss before training stops
+    # hyperparameters per architecture (name: {parameter: value})
     models: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
-    task_runner: str = "thread"
+    task_runner: str = "thread"  # thread | dask | ray
     # architectures trained and evaluated at once (0: as many as half the free memory holds, by the dataset's size)
     max_parallel_architectures: int = 0
     distribute: str = "auto"  # tf.distribute: auto (mirrored when several GPUs are visible) | mirrored | default
@@ -153,10 +154,10 @@ class Settings:
     # TensorFlow's thread pools (0: TensorFlow's choice, every core for each): the threads one operation
     # may split across, and the operations run at once; see use_tensorflow_threads
     intra_op_threads: int = 0
-    inter_op_threads: int = 0
+    inter_op_threads: int = 0  # TensorFlow operations run at once (0: TensorFlow's choice)
     # Tracking and registry
-    tracking_uri: str | None = None
-    experiment_name: str = "sketchpipe"
+    tracking_uri: str | None = None  # MLflow tracking store (default: SQLite under mlflow/)
+    experiment_name: str = "sketchpipe"  # the MLflow experiment of the pipeline's runs
     registered_model_name: str = "quickdraw-synthetic"  # one registered model per set of classes
     promotion_margin: float = 0.0  # least accuracy gain over the champion that counts
     promotion_alpha: float = 0.05  # significance level of McNemar's exact test
@@ -535,8 +536,8 @@ def use_tensorflow_threads(settings: Settings, environ: MutableMapping[str, str]
     after, which inherit the environment. A process that has already run TensorFlow keeps its pools.
 
     On small models and few cores, one thread per operation with two operations at a time can train
-    faster than TensorFlow's default of splitting every operation across all cores: see the
-    README, "Threads".
+    faster than TensorFlow's default of splitting every operation across all cores: see
+    docs/guides/configuration.md, "Threads".
     """
     environ = os.environ if environ is None else environ
     for name, variable in TENSORFLOW_THREAD_VARIABLES.items():

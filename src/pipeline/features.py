@@ -228,8 +228,7 @@ def make_dataset(
     dataset = dataset.prefetch(PREFETCH_BATCHES)
     # tf.data's autotuner stalled training on 2 cores: every few epochs one ran twice as long at half the CPU
     # (1.3 s -> 2.5 s for the real-data wavenet), so that a run's speed depended on how many epochs stalled.
-    # The sizes above are fixed, so there is nothing left to tune (README, Accuracy on real drawings,
-    # "Training speed").
+    # The sizes above are fixed, so there is nothing left to tune (docs/benchmarks.md).
     options = tf.data.Options()
     options.autotune.enabled = False
     return dataset.with_options(options)

@@ -35,9 +35,7 @@ def prepared_features(work_dir: Path, per_class: int, num_classes: int = 8, **ch
     return settings, data.preprocess(settings, report)
 
 
-def write_results(
-    name: str, params: dict, rows: list[dict], extra: dict | None = None, folder: Path = RESULTS
-) -> Path:
+def write_results(name: str, params: dict, rows: list[dict], extra: dict | None = None, folder: Path = RESULTS) -> Path:
     """Write ``<folder>/<name>.json`` (``benchmarks/results`` by default) with the machine, parameters, rows
     and any ``extra`` sections; return its path."""
     import os

@@ -17,9 +17,8 @@ manager from ``base_url`` (the public ``quickdraw_dataset`` bucket by default)::
 The prepared data goes where TFDS puts it: ``data_dir`` if given, else ``$TFDS_DATA_DIR``, else
 ``~/tensorflow_datasets``. TFDS reuses prepared data by config name, so a ``local`` set prepared from
 one manual folder remembers that folder's files (``manual_dir.json`` beside the data);
-``builder.download_and_prepare`` from a folder with other files is refused in one line (give that
-folder its own ``data_dir``) rather than answered with the first folder's sketches. ``tfds.load`` does
-not call the builder at all once a config is prepared: give each manual folder its own ``data_dir``.
+``tfds.load`` or ``builder.download_and_prepare`` from a folder with other files is refused in one line
+(give that folder its own ``data_dir``) rather than answered with the first folder's sketches.
 """
 
 from __future__ import annotations
@@ -102,6 +101,18 @@ class QuickdrawSketchRnn(tfds.core.GeneratorBasedBuilder):
         super().download_and_prepare(**kwargs)
         if current is not None and not stamp.is_file():
             stamp.write_text(json.dumps({"folder": str(manual), "fingerprint": current}))
+
+    def is_prepared(self) -> bool:
+        """Return whether the data is prepared; for ``local`` data prepared from a manual folder, ``False``.
+
+        ``tfds.load`` skips ``download_and_prepare`` for prepared data, so it would answer a second manual
+        folder with the first one's sketches. Reported as not prepared, the data gets
+        :meth:`download_and_prepare`, which checks the folder and, when it is the same, reuses the data.
+        """
+        prepared = super().is_prepared()
+        if prepared and self.builder_config.source == "local" and (Path(self.data_dir) / MANUAL_STAMP).is_file():
+            return False
+        return prepared
 
     def _info(self) -> tfds.core.DatasetInfo:
         names = list(SHAPES)[: self.builder_config.num_classes] if self.builder_config.source == "synthetic" else None

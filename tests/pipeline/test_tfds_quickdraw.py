@@ -105,3 +105,24 @@ def test_a_second_manual_folder_with_other_files_is_refused_not_answered_with_th
     refused = r"was prepared from .*first; .*other holds other files: give it its own data_dir"
     with pytest.raises(ValueError, match=refused):
         prepare(other)
+
+
+def test_tfds_load_of_a_second_manual_folder_is_refused_and_the_first_still_loads(tmp_path):
+    def load(manual):
+        return tfds.load(
+            "quickdraw_sketch_rnn/local",
+            split="train",
+            data_dir=str(tmp_path / "tfds"),
+            try_gcs=False,
+            download_and_prepare_kwargs={"download_config": tfds.download.DownloadConfig(manual_dir=str(manual))},
+        )
+
+    first = _write_local_files(tmp_path / "first")
+    assert len(list(tfds.as_numpy(load(first)))) == 6
+    other = _write_local_files(tmp_path / "other")
+    (other / "bee.npz").unlink()
+    with pytest.raises(ValueError, match=r"was prepared from .*first; .*other holds other files: give it its own"):
+        load(other)
+    assert len(list(tfds.as_numpy(load(first)))) == 6  # the same folder: the prepared data, reused
+    labels = {int(e["label"]) for e in tfds.as_numpy(load(first))}
+    assert labels == {0, 1}

@@ -753,6 +753,7 @@ def main(argv: list[str] | None = None) -> None:
 
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "0")
     configure_runtime()
+    _stop_orphaned_prefect_servers(args)
     if not args.verbose:
         import os
 
@@ -790,6 +791,17 @@ def main(argv: list[str] | None = None) -> None:
         if full is None:
             print("sketchpipe: (--verbose shows the traceback)", file=sys.stderr)
         raise SystemExit(1) from exc
+
+
+def _stop_orphaned_prefect_servers(args: argparse.Namespace) -> None:
+    """Stop the temporary Prefect servers that killed commands of this project left running."""
+    import os
+
+    from flows.prefect_servers import stop_orphaned_servers
+
+    stopped = stop_orphaned_servers(os.environ["PREFECT_HOME"])
+    if stopped and args.verbose:
+        print(f"sketchpipe: stopped {len(stopped)} Prefect server(s) a killed command left running", file=sys.stderr)
 
 
 def _named_paths(args: argparse.Namespace) -> list[Path]:

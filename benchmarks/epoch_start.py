@@ -6,9 +6,9 @@ On the real sample (``../shared/data/quickdraw-raw-345``, prepared as ``benchmar
 prepares it) with the real-data profile's ``wavenet`` (``configs/quickdraw.yaml``, its augmentation
 included), two settings of ``pipeline.features`` alternate in one process:
 
-- ``now``: an epoch's first block holds ``FIRST_BLOCK_BATCHES`` batches (the later ones double up to
-  ``BATCHES_PER_BLOCK``), and TensorFlow cuts the blocks without its ragged checks (``RAGGED_CHECKS``);
-- ``before`` (the anchor): every block ``BATCHES_PER_BLOCK`` batches, the ragged checks on.
+- ``now``: the input pipeline's defaults (``InputOptions``): an epoch's first block holds 4 batches (the
+  later ones double up to 64), and TensorFlow cuts the blocks without its ragged checks;
+- ``before`` (the anchor): every block 64 batches, the ragged checks on.
 
 For each: creating the training set's iterator and waiting for its first batch (the input pipeline
 alone, medians over the epochs after the first), then training a new model for ``--epochs`` epochs,
@@ -27,21 +27,27 @@ from pathlib import Path
 from _common import print_table, write_results
 from real_accuracy import REAL_SAMPLE, _epoch_timer, prepare
 
-SETTINGS = {"now": None, "before": {"FIRST_BLOCK_BATCHES": 64, "RAGGED_CHECKS": True}}
+SETTINGS = {"now": {}, "before": {"first_block_batches": 64, "ragged_checks": True}}
 
 
-def _train_set(features: Path, config):
-    """Return the training set as training makes it (shuffled, augmented)."""
-    from pipeline.features import make_dataset
+def _train_set(features: Path, config, options: dict):
+    """Return the training set as training makes it (shuffled, augmented), with these input options."""
+    from pipeline.features import InputOptions, make_dataset
 
     return make_dataset(
-        features, "train", config.batch_size, shuffle=True, seed=config.seed, augmentation=config.augmentation
+        features,
+        "train",
+        config.batch_size,
+        shuffle=True,
+        seed=config.seed,
+        augmentation=config.augmentation,
+        options=InputOptions(**options),
     )
 
 
-def _input_start(features: Path, config, epochs: int) -> tuple[list[float], list[float]]:
+def _input_start(features: Path, config, epochs: int, options: dict) -> tuple[list[float], list[float]]:
     """Return the iterator-creation and first-batch times (s) of ``epochs`` passes over the training set."""
-    train = _train_set(features, config)
+    train = _train_set(features, config, options)
     created, first = [], []
     for _ in range(epochs):
         started = time.perf_counter()
@@ -54,11 +60,11 @@ def _input_start(features: Path, config, epochs: int) -> tuple[list[float], list
     return created[1:], first[1:]
 
 
-def _training(features: Path, config, num_classes: int, epochs: int):
+def _training(features: Path, config, num_classes: int, epochs: int, options: dict):
     from pipeline.features import make_dataset
     from pipeline.training import seeded_model
 
-    train = _train_set(features, config)
+    train = _train_set(features, config, options)
     model = seeded_model(config, num_classes, int(train.cardinality()))
     timer = _epoch_timer()
     valid = make_dataset(features, "valid", config.batch_size)
@@ -77,26 +83,19 @@ def main() -> None:
         raise SystemExit(f"no real sample at {REAL_SAMPLE.resolve()} (the shared data folder)")
     ours, _, features = prepare(Path(tempfile.mkdtemp(prefix="epoch-start-")), args.config, args.epochs)
 
-    from pipeline import features as pipeline_features
     from pipeline.features import read_spec
     from pipeline.stages.training import training_config
 
     spec = read_spec(features)
     config = training_config(ours, ours.architectures[0])
-    now = {name: getattr(pipeline_features, name) for name in SETTINGS["before"]}
-    SETTINGS["now"] = now
     print(f"{config.architecture}: {spec.counts['train']} training sketches, {args.epochs} epochs x {args.repeats}")
     measured = {name: {"created": [], "first_batch": [], "train": []} for name in SETTINGS}
     for _ in range(args.repeats):
-        for name, values in SETTINGS.items():
-            for key, value in values.items():
-                setattr(pipeline_features, key, value)
-            created, first_batch = _input_start(features, config, args.epochs)
-            train = _training(features, config, len(spec.classes), args.epochs)
+        for name, options in SETTINGS.items():
+            created, first_batch = _input_start(features, config, args.epochs, options)
+            train = _training(features, config, len(spec.classes), args.epochs, options)
             for key, times in zip(measured[name], (created, first_batch, train), strict=True):
                 measured[name][key].extend(times)
-    for key, value in now.items():
-        setattr(pipeline_features, key, value)
 
     rows = []
     for name, times in measured.items():

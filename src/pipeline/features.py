@@ -165,6 +165,20 @@ def read_spec(features_dir: Path) -> FeatureSpec:
     return FeatureSpec(**json.loads((Path(features_dir) / "spec.json").read_text()))
 
 
+@dataclasses.dataclass(frozen=True)
+class InputOptions:
+    """How the input pipeline cuts an epoch into blocks and hands batches to TensorFlow."""
+
+    first_block_batches: int = 4  # an epoch's first block: training waits for it (64 batches: ~40 ms more)
+    batches_per_block: int = 64  # the largest block: numpy gathers its sketches in one fancy index
+    # TensorFlow's own checks of the cuts: off, because BlockBatches.blocks checks each block in numpy, and
+    # the checks' ops made the cutting function 4x larger, which tf.data builds again for every iterator,
+    # i.e. at the start of every epoch (~33 ms of ~0.9 s for the real-data wavenet; benchmarks/epoch_start.py)
+    ragged_checks: bool = False
+    padding_threads: int = 2  # batches padded at once (cheap: a block's numpy work dominates the input side)
+    prefetch_batches: int = 16  # padded batches held ready (the next block is made while they train)
+
+
 def make_dataset(
     features_dir: Path,
     split: str,
@@ -175,6 +189,7 @@ def make_dataset(
     augmentation: Augmentation | None = None,
     sample: int | None = None,
     repeat: bool = False,
+    options: InputOptions = InputOptions(),
 ):
     """Return a ``tf.data.Dataset`` of ``(strokes, label)`` batches, ``strokes`` (batch, time, 3) float32.
 
@@ -193,7 +208,7 @@ def make_dataset(
     paired evaluation). With ``shuffle``, every epoch draws a new permutation of the whole split (seeded
     by ``seed`` and the epoch) before bucketing, and the batches come out in random order.
 
-    The batches are made in blocks (a few batches first, then up to :data:`BATCHES_PER_BLOCK`: see
+    The batches are made in blocks (a few batches first, then up to ``options.batches_per_block``: see
     :func:`_blocks`): numpy gathers a block's sketches from the memory-mapped flat arrays in one fancy
     index (on a background thread, while the model trains), and TensorFlow cuts the block into ragged
     batches and pads each one (``RaggedTensor.to_tensor``), so Python runs once per block, not once per
@@ -202,11 +217,11 @@ def make_dataset(
     import tensorflow as tf
 
     batches = BlockBatches(
-        Path(features_dir), split, batch_size, shuffle, seed, bucket_boundaries, augmentation, sample=sample
+        Path(features_dir), split, batch_size, shuffle, seed, bucket_boundaries, augmentation, sample, options
     )
 
     def to_batches(rows, lengths, labels, sizes):
-        cut = functools.partial(tf.RaggedTensor.from_row_lengths, validate=RAGGED_CHECKS)
+        cut = functools.partial(tf.RaggedTensor.from_row_lengths, validate=options.ragged_checks)
         sketches = cut(rows, lengths)
         return tf.data.Dataset.from_tensor_slices((cut(sketches, sizes), cut(labels, sizes)))
 
@@ -220,28 +235,18 @@ def make_dataset(
         ),
     )
     dataset = dataset.flat_map(to_batches).map(
-        lambda sketches, labels: (sketches.to_tensor(), labels), num_parallel_calls=PADDING_THREADS
+        lambda sketches, labels: (sketches.to_tensor(), labels), num_parallel_calls=options.padding_threads
     )
     dataset = dataset.apply(tf.data.experimental.assert_cardinality(len(batches)))
     if repeat:
         dataset = dataset.repeat()  # each pass calls ``blocks`` again: the next shuffle of the whole split
-    dataset = dataset.prefetch(PREFETCH_BATCHES)
+    dataset = dataset.prefetch(options.prefetch_batches)
     # tf.data's autotuner stalled training on 2 cores: every few epochs one ran twice as long at half the CPU
     # (1.3 s -> 2.5 s for the real-data wavenet), so that a run's speed depended on how many epochs stalled.
     # The sizes above are fixed, so there is nothing left to tune (docs/benchmarks.md).
-    options = tf.data.Options()
-    options.autotune.enabled = False
-    return dataset.with_options(options)
-
-
-# TensorFlow's own checks of the cuts: off, because BlockBatches.blocks checks each block in numpy, and the
-# checks' ops made the cutting function 4x larger, which tf.data builds again for every iterator, i.e. at
-# the start of every epoch (~33 ms of ~0.9 s for the real-data wavenet; benchmarks/epoch_start.py)
-RAGGED_CHECKS = False
-BATCHES_PER_BLOCK = 64
-FIRST_BLOCK_BATCHES = 4  # an epoch's first block: training waits for it (64 batches: ~40 ms more)
-PADDING_THREADS = 2  # batches padded at once (cheap: a block's numpy work dominates the input side)
-PREFETCH_BATCHES = 16  # padded batches held ready (the next block is made while they train)
+    fixed = tf.data.Options()
+    fixed.autotune.enabled = False
+    return dataset.with_options(fixed)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -369,8 +374,10 @@ class BlockBatches:
         bucket_boundaries: tuple[int, ...] | str | None = None,
         augmentation: Augmentation | None = None,
         sample: int | None = None,
+        options: InputOptions = InputOptions(),
     ):
         folder = Path(features_dir) / split
+        self.options = options
         self.split = split
         self.augmentation = augmentation
         self.strokes = _mapped(folder / "strokes.npy")
@@ -420,13 +427,13 @@ class BlockBatches:
         return strokes, self.labels[indices]
 
     def blocks(self):
-        """Yield one epoch as blocks of up to :data:`BATCHES_PER_BLOCK` batches (each call is the next
+        """Yield one epoch as blocks of up to ``options.batches_per_block`` batches (each call is the next
         epoch, with its own shuffle): every block is ``(rows, lengths, labels, batch_sizes)``, its
         sketches' rows concatenated in batch order."""
         epoch, self._epochs = self._epochs, self._epochs + 1
         batches = self.batch_indices(epoch)
         rng = np.random.default_rng([self.seed, epoch, 1])  # the augmentation's own stream
-        for first, stop in _blocks(len(batches)):
+        for first, stop in _blocks(len(batches), self.options.first_block_batches, self.options.batches_per_block):
             group = batches[first:stop]
             order = np.concatenate(group)
             lengths = self.lengths[order]
@@ -454,14 +461,14 @@ def _mapping(path: str, mtime_ns: int, size: int) -> np.ndarray:
     return np.load(path, mmap_mode="r")
 
 
-def _blocks(num_batches: int) -> list[tuple[int, int]]:
-    """Return the (first, stop) batch numbers of an epoch's blocks: :data:`FIRST_BLOCK_BATCHES`, then each
-    block twice the one before, up to :data:`BATCHES_PER_BLOCK`. Training waits for an epoch's first
-    block, so it is small; the later ones are made while the batches before them train."""
-    bounds, first, size = [], 0, FIRST_BLOCK_BATCHES
+def _blocks(num_batches: int, first_size: int, most: int) -> list[tuple[int, int]]:
+    """Return the (first, stop) batch numbers of an epoch's blocks: ``first_size`` batches, then each
+    block twice the one before, up to ``most``. Training waits for an epoch's first block, so it is
+    small; the later ones are made while the batches before them train."""
+    bounds, first, size = [], 0, first_size
     while first < num_batches:
         bounds.append((first, min(first + size, num_batches)))
-        first, size = first + size, min(2 * size, BATCHES_PER_BLOCK)
+        first, size = first + size, min(2 * size, most)
     return bounds
 
 

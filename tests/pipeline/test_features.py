@@ -72,14 +72,15 @@ def test_the_input_pipeline_has_fixed_sizes_and_keeps_the_served_order(tiny_feat
             assert np.array_equal(strokes.numpy(), want_strokes) and np.array_equal(labels.numpy(), want_labels)
 
 
-def test_an_epoch_starts_with_a_small_block_and_the_blocks_grow(tiny_features, monkeypatch):
+def test_an_epoch_starts_with_a_small_block_and_the_blocks_grow(tiny_features):
     """Training waits for an epoch's first block only: it holds a few batches, each block after it twice
     the one before up to the cap, and together they are the epoch's batches in order."""
     from pipeline import features
 
-    monkeypatch.setattr(features, "FIRST_BLOCK_BATCHES", 2)
-    monkeypatch.setattr(features, "BATCHES_PER_BLOCK", 8)
-    served = features.BlockBatches(tiny_features, "train", batch_size=2, shuffle=True, seed=1, bucket_boundaries=(10,))
+    options = features.InputOptions(first_block_batches=2, batches_per_block=8)
+    served = features.BlockBatches(
+        tiny_features, "train", batch_size=2, shuffle=True, seed=1, bucket_boundaries=(10,), options=options
+    )
     expected = served.batch_indices(0)
     assert len(expected) > 2 + 4 + 8  # reaches the cap
     blocks = list(served.blocks())

@@ -231,7 +231,9 @@ def _artifacts(args) -> list[dict]:
     for version in client.search_model_versions(f"name = '{MODEL_NAME}'"):
         run_dir = Path(client.get_run(version.run_id).info.artifact_uri.removeprefix("file://"))
         folders = [run_dir]
-        if version.model_id:  # a logged model of its own, not under the run's artifacts
+        if version.source.startswith("file://"):  # the logged model, beside the run's artifacts
+            folders.append(Path(version.source.removeprefix("file://")))
+        elif version.model_id:
             folders.append(Path(client.get_logged_model(version.model_id).artifact_location.removeprefix("file://")))
         size = sum(p.stat().st_size for folder in folders for p in folder.rglob("*") if p.is_file())
         rows.append({"architecture": version.tags.get("architecture", "?"), "version": version.version,

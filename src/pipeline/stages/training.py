@@ -62,9 +62,11 @@ def training_config(settings: Settings, architecture: str) -> TrainingConfig:
     )
 
 
-# What one architecture trained and evaluated at once holds in memory, measured with benchmarks/full_scale.py:
-# TensorFlow's runtime, the model, its optimizer and traced functions, batches in flight and an evaluation
-# chunk, plus per training sketch the split's offsets, labels and lengths and an epoch's permutation
+# What one architecture trained and evaluated at once may hold in memory: TensorFlow's runtime, the model,
+# its optimizer and traced functions, batches in flight and an evaluation chunk, plus per training sketch
+# the split's offsets, labels and lengths and an epoch's permutation. benchmarks/full_scale.py measured
+# about 0.45 GB per architecture at 690,000 training sketches (seven at once: 4.3 GB peak for the flow);
+# the estimate allows twice that.
 ARCHITECTURE_BYTES = 1 << 30
 BYTES_PER_TRAINING_SKETCH = 64
 MEMORY_SHARE = 0.5  # of the memory free at the start: the rest stays for the page cache and the flow

@@ -167,6 +167,7 @@ def test_a_failed_training_task_surfaces_its_own_error_not_the_tasks_it_held_up(
     assert not isinstance(raised.value, UnfinishedRun)
 
 
+@pytest.mark.slow  # a third pipeline run on the module's store: about 40 s
 def test_with_one_architecture_at_a_time_the_next_trains_once_the_one_before_is_evaluated(pipeline_setup, caplog):
     settings, config_file = pipeline_setup
     result = training_pipeline(config_file=str(config_file), overrides={"epochs": 1, "max_parallel_architectures": 1})

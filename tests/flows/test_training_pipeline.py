@@ -81,6 +81,7 @@ def test_cli_run_prints_the_table_and_a_second_run_lands_in_the_same_experiment(
     assert registry.alias_version(client, settings.registered_model_name, "champion") in versions
 
 
+@pytest.mark.slow  # a local Dask cluster and a local Ray cluster: about a minute
 @pytest.mark.parametrize("runner", ["dask", "ray"])
 def test_distributed_task_runners_on_a_local_cluster(tmp_path, mlflow_template, runner):
     shutil.copy(mlflow_template, tmp_path / "mlflow.db")

@@ -47,6 +47,7 @@ def test_tune_runs_trials_in_parallel_resumes_and_exports_settings_that_run_read
     assert header.startswith("# Tuned by `sketchpipe tune`: study 'tune-gru-synthetic', best of 3 trials")
 
 
+@pytest.mark.slow  # a local Dask cluster: about 30 s
 def test_trials_run_on_a_dask_cluster(tmp_path, tracking_db):
     settings = tiny_settings(tmp_path / "work", tracking_db, epochs=1, models={"gru": {"units": 8}}, task_runner="dask")
     config = write_settings_file(settings, tmp_path / "settings.yaml")

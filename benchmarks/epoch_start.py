@@ -32,17 +32,10 @@ SETTINGS = {"now": {}, "before": {"first_block_batches": 64, "ragged_checks": Tr
 
 def _train_set(features: Path, config, options: dict):
     """Return the training set as training makes it (shuffled, augmented), with these input options."""
-    from pipeline.features import InputOptions, make_dataset
+    from pipeline.features import InputOptions
+    from pipeline.training import training_set
 
-    return make_dataset(
-        features,
-        "train",
-        config.batch_size,
-        shuffle=True,
-        seed=config.seed,
-        augmentation=config.augmentation,
-        options=InputOptions(**options),
-    )
+    return training_set(config, features, InputOptions(**options))
 
 
 def _input_start(features: Path, config, epochs: int, options: dict) -> tuple[list[float], list[float]]:

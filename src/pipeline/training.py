@@ -14,7 +14,7 @@ from typing import Any
 import keras
 from keras import ops
 
-from pipeline.features import Augmentation, make_dataset, read_spec
+from pipeline.features import Augmentation, InputOptions, make_dataset, read_spec
 from pipeline.models import build_model
 
 
@@ -223,6 +223,24 @@ class _PublishCheckpoint(keras.callbacks.Callback):
             written.replace(self.out_dir / "best.keras")
 
 
+def training_set(config: TrainingConfig, features_dir: Path, options: InputOptions | None = None):
+    """Return the training split as training reads it: shuffled each pass, augmented as configured.
+
+    With ``steps_per_epoch``, an epoch is that many batches of an endless run of passes over the split (each
+    pass a new shuffle of all of it): validation, checkpoints and early stopping come every so many batches.
+    """
+    return make_dataset(
+        features_dir,
+        "train",
+        config.batch_size,
+        shuffle=True,
+        seed=config.seed,
+        augmentation=config.augmentation,
+        repeat=config.steps_per_epoch is not None,
+        options=options or InputOptions(),
+    )
+
+
 def train_model(
     config: TrainingConfig,
     features_dir: Path,
@@ -241,17 +259,7 @@ def train_model(
     spec = read_spec(features_dir)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    # With steps_per_epoch, an epoch is that many batches of an endless run of passes over the split (each
-    # pass a new shuffle of all of it): validation, checkpoints and early stopping come every so many batches
-    train = make_dataset(
-        features_dir,
-        "train",
-        config.batch_size,
-        shuffle=True,
-        seed=config.seed,
-        augmentation=config.augmentation,
-        repeat=config.steps_per_epoch is not None,
-    )
+    train = training_set(config, features_dir)
     model = seeded_model(config, len(spec.classes), config.steps_per_epoch or int(train.cardinality()))
     valid = make_dataset(features_dir, "valid", config.batch_size, seed=config.seed, sample=config.validation_sample)
     model_path = out_dir / "model.keras"
